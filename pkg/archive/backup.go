@@ -1,0 +1,751 @@
+package archive
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"os/user"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	chunkers "github.com/PlakarKorp/go-cdc-chunkers"
+	_ "github.com/PlakarKorp/go-cdc-chunkers/chunkers/fastcdc" // registers fastcdc-v1.0.0
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/wabackup/wabackup/pkg/gather"
+)
+
+// chunkerAlgorithm names the FastCDC variant in go-cdc-chunkers whose
+// cut-point masks follow the configured average size.
+const chunkerAlgorithm = "fastcdc-v1.0.0"
+
+// BackupOptions say what to back up.
+type BackupOptions struct {
+	DB    string // chat database (SQLite); optional
+	Media string // media folder; optional
+	Host  string
+	Tags  []string
+
+	Workers int // chunk/compress/encrypt workers (default GOMAXPROCS)
+	Uploads int // packs uploaded at once (default 2)
+
+	// Warn is called for every file skipped or not read completely.
+	Warn func(path string, err error)
+	// Progress is called after every file (from one goroutine).
+	Progress func(BackupProgress)
+}
+
+// BackupProgress is a running count.
+type BackupProgress struct {
+	Files, Bytes, ReadBytes, AddedBytes int64
+	Current                             string
+}
+
+// ErrPartial is wrapped by the warning list of a partial snapshot.
+var ErrPartial = errors.New("snapshot is partial: some files could not be read")
+
+// Backup makes a snapshot. The caller holds a shared lock. The write order
+// is packs, then index, then tree, then snapshot; an interruption at any
+// point leaves only unreferenced objects, which the next backup adopts.
+func (r *Repository) Backup(ctx context.Context, opt BackupOptions) (*Snapshot, error) {
+	if opt.DB == "" && opt.Media == "" {
+		return nil, errors.New("nothing to back up: give --db and/or --media")
+	}
+	if err := r.LoadIndex(ctx); err != nil {
+		return nil, err
+	}
+	adopted, warns, err := r.adoptPacks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range warns {
+		if opt.Warn != nil {
+			opt.Warn("", errors.New(w))
+		}
+	}
+	b := &backup{r: r, opt: opt, adopted: adopted, start: time.Now()}
+	if b.opt.Workers <= 0 {
+		b.opt.Workers = runtime.GOMAXPROCS(0)
+	}
+	if b.opt.Uploads <= 0 {
+		b.opt.Uploads = 2
+	}
+	if b.opt.Host == "" {
+		b.opt.Host, _ = os.Hostname()
+	}
+	return b.run(ctx)
+}
+
+type source struct {
+	name string // top-level name in the tree
+	abs  string // absolute path of the source
+	db   bool
+}
+
+type backup struct {
+	r       *Repository
+	opt     BackupOptions
+	adopted []packIndex
+	start   time.Time
+
+	stats    Stats
+	warnings atomic.Int64
+	partial  atomic.Bool
+
+	inflightMu sync.Mutex
+	inflight   map[ID]struct{}
+
+	newPacksMu sync.Mutex
+	newPacks   []packIndex
+
+	bufs chan []byte
+}
+
+func (b *backup) warn(p string, err error, partial bool) {
+	b.warnings.Add(1)
+	if partial {
+		b.partial.Store(true)
+	}
+	if b.opt.Warn != nil {
+		b.opt.Warn(p, err)
+	}
+}
+
+func (b *backup) run(ctx context.Context) (*Snapshot, error) {
+	var srcs []source
+	for _, s := range []struct {
+		p  string
+		db bool
+	}{{b.opt.DB, true}, {b.opt.Media, false}} {
+		if s.p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(s.p)
+		if err != nil {
+			return nil, err
+		}
+		srcs = append(srcs, source{name: filepath.Base(abs), abs: abs, db: s.db})
+	}
+	if len(srcs) == 2 && srcs[0].name == srcs[1].name {
+		return nil, fmt.Errorf("the database and the media folder have the same name %q; rename one", srcs[0].name)
+	}
+	for _, s := range srcs {
+		if !validPath(s.name) {
+			return nil, fmt.Errorf("cannot back up %q: unsupported name", s.abs)
+		}
+	}
+	sort.Slice(srcs, func(i, j int) bool { return comparePaths(srcs[i].name, srcs[j].name) < 0 })
+
+	snap := &Snapshot{Version: 1, Time: b.start.UTC(), Host: b.opt.Host, Tags: b.opt.Tags}
+	if u, err := user.Current(); err == nil {
+		snap.User = u.Username
+	}
+	if b.opt.DB != "" {
+		snap.DB = absOr(b.opt.DB)
+	}
+	if b.opt.Media != "" {
+		snap.Media = absOr(b.opt.Media)
+	}
+	parent, err := b.findParent(ctx, snap)
+	if err != nil {
+		return nil, err
+	}
+	var ptree *parentTree
+	if parent != nil {
+		snap.Parent = parent.ID.String()
+		tr, err := b.r.OpenTree(ctx, parent)
+		if err != nil {
+			return nil, err
+		}
+		defer tr.Close()
+		ptree = &parentTree{tr: tr}
+	}
+
+	// The database snapshot is taken before anything else: it is the
+	// piece that must be consistent.
+	var dbCopy string
+	for i, s := range srcs {
+		if !s.db {
+			continue
+		}
+		dir, err := os.MkdirTemp(b.r.tmpDir, "wabackup-db-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		dbCopy = filepath.Join(dir, "snapshot.db")
+		if err := gather.SnapshotDB(ctx, s.abs, dbCopy); err != nil {
+			return nil, err
+		}
+		srcs[i].abs = s.abs
+	}
+
+	treeID := NewRandomID()
+	snap.Tree = treeID.String()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	err = b.r.saveObject(ctx, treeName(treeID), true, func(w io.Writer) error {
+		return b.pipeline(ctx, cancel, srcs, dbCopy, ptree, &treeWriter{enc: json.NewEncoder(w)})
+	})
+	if err != nil {
+		if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+			return nil, c
+		}
+		return nil, err
+	}
+	snap.Stats = b.stats
+	snap.Warnings = int(b.warnings.Load())
+	snap.Partial = b.partial.Load()
+	snap.ID = NewRandomID()
+	data, err := json.Marshal(snap)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.r.saveObject(ctx, snapshotName(snap.ID), false, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+func absOr(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
+
+// findParent picks the newest snapshot of the same sources on this host.
+func (b *backup) findParent(ctx context.Context, snap *Snapshot) (*Snapshot, error) {
+	snaps, err := b.r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := len(snaps) - 1; i >= 0; i-- {
+		s := snaps[i]
+		if s.Host == snap.Host && s.DB == snap.DB && s.Media == snap.Media {
+			return s, nil
+		}
+	}
+	return nil, nil
+}
+
+// parentTree walks the parent snapshot's tree alongside the new walk.
+type parentTree struct {
+	tr   *TreeReader
+	cur  *Node
+	done bool
+}
+
+// find returns the parent's node for p, if any. Calls must come in walk
+// order.
+func (pt *parentTree) find(p string) *Node {
+	if pt == nil {
+		return nil
+	}
+	for !pt.done {
+		if pt.cur == nil {
+			n, err := pt.tr.Next()
+			if err != nil {
+				pt.done = true // a damaged parent only costs re-reading
+				return nil
+			}
+			pt.cur = n
+		}
+		switch c := comparePaths(pt.cur.Path, p); {
+		case c < 0:
+			pt.cur = nil
+		case c == 0:
+			return pt.cur
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// chunkJob carries one chunk from the reader to a worker and its result
+// back to the tree writer.
+type chunkJob struct {
+	data []byte
+	hint compressHint
+	id   ID
+	done chan error
+}
+
+type item struct {
+	node  *Node
+	chunk *chunkJob
+	end   bool
+	abort bool
+}
+
+func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, srcs []source, dbCopy string, ptree *parentTree, tw *treeWriter) error {
+	b.inflight = map[ID]struct{}{}
+	nbuf := b.opt.Workers + 2
+	b.bufs = make(chan []byte, nbuf)
+	for i := 0; i < nbuf; i++ {
+		b.bufs <- nil
+	}
+	jobs := make(chan *chunkJob, b.opt.Workers)
+	order := make(chan item, 64)
+	uploads := make(chan *packWriter, b.opt.Uploads)
+
+	fail := func(err error) { cancel(err) }
+
+	var upWG sync.WaitGroup
+	for i := 0; i < b.opt.Uploads; i++ {
+		upWG.Add(1)
+		go func() {
+			defer upWG.Done()
+			for pw := range uploads {
+				if err := b.upload(ctx, pw); err != nil {
+					fail(err)
+				}
+			}
+		}()
+	}
+	var wkWG sync.WaitGroup
+	for i := 0; i < b.opt.Workers; i++ {
+		wkWG.Add(1)
+		go func() {
+			defer wkWG.Done()
+			if err := b.worker(ctx, jobs, uploads); err != nil {
+				fail(err)
+			}
+		}()
+	}
+	go func() {
+		defer close(order)
+		defer close(jobs)
+		if err := b.produce(ctx, srcs, dbCopy, ptree, order, jobs); err != nil {
+			fail(err)
+		}
+	}()
+
+	err := b.assemble(ctx, order, tw)
+	if err != nil {
+		fail(err)
+		for range order { // let the producer finish
+		}
+	}
+	wkWG.Wait()
+	close(uploads)
+	upWG.Wait()
+	if c := context.Cause(ctx); c != nil {
+		return c
+	}
+	if err != nil {
+		return err
+	}
+	// Every pack is stored: describe them (and adopted ones) in an index.
+	b.newPacksMu.Lock()
+	all := append(b.adopted, b.newPacks...)
+	b.newPacksMu.Unlock()
+	if len(all) > 0 {
+		if _, err := b.r.writeIndex(ctx, all); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// produce walks the sources in tree order and feeds nodes and chunks.
+func (b *backup) produce(ctx context.Context, srcs []source, dbCopy string, ptree *parentTree, order chan<- item, jobs chan<- *chunkJob) error {
+	cfg := b.r.cfg
+	buf := make([]byte, cfg.MaxChunk)
+	ck, err := chunkers.NewChunkerBuffer(chunkerAlgorithm, eofReader{}, &chunkers.ChunkerOpts{
+		MinSize: cfg.MinChunk, NormalSize: cfg.AvgChunk, MaxSize: cfg.MaxChunk, Key: b.r.keys.chunker[:],
+	}, buf)
+	if err != nil {
+		return fmt.Errorf("chunker: %w", err)
+	}
+	send := func(it item) error {
+		select {
+		case order <- it:
+			return nil
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	for _, s := range srcs {
+		if s.db {
+			fi, err := os.Stat(s.abs)
+			if err != nil {
+				return err
+			}
+			cp, err := os.Stat(dbCopy)
+			if err != nil {
+				return err
+			}
+			n := &Node{Path: s.name, Type: TypeFile, Mode: uint32(fi.Mode().Perm()), Size: cp.Size(), MTime: fi.ModTime().UnixNano()}
+			if err := b.sendFile(ctx, ck, n, dbCopy, hintAuto, order, jobs); err != nil {
+				return err
+			}
+			continue
+		}
+		fi, err := os.Stat(s.abs)
+		if err != nil {
+			return fmt.Errorf("media folder: %w", err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("media folder %s is not a directory", s.abs)
+		}
+		if err := send(item{node: &Node{Path: s.name, Type: TypeDir, Mode: uint32(fi.Mode() & modeBits), MTime: fi.ModTime().UnixNano()}, end: true}); err != nil {
+			return err
+		}
+		err = gather.Walk(ctx, s.abs, func(e gather.Entry) error {
+			n := &Node{Path: s.name + "/" + e.Path, Mode: uint32(e.Mode & modeBits), MTime: e.ModTime.UnixNano()}
+			if !validPath(n.Path) {
+				b.warn(n.Path, errors.New("file name is not valid UTF-8; skipped"), true)
+				return nil
+			}
+			switch e.Type {
+			case gather.Dir:
+				n.Type = TypeDir
+				return send(item{node: n, end: true})
+			case gather.Symlink:
+				n.Type, n.Target = TypeSymlink, e.Target
+				return send(item{node: n, end: true})
+			}
+			n.Type, n.Size, n.Inode, n.Dev = TypeFile, e.Size, e.Inode, e.Dev
+			if p := ptree.find(n.Path); p != nil && b.unchanged(p, n) {
+				n.Chunks = p.Chunks
+				atomic.AddInt64(&b.stats.Unchanged, 1)
+				return send(item{node: n, end: true})
+			}
+			return b.sendFile(ctx, ck, n, filepath.Join(s.abs, filepath.FromSlash(e.Path)), hintFor(e.Path), order, jobs)
+		}, func(p string, err error) {
+			skipped := errors.Is(err, gather.ErrSpecialFile) || errors.Is(err, gather.ErrSymlinkEscapes)
+			b.warn(path.Join(s.name, p), err, !skipped)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const modeBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
+
+// unchanged reports whether a file can reuse its parent's chunks: same
+// type, size, mtime and inode, and every chunk still in the index.
+func (b *backup) unchanged(p, n *Node) bool {
+	if p.Type != TypeFile || p.Size != n.Size || p.MTime != n.MTime || p.Inode != n.Inode {
+		return false
+	}
+	for _, c := range p.Chunks {
+		id, err := ParseID(c)
+		if err != nil || !b.r.idx.Has(id) {
+			return false
+		}
+	}
+	return true
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// sendFile reads one file through the chunker. A file that vanishes or
+// cannot be read is a warning and is left out of the snapshot.
+func (b *backup) sendFile(ctx context.Context, ck *chunkers.Chunker, n *Node, file string, hint compressHint, order chan<- item, jobs chan<- *chunkJob) error {
+	f, err := os.Open(file)
+	if err != nil {
+		b.warn(n.Path, err, true)
+		return nil
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && n.Inode != 0 && sys.Ino != n.Inode {
+			b.warn(n.Path, errors.New("file was replaced during the backup"), true)
+			return nil
+		}
+	}
+	select {
+	case order <- item{node: n}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	ck.Reset(f)
+	var size int64
+	for {
+		data, rerr := ck.Next()
+		if rerr != nil && rerr != io.EOF {
+			b.warn(n.Path, rerr, true)
+			select {
+			case order <- item{abort: true}:
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+			return nil
+		}
+		if len(data) > 0 {
+			var buf []byte
+			select {
+			case buf = <-b.bufs:
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+			if buf == nil {
+				buf = make([]byte, 0, b.r.cfg.MaxChunk+tagSize)
+			}
+			job := &chunkJob{data: append(buf[:0], data...), hint: hint, done: make(chan error, 1)}
+			size += int64(len(data))
+			select {
+			case order <- item{chunk: job}:
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+			select {
+			case jobs <- job:
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+	}
+	atomic.AddInt64(&b.stats.ReadBytes, size)
+	if size != n.Size {
+		// The file changed while we read it: keep what we read, which is
+		// the content a restore will produce, and say so.
+		b.warn(n.Path, fmt.Errorf("file changed size during the backup (%d → %d bytes)", n.Size, size), true)
+		n.Size = size
+	}
+	select {
+	case order <- item{end: true}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	return nil
+}
+
+// assemble writes nodes to the tree in walk order as their chunks finish.
+func (b *backup) assemble(ctx context.Context, order <-chan item, tw *treeWriter) error {
+	var cur *Node
+	var prog BackupProgress
+	for it := range order {
+		switch {
+		case it.node != nil:
+			cur = it.node
+		case it.chunk != nil:
+			select {
+			case err := <-it.chunk.done:
+				if err != nil {
+					return err
+				}
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+			cur.Chunks = append(cur.Chunks, it.chunk.id.String())
+		case it.abort:
+			cur = nil
+			continue
+		}
+		if !it.end || cur == nil {
+			continue
+		}
+		switch cur.Type {
+		case TypeFile:
+			b.stats.Files++
+			b.stats.Bytes += cur.Size
+		case TypeDir:
+			b.stats.Dirs++
+		}
+		if err := tw.add(cur); err != nil {
+			return err
+		}
+		if b.opt.Progress != nil {
+			prog.Files, prog.Bytes = b.stats.Files, b.stats.Bytes
+			prog.ReadBytes = atomic.LoadInt64(&b.stats.ReadBytes)
+			prog.AddedBytes = atomic.LoadInt64(&b.stats.AddedBytes)
+			prog.Current = cur.Path
+			b.opt.Progress(prog)
+		}
+		cur = nil
+	}
+	return nil
+}
+
+// worker hashes, deduplicates, compresses and encrypts chunks into its own
+// pack.
+func (b *backup) worker(ctx context.Context, jobs <-chan *chunkJob, uploads chan<- *packWriter) (err error) {
+	h := b.r.keys.newIDHasher()
+	z := newCompressor()
+	defer z.close()
+	var pw *packWriter
+	defer func() {
+		if pw == nil {
+			return
+		}
+		if err != nil || ctx.Err() != nil {
+			pw.discard()
+			return
+		}
+		err = b.finishPack(ctx, pw, uploads)
+	}()
+	for job := range jobs {
+		err := b.process(ctx, job, h, z, &pw, uploads)
+		b.bufs <- job.data[:0]
+		job.done <- err
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *backup) process(ctx context.Context, job *chunkJob, h hash.Hash, z *compressor, pw **packWriter, uploads chan<- *packWriter) error {
+	h.Reset()
+	h.Write(job.data)
+	h.Sum(job.id[:0])
+	if b.r.idx.Has(job.id) {
+		return nil
+	}
+	b.inflightMu.Lock()
+	_, dup := b.inflight[job.id]
+	if !dup {
+		b.inflight[job.id] = struct{}{}
+	}
+	b.inflightMu.Unlock()
+	if dup {
+		return nil
+	}
+	payload, flags := z.compress(job.data, job.hint)
+	if *pw == nil {
+		p, err := b.r.keys.newPackWriter(b.r.tmpDir)
+		if err != nil {
+			return err
+		}
+		*pw = p
+	}
+	if err := (*pw).add(job.id, flags, payload, len(job.data)); err != nil {
+		return fmt.Errorf("writing pack: %w", err)
+	}
+	atomic.AddInt64(&b.stats.NewChunks, 1)
+	atomic.AddInt64(&b.stats.NewBytes, int64(len(job.data)))
+	if (*pw).size >= b.r.cfg.PackSize {
+		p := *pw
+		*pw = nil
+		return b.finishPack(ctx, p, uploads)
+	}
+	return nil
+}
+
+func (b *backup) finishPack(ctx context.Context, pw *packWriter, uploads chan<- *packWriter) error {
+	if _, err := pw.finish(); err != nil {
+		pw.discard()
+		return fmt.Errorf("writing pack: %w", err)
+	}
+	select {
+	case uploads <- pw:
+		return nil
+	case <-ctx.Done():
+		pw.discard()
+		return context.Cause(ctx)
+	}
+}
+
+// upload stores a finished pack, then makes its chunks visible in the index.
+func (b *backup) upload(ctx context.Context, pw *packWriter) error {
+	defer pw.discard()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	if err := b.r.store.Put(ctx, packName(pw.id), pw.f, pw.size); err != nil {
+		return fmt.Errorf("storing pack %s: %w", shortName(packName(pw.id)), err)
+	}
+	b.r.idx.addPack(pw.id, pw.size, pw.entries)
+	b.inflightMu.Lock()
+	for _, e := range pw.entries {
+		delete(b.inflight, e.ID)
+	}
+	b.inflightMu.Unlock()
+	atomic.AddInt64(&b.stats.AddedBytes, pw.size)
+	b.newPacksMu.Lock()
+	b.newPacks = append(b.newPacks, packIndex{id: pw.id, size: pw.size, entries: pw.entries})
+	b.newPacksMu.Unlock()
+	return nil
+}
+
+// compressHint says whether a file's chunks are worth compressing.
+type compressHint uint8
+
+const (
+	hintAuto compressHint = iota
+	hintRaw               // already-compressed media: store as is
+)
+
+var rawExts = map[string]bool{
+	".jpg": true, ".jpeg": true, ".png": true, ".gif": true, ".webp": true, ".heic": true, ".heif": true, ".avif": true,
+	".mp4": true, ".m4v": true, ".mov": true, ".3gp": true, ".mkv": true, ".webm": true, ".avi": true,
+	".opus": true, ".ogg": true, ".oga": true, ".mp3": true, ".m4a": true, ".aac": true, ".amr": true, ".flac": true,
+	".zip": true, ".gz": true, ".tgz": true, ".xz": true, ".zst": true, ".bz2": true, ".7z": true, ".rar": true,
+	".apk": true, ".jar": true, ".docx": true, ".xlsx": true, ".pptx": true, ".crypt14": true, ".crypt15": true,
+}
+
+func hintFor(name string) compressHint {
+	if rawExts[strings.ToLower(path.Ext(name))] {
+		return hintRaw
+	}
+	return hintAuto
+}
+
+// compressor decides cheaply whether a chunk shrinks, and compresses it.
+type compressor struct {
+	fast, def *zstd.Encoder
+	out       []byte
+}
+
+func newCompressor() *compressor {
+	fast, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<17))
+	def, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(4<<20), zstd.WithLowerEncoderMem(true))
+	return &compressor{fast: fast, def: def}
+}
+
+func (c *compressor) close() {
+	c.fast.Close()
+	c.def.Close()
+}
+
+const sampleSize = 32 << 10
+
+// compress returns the payload to encrypt and its flags. The returned
+// slice has room for the GCM tag so it can be sealed in place.
+func (c *compressor) compress(data []byte, hint compressHint) ([]byte, uint8) {
+	if hint == hintRaw || len(data) < 64 {
+		return data, 0
+	}
+	if len(data) > 2*sampleSize {
+		mid := len(data)/2 - sampleSize/2
+		c.out = c.fast.EncodeAll(data[mid:mid+sampleSize], c.out[:0])
+		if len(c.out) > sampleSize*31/32 {
+			return data, 0 // incompressible: decided on 32 KiB
+		}
+	}
+	need := c.def.MaxEncodedSize(len(data)) + tagSize
+	if cap(c.out) < need {
+		c.out = make([]byte, 0, need)
+	}
+	c.out = c.def.EncodeAll(data, c.out[:0])
+	if len(c.out) >= len(data) {
+		return data, 0
+	}
+	return c.out, flagZstd
+}

@@ -1,0 +1,87 @@
+package archive
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"hash"
+	"io"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// blobReader fetches, authenticates and decompresses chunks. One per
+// goroutine.
+type blobReader struct {
+	r    *Repository
+	h    hash.Hash
+	zd   *zstd.Decoder
+	ct   []byte
+	out  []byte
+	sum  []byte
+	errs int
+}
+
+func (r *Repository) newBlobReader() *blobReader {
+	zd, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxChunkSize), zstd.WithDecoderMaxWindow(maxChunkSize))
+	if err != nil {
+		panic(err)
+	}
+	return &blobReader{r: r, h: r.keys.newIDHasher(), zd: zd}
+}
+
+func (b *blobReader) close() { b.zd.Close() }
+
+// chunk returns the plaintext of chunk id. The slice is valid until the
+// next call. Errors name the pack and wrap ErrCorrupt when the data does
+// not authenticate.
+func (b *blobReader) chunk(ctx context.Context, id ID) ([]byte, error) {
+	loc, pack, ok := b.r.idx.lookup(id)
+	if !ok {
+		return nil, fmt.Errorf("chunk %s is not in the index: %w", id.Short(), ErrCorrupt)
+	}
+	name := packName(pack.id)
+	rc, err := b.r.store.Get(ctx, name, int64(loc.offset), int64(loc.length))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", shortName(name), err)
+	}
+	if cap(b.ct) < int(loc.length) {
+		b.ct = make([]byte, loc.length)
+	}
+	b.ct = b.ct[:loc.length]
+	_, err = io.ReadFull(rc, b.ct)
+	rc.Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: chunk %s: short read (%v): %w", shortName(name), id.Short(), err, ErrCorrupt)
+	}
+	e := blobEntry{ID: id, Flags: loc.flags, Counter: loc.counter, RawLen: loc.rawLen}
+	return b.open(pack.id, e, b.ct)
+}
+
+// open authenticates one sealed blob of pack packID and checks its id.
+func (b *blobReader) open(packID ID, e blobEntry, sealed []byte) ([]byte, error) {
+	name := packName(packID)
+	var nonce [12]byte
+	var aad [33]byte
+	plain, err := b.r.keys.packAEAD(packID).Open(sealed[:0], packNonce(&nonce, uint64(e.Counter)), sealed, blobAAD(&aad, e.ID, e.Flags))
+	if err != nil {
+		return nil, fmt.Errorf("%s: chunk %s does not authenticate: %w", shortName(name), e.ID.Short(), ErrCorrupt)
+	}
+	if e.Flags&flagZstd != 0 {
+		b.out, err = b.zd.DecodeAll(plain, b.out[:0])
+		if err != nil {
+			return nil, fmt.Errorf("%s: chunk %s: decompression failed (%v): %w", shortName(name), e.ID.Short(), err, ErrCorrupt)
+		}
+		plain = b.out
+	}
+	if len(plain) != int(e.RawLen) {
+		return nil, fmt.Errorf("%s: chunk %s: length %d, index says %d: %w", shortName(name), e.ID.Short(), len(plain), e.RawLen, ErrCorrupt)
+	}
+	b.h.Reset()
+	b.h.Write(plain)
+	b.sum = b.h.Sum(b.sum[:0])
+	if !bytes.Equal(b.sum, e.ID[:]) {
+		return nil, fmt.Errorf("%s: chunk %s: content does not match its id: %w", shortName(name), e.ID.Short(), ErrCorrupt)
+	}
+	return plain, nil
+}

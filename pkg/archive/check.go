@@ -1,0 +1,259 @@
+package archive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sort"
+	"strings"
+)
+
+// CheckOptions select how deep Check looks.
+type CheckOptions struct {
+	// ReadData downloads every pack (or a subset) and verifies every chunk.
+	ReadData bool
+	// Subset, when 0 < Subset < 1, reads only that fraction of the packs,
+	// chosen at random.
+	Subset float64
+	// Progress is called after each pack read.
+	Progress func(done, total int)
+}
+
+// CheckResult lists what Check found. Errors are damage; Warnings are
+// harmless leftovers (e.g. packs of an interrupted backup).
+type CheckResult struct {
+	Errors    []string
+	Warnings  []string
+	Snapshots int
+	Packs     int
+	PacksRead int
+	Chunks    int
+}
+
+// ErrCheckFailed is returned when Check found damage.
+var ErrCheckFailed = errors.New("repository check found errors")
+
+// Check verifies the repository's structure: every index and snapshot
+// decrypts, every chunk a snapshot needs is indexed in a stored pack of
+// the right size, and (with ReadData) every stored chunk authenticates.
+func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult, error) {
+	res := &CheckResult{}
+	errf := func(format string, a ...any) { res.Errors = append(res.Errors, fmt.Sprintf(format, a...)) }
+
+	// Index objects: each must decrypt; load them one by one so a damaged
+	// one is named and the rest still checked.
+	idxObjs, err := r.listNames(ctx, "index/")
+	if err != nil {
+		return nil, err
+	}
+	r.idx = newIndex()
+	for _, o := range idxObjs {
+		err := r.readIndexObject(ctx, o.Name, func(p packIndex) error {
+			r.idx.addPack(p.id, p.size, p.entries)
+			return nil
+		})
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) && ctx.Err() != nil {
+				return nil, err
+			}
+			errf("%v", err)
+		}
+	}
+	r.idxLoaded = true
+	res.Chunks, res.Packs = r.idx.Len()
+
+	stored, strays, err := r.listPacks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range strays {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%s: unexpected object in data/", s))
+	}
+	for _, p := range r.idx.packs {
+		size, ok := stored[p.id]
+		switch {
+		case !ok:
+			errf("%s: pack is missing (listed in the index)", packName(p.id))
+		case size != p.size:
+			errf("%s: pack size is %d, index says %d (truncated or replaced)", packName(p.id), size, p.size)
+		}
+	}
+	unindexed := 0
+	for id := range stored {
+		if !r.idx.hasPack(id) {
+			unindexed++
+		}
+	}
+	if unindexed > 0 {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%d pack(s) are not in any index (left by an interrupted backup; the next backup adopts them, prune removes unused ones)", unindexed))
+	}
+
+	// Snapshots and their trees.
+	snapObjs, err := r.listNames(ctx, "snapshots/")
+	if err != nil {
+		return nil, err
+	}
+	trees := map[string]bool{}
+	for _, o := range snapObjs {
+		id, err := ParseID(strings.TrimPrefix(o.Name, "snapshots/"))
+		if err != nil {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: unexpected object in snapshots/", o.Name))
+			continue
+		}
+		s, err := r.LoadSnapshot(ctx, id)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) && ctx.Err() != nil {
+				return nil, err
+			}
+			errf("%v", err)
+			continue
+		}
+		res.Snapshots++
+		trees[s.Tree] = true
+		if err := r.checkTree(ctx, s, errf); err != nil {
+			return nil, err
+		}
+	}
+	treeObjs, err := r.listNames(ctx, "trees/")
+	if err != nil {
+		return nil, err
+	}
+	orphans := 0
+	for _, o := range treeObjs {
+		if !trees[strings.TrimPrefix(o.Name, "trees/")] {
+			orphans++
+		}
+	}
+	if orphans > 0 {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%d tree object(s) belong to no snapshot (an interrupted backup, or a deleted snapshot); prune removes them", orphans))
+	}
+
+	if opt.ReadData {
+		if err := r.readData(ctx, opt, stored, res, errf); err != nil {
+			return nil, err
+		}
+	}
+	if len(res.Errors) > 0 {
+		return res, ErrCheckFailed
+	}
+	return res, nil
+}
+
+func (r *Repository) checkTree(ctx context.Context, s *Snapshot, errf func(string, ...any)) error {
+	tr, err := r.OpenTree(ctx, s)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		errf("snapshot %s: %v", s.ID.Short(), err)
+		return nil
+	}
+	defer tr.Close()
+	missing := 0
+	for {
+		n, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			errf("snapshot %s: %v", s.ID.Short(), err)
+			break
+		}
+		var size int64
+		for _, c := range n.Chunks {
+			id, _ := ParseID(c)
+			loc, _, ok := r.idx.lookup(id)
+			if !ok {
+				if missing < 10 {
+					errf("snapshot %s: %s: chunk %s is missing", s.ID.Short(), n.Path, id.Short())
+				}
+				missing++
+				continue
+			}
+			size += int64(loc.rawLen)
+		}
+		if missing == 0 && n.Type == TypeFile && size != n.Size {
+			errf("snapshot %s: %s: chunks add up to %d bytes, file is %d", s.ID.Short(), n.Path, size, n.Size)
+		}
+	}
+	if missing > 10 {
+		errf("snapshot %s: %d more missing chunks", s.ID.Short(), missing-10)
+	}
+	return nil
+}
+
+// readData downloads packs and verifies each blob against the index.
+func (r *Repository) readData(ctx context.Context, opt CheckOptions, stored map[ID]int64, res *CheckResult, errf func(string, ...any)) error {
+	byPack := r.idx.byPack()
+	ids := make([]ID, 0, len(stored))
+	for id := range stored {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return strings.Compare(ids[i].String(), ids[j].String()) < 0 })
+	if opt.Subset > 0 && opt.Subset < 1 {
+		rand.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+		n := int(float64(len(ids))*opt.Subset + 0.999)
+		ids = ids[:min(n, len(ids))]
+	}
+	br := r.newBlobReader()
+	defer br.close()
+	for i, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := r.verifyPack(ctx, br, id, stored[id], byPack[id]); err != nil {
+			if !errors.Is(err, ErrCorrupt) && ctx.Err() != nil {
+				return err
+			}
+			errf("%v", err)
+		}
+		res.PacksRead++
+		if opt.Progress != nil {
+			opt.Progress(i+1, len(ids))
+		}
+	}
+	return nil
+}
+
+// verifyPack streams one pack: the trailer must authenticate and agree
+// with the index, and every blob must authenticate and match its id.
+func (r *Repository) verifyPack(ctx context.Context, br *blobReader, id ID, size int64, indexed []blobEntry) error {
+	name := packName(id)
+	trailer, err := r.readTrailer(ctx, id, size)
+	if err != nil {
+		return err
+	}
+	if indexed != nil {
+		want := map[ID]blobEntry{}
+		for _, e := range trailer {
+			want[e.ID] = e
+		}
+		for _, e := range indexed {
+			t, ok := want[e.ID]
+			if !ok || t.Offset != e.Offset || t.Length != e.Length || t.Counter != e.Counter || t.Flags != e.Flags || t.RawLen != e.RawLen {
+				return fmt.Errorf("%s: chunk %s: index and pack trailer disagree: %w", name, e.ID.Short(), ErrCorrupt)
+			}
+		}
+	}
+	rc, err := r.store.Get(ctx, name, 0, -1)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	var buf []byte
+	for _, e := range trailer {
+		if cap(buf) < int(e.Length) {
+			buf = make([]byte, e.Length)
+		}
+		buf = buf[:e.Length]
+		if _, err := io.ReadFull(rc, buf); err != nil {
+			return fmt.Errorf("%s: short read: %w", name, ErrCorrupt)
+		}
+		if _, err := br.open(id, e, buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}

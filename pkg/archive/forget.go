@@ -1,0 +1,304 @@
+package archive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Policy says which snapshots to keep (FORMAT.md does not depend on it;
+// it is the same idea as restic's and borg's).
+type Policy struct {
+	Last, Hourly, Daily, Weekly, Monthly, Yearly int
+}
+
+// Empty reports whether no rule is set.
+func (p Policy) Empty() bool { return p == Policy{} }
+
+// Decision is one snapshot's fate.
+type Decision struct {
+	Snapshot *Snapshot
+	Keep     bool
+	Reasons  []string
+}
+
+// ApplyPolicy decides, per group of snapshots with the same host and
+// sources, which to keep. The result is newest first.
+func ApplyPolicy(snaps []*Snapshot, p Policy) []Decision {
+	groups := map[string][]*Snapshot{}
+	var keys []string
+	for _, s := range snaps {
+		k := s.Host + "\x00" + s.DB + "\x00" + s.Media
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], s)
+	}
+	sort.Strings(keys)
+	var out []Decision
+	for _, k := range keys {
+		g := groups[k]
+		sort.Slice(g, func(i, j int) bool { return g[i].Time.After(g[j].Time) })
+		rules := []struct {
+			name string
+			n    int
+			key  func(time.Time) string
+		}{
+			{"last", p.Last, func(t time.Time) string { return t.Format(time.RFC3339Nano) }},
+			{"hourly", p.Hourly, func(t time.Time) string { return t.Format("2006-01-02 15") }},
+			{"daily", p.Daily, func(t time.Time) string { return t.Format("2006-01-02") }},
+			{"weekly", p.Weekly, func(t time.Time) string { y, w := t.ISOWeek(); return fmt.Sprintf("%d-%02d", y, w) }},
+			{"monthly", p.Monthly, func(t time.Time) string { return t.Format("2006-01") }},
+			{"yearly", p.Yearly, func(t time.Time) string { return t.Format("2006") }},
+		}
+		counts := make([]int, len(rules))
+		lastKey := make([]string, len(rules))
+		for i, s := range g {
+			d := Decision{Snapshot: s}
+			lt := s.Time.Local()
+			for ri, rule := range rules {
+				if counts[ri] >= rule.n {
+					continue
+				}
+				key := rule.key(lt)
+				if rule.name == "last" {
+					key = fmt.Sprint(i)
+				}
+				if key != lastKey[ri] {
+					lastKey[ri] = key
+					counts[ri]++
+					d.Keep = true
+					d.Reasons = append(d.Reasons, rule.name)
+				}
+			}
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// Forget deletes the snapshots the policy does not keep (the caller holds
+// an exclusive lock). Data is freed by Prune.
+func (r *Repository) Forget(ctx context.Context, p Policy, dryRun bool) ([]Decision, error) {
+	if p.Empty() {
+		return nil, errors.New("no keep policy given (use --keep-last, --keep-daily, …); refusing to forget every snapshot")
+	}
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ds := ApplyPolicy(snaps, p)
+	if dryRun {
+		return ds, nil
+	}
+	for _, d := range ds {
+		if !d.Keep {
+			if err := r.store.Delete(ctx, snapshotName(d.Snapshot.ID)); err != nil {
+				return ds, err
+			}
+		}
+	}
+	return ds, nil
+}
+
+// PruneResult counts what Prune did.
+type PruneResult struct {
+	PacksDeleted  int
+	PacksRepacked int
+	PacksKept     int
+	TreesDeleted  int
+	BytesFreed    int64
+}
+
+// repackThreshold: a pack with more than this fraction unused is
+// rewritten.
+const repackThreshold = 0.2
+
+// Prune removes data no snapshot references. The caller holds an
+// exclusive lock. Order: new packs, then the new index, then deletion of
+// old index objects, then of packs and trees: an interruption leaves a
+// repository that check passes.
+func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, error) {
+	res := &PruneResult{}
+	if err := r.LoadIndex(ctx); err != nil {
+		return nil, err
+	}
+	if _, _, err := r.adoptPacks(ctx); err != nil {
+		return nil, err
+	}
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	used := map[ID]struct{}{}
+	trees := map[string]bool{}
+	for _, s := range snaps {
+		trees[s.Tree] = true
+		tr, err := r.OpenTree(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		for {
+			n, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				tr.Close()
+				return nil, fmt.Errorf("prune needs every snapshot readable: %w", err)
+			}
+			for _, c := range n.Chunks {
+				id, _ := ParseID(c)
+				used[id] = struct{}{}
+			}
+		}
+		tr.Close()
+	}
+	byPack := r.idx.byPack()
+	stored, _, err := r.listPacks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var keep []packIndex
+	var drop []ID
+	var repack []blobEntry
+	repackFrom := map[ID]ID{}
+	for id, size := range stored {
+		var usedEntries []blobEntry
+		var usedBytes int64
+		for _, e := range byPack[id] {
+			if _, ok := used[e.ID]; ok {
+				usedEntries = append(usedEntries, e)
+				usedBytes += int64(e.Length)
+			}
+		}
+		switch {
+		case len(usedEntries) == 0:
+			drop = append(drop, id)
+			res.BytesFreed += size
+		case float64(size-usedBytes) > repackThreshold*float64(size):
+			drop = append(drop, id)
+			res.PacksRepacked++
+			res.BytesFreed += size - usedBytes
+			for _, e := range usedEntries {
+				repack = append(repack, e)
+				repackFrom[e.ID] = id
+			}
+		default:
+			keep = append(keep, packIndex{id: id, size: size, entries: byPack[id]})
+		}
+	}
+	res.PacksDeleted = len(drop) - res.PacksRepacked
+	res.PacksKept = len(keep)
+	treeObjs, err := r.listNames(ctx, "trees/")
+	if err != nil {
+		return nil, err
+	}
+	var dropTrees []string
+	for _, o := range treeObjs {
+		if !trees[strings.TrimPrefix(o.Name, "trees/")] {
+			dropTrees = append(dropTrees, o.Name)
+		}
+	}
+	res.TreesDeleted = len(dropTrees)
+	if dryRun {
+		return res, nil
+	}
+	newPacks, err := r.repack(ctx, repack)
+	if err != nil {
+		return nil, err
+	}
+	oldIndex, err := r.listNames(ctx, "index/")
+	if err != nil {
+		return nil, err
+	}
+	all := append(keep, newPacks...)
+	newName := ""
+	if len(all) > 0 {
+		if newName, err = r.writeIndex(ctx, all); err != nil {
+			return nil, err
+		}
+	}
+	for _, o := range oldIndex {
+		if o.Name != newName {
+			if err := r.store.Delete(ctx, o.Name); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, id := range drop {
+		if err := r.store.Delete(ctx, packName(id)); err != nil {
+			return nil, err
+		}
+	}
+	for _, t := range dropTrees {
+		if err := r.store.Delete(ctx, t); err != nil {
+			return nil, err
+		}
+	}
+	// Rebuild the in-memory index from what is now stored.
+	r.idx = newIndex()
+	for _, p := range all {
+		r.idx.addPack(p.id, p.size, p.entries)
+	}
+	return res, nil
+}
+
+// repack copies the given chunks into new packs and stores them.
+func (r *Repository) repack(ctx context.Context, entries []blobEntry) ([]packIndex, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	br := r.newBlobReader()
+	defer br.close()
+	z := newCompressor()
+	defer z.close()
+	var out []packIndex
+	var pw *packWriter
+	flush := func() error {
+		if pw == nil {
+			return nil
+		}
+		defer pw.discard()
+		size, err := pw.finish()
+		if err != nil {
+			return err
+		}
+		if err := r.store.Put(ctx, packName(pw.id), pw.f, size); err != nil {
+			return err
+		}
+		out = append(out, packIndex{id: pw.id, size: size, entries: pw.entries})
+		pw = nil
+		return nil
+	}
+	buf := make([]byte, 0, r.cfg.MaxChunk+tagSize)
+	for _, e := range entries {
+		data, err := br.chunk(ctx, e.ID)
+		if err != nil {
+			return nil, err
+		}
+		buf = append(buf[:0], data...)
+		payload, flags := z.compress(buf, hintAuto)
+		if pw == nil {
+			if pw, err = r.keys.newPackWriter(r.tmpDir); err != nil {
+				return nil, err
+			}
+		}
+		if err := pw.add(e.ID, flags, payload, len(buf)); err != nil {
+			return nil, err
+		}
+		if pw.size >= r.cfg.PackSize {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

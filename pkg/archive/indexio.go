@@ -1,0 +1,176 @@
+package archive
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+	"sync"
+
+	"github.com/wabackup/wabackup/pkg/cloud"
+)
+
+func indexName(id ID) string { return "index/" + id.String() }
+
+// LoadIndex reads every index object into memory (once).
+func (r *Repository) LoadIndex(ctx context.Context) error {
+	r.idxMu.Lock()
+	defer r.idxMu.Unlock()
+	if r.idxLoaded {
+		return nil
+	}
+	objs, err := r.listNames(ctx, "index/")
+	if err != nil {
+		return err
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		sem   = make(chan struct{}, 4)
+	)
+	for _, o := range objs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(name string) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := r.readIndexObject(ctx, name, func(p packIndex) error {
+				r.idx.addPack(p.id, p.size, p.entries)
+				return nil
+			})
+			mu.Lock()
+			if err != nil && first == nil {
+				first = err
+			}
+			mu.Unlock()
+		}(o.Name)
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	for _, o := range objs {
+		r.idxFiles = append(r.idxFiles, o.Name)
+	}
+	r.idxLoaded = true
+	return nil
+}
+
+func (r *Repository) readIndexObject(ctx context.Context, name string, fn func(packIndex) error) error {
+	rc, err := r.openObject(ctx, name, false)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	err = decodeIndex(rc, fn)
+	if errors.Is(err, errIndexFormat) {
+		return fmt.Errorf("%s: %v: %w", name, err, ErrCorrupt)
+	}
+	return err
+}
+
+// writeIndex stores an index object describing packs and returns its name.
+func (r *Repository) writeIndex(ctx context.Context, packs []packIndex) (string, error) {
+	name := indexName(NewRandomID())
+	err := r.saveObject(ctx, name, false, func(w io.Writer) error { return encodeIndex(w, packs) })
+	return name, err
+}
+
+// readTrailer fetches and authenticates the trailer of a stored pack.
+func (r *Repository) readTrailer(ctx context.Context, id ID, size int64) ([]blobEntry, error) {
+	name := packName(id)
+	if size < 4+tagSize {
+		return nil, fmt.Errorf("%s: pack too short (%d bytes): %w", name, size, ErrCorrupt)
+	}
+	rc, err := r.store.Get(ctx, name, size-4, 4)
+	if err != nil {
+		return nil, err
+	}
+	var lb [4]byte
+	_, err = io.ReadFull(rc, lb[:])
+	rc.Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v: %w", name, err, ErrCorrupt)
+	}
+	tl := int64(binary.BigEndian.Uint32(lb[:]))
+	if tl < tagSize || tl > maxTrailer || tl > size-4 {
+		return nil, fmt.Errorf("%s: bad trailer length: %w", name, ErrCorrupt)
+	}
+	rc, err = r.store.Get(ctx, name, size-4-tl, tl)
+	if err != nil {
+		return nil, err
+	}
+	sealed := make([]byte, tl)
+	_, err = io.ReadFull(rc, sealed)
+	rc.Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v: %w", name, err, ErrCorrupt)
+	}
+	return r.keys.parseTrailer(id, sealed, size)
+}
+
+// packIDFromName parses "data/xx/<64 hex>".
+func packIDFromName(name string) (ID, bool) {
+	base := path.Base(name)
+	id, err := ParseID(base)
+	if err != nil || name != packName(id) {
+		return ID{}, false
+	}
+	return id, true
+}
+
+// listPacks lists the stored packs.
+func (r *Repository) listPacks(ctx context.Context) (map[ID]int64, []string, error) {
+	packs := map[ID]int64{}
+	var strays []string
+	err := r.store.List(ctx, "data/", func(fi cloud.ObjectInfo) error {
+		id, ok := packIDFromName(fi.Name)
+		if !ok {
+			strays = append(strays, fi.Name)
+			return nil
+		}
+		packs[id] = fi.Size
+		return nil
+	})
+	return packs, strays, err
+}
+
+// adoptPacks indexes stored packs that no index object lists (left by an
+// interrupted backup), so their chunks are reused instead of re-sent. It
+// returns the adopted packs (to be written to a new index) and one
+// warning per pack it could not read.
+func (r *Repository) adoptPacks(ctx context.Context) ([]packIndex, []string, error) {
+	stored, _, err := r.listPacks(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var adopted []packIndex
+	var warns []string
+	for id, size := range stored {
+		if r.idx.hasPack(id) {
+			continue
+		}
+		entries, err := r.readTrailer(ctx, id, size)
+		if err != nil {
+			if errors.Is(err, ErrCorrupt) {
+				warns = append(warns, err.Error())
+				continue
+			}
+			return nil, nil, err
+		}
+		r.idx.addPack(id, size, entries)
+		adopted = append(adopted, packIndex{id: id, size: size, entries: entries})
+	}
+	return adopted, warns, nil
+}
+
+func shortName(name string) string {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 && len(name)-i > 12 {
+		return name[:i+1] + name[i+1:i+13] + "…"
+	}
+	return name
+}

@@ -1,0 +1,154 @@
+package archive
+
+import (
+	"bufio"
+	"crypto/cipher"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+)
+
+// Blob flags (FORMAT.md §Packs).
+const (
+	flagZstd = 1 << 0
+)
+
+// blobEntry locates one encrypted chunk inside a pack.
+type blobEntry struct {
+	ID      ID
+	Flags   uint8
+	Counter uint32 // nonce counter: the blob's position in the pack
+	Offset  uint32 // of the ciphertext in the pack
+	Length  uint32 // ciphertext length (plaintext + 16)
+	RawLen  uint32 // chunk length before compression
+}
+
+const trailerEntrySize = 32 + 1 + 4*4
+
+// blobAAD is the associated data of a blob: its chunk id and flags.
+func blobAAD(dst *[33]byte, id ID, flags uint8) []byte {
+	copy(dst[:32], id[:])
+	dst[32] = flags
+	return dst[:]
+}
+
+var trailerAAD = []byte("wabackup v1 pack trailer")
+
+// packWriter builds one pack in a temporary file.
+type packWriter struct {
+	id      ID
+	aead    cipher.AEAD
+	f       *os.File
+	w       *bufio.Writer
+	size    int64
+	entries []blobEntry
+	sealBuf []byte
+}
+
+func (k *keySet) newPackWriter(dir string) (*packWriter, error) {
+	f, err := os.CreateTemp(dir, "pack-*.tmp")
+	if err != nil {
+		return nil, fmt.Errorf("temporary pack file: %w", err)
+	}
+	id := NewRandomID()
+	return &packWriter{id: id, aead: k.packAEAD(id), f: f, w: bufio.NewWriterSize(f, 1<<20)}, nil
+}
+
+// add encrypts payload (already compressed or raw per flags) and appends it.
+func (p *packWriter) add(id ID, flags uint8, payload []byte, rawLen int) error {
+	counter := uint32(len(p.entries))
+	var nonce [12]byte
+	var aad [33]byte
+	p.sealBuf = p.aead.Seal(p.sealBuf[:0], packNonce(&nonce, uint64(counter)), payload, blobAAD(&aad, id, flags))
+	if _, err := p.w.Write(p.sealBuf); err != nil {
+		return err
+	}
+	p.entries = append(p.entries, blobEntry{ID: id, Flags: flags, Counter: counter, Offset: uint32(p.size), Length: uint32(len(p.sealBuf)), RawLen: uint32(rawLen)})
+	p.size += int64(len(p.sealBuf))
+	return nil
+}
+
+// finish writes the trailer and returns the pack's total size. The file
+// is left open and positioned at the start for uploading.
+func (p *packWriter) finish() (int64, error) {
+	plain := make([]byte, 0, 8+len(p.entries)*trailerEntrySize)
+	plain = append(plain, "WPK1"...)
+	plain = binary.BigEndian.AppendUint32(plain, uint32(len(p.entries)))
+	for _, e := range p.entries {
+		plain = append(plain, e.ID[:]...)
+		plain = append(plain, e.Flags)
+		plain = binary.BigEndian.AppendUint32(plain, e.Counter)
+		plain = binary.BigEndian.AppendUint32(plain, e.Offset)
+		plain = binary.BigEndian.AppendUint32(plain, e.Length)
+		plain = binary.BigEndian.AppendUint32(plain, e.RawLen)
+	}
+	var nonce [12]byte
+	sealed := p.aead.Seal(nil, packNonce(&nonce, trailerCounter), plain, trailerAAD)
+	sealed = binary.BigEndian.AppendUint32(sealed, uint32(len(sealed)))
+	if _, err := p.w.Write(sealed); err != nil {
+		return 0, err
+	}
+	p.size += int64(len(sealed))
+	if err := p.w.Flush(); err != nil {
+		return 0, err
+	}
+	if _, err := p.f.Seek(0, io.SeekStart); err != nil {
+		return 0, err
+	}
+	return p.size, nil
+}
+
+func (p *packWriter) discard() {
+	p.f.Close()
+	os.Remove(p.f.Name())
+}
+
+// maxTrailer bounds the trailer a reader accepts (a hostile store must not
+// make us allocate much): enough for 1M blobs.
+const maxTrailer = 1 << 20 * trailerEntrySize
+
+// parseTrailer decrypts and parses a pack trailer (the sealed bytes, without
+// the 4-byte length). packSize is the pack's total size, to bound offsets.
+func (k *keySet) parseTrailer(packID ID, sealed []byte, packSize int64) ([]blobEntry, error) {
+	name := packName(packID)
+	var nonce [12]byte
+	plain, err := k.packAEAD(packID).Open(nil, packNonce(&nonce, trailerCounter), sealed, trailerAAD)
+	if err != nil {
+		return nil, fmt.Errorf("%s: pack trailer does not authenticate: %w", name, ErrCorrupt)
+	}
+	if len(plain) < 8 || string(plain[:4]) != "WPK1" {
+		return nil, fmt.Errorf("%s: bad pack trailer: %w", name, ErrCorrupt)
+	}
+	n := binary.BigEndian.Uint32(plain[4:8])
+	if uint64(len(plain)-8) != uint64(n)*trailerEntrySize {
+		return nil, fmt.Errorf("%s: pack trailer length mismatch: %w", name, ErrCorrupt)
+	}
+	dataEnd := packSize - int64(len(sealed)) - 4
+	out := make([]blobEntry, n)
+	b := plain[8:]
+	var next int64
+	for i := range out {
+		e := &out[i]
+		copy(e.ID[:], b[:32])
+		e.Flags = b[32]
+		e.Counter = binary.BigEndian.Uint32(b[33:])
+		e.Offset = binary.BigEndian.Uint32(b[37:])
+		e.Length = binary.BigEndian.Uint32(b[41:])
+		e.RawLen = binary.BigEndian.Uint32(b[45:])
+		b = b[trailerEntrySize:]
+		if e.Counter != uint32(i) || int64(e.Offset) != next || e.Length < tagSize || e.Flags&^flagZstd != 0 || e.RawLen > maxChunkSize {
+			return nil, fmt.Errorf("%s: inconsistent pack trailer entry %d: %w", name, i, ErrCorrupt)
+		}
+		next += int64(e.Length)
+	}
+	if next != dataEnd {
+		return nil, fmt.Errorf("%s: pack trailer does not cover the pack: %w", name, ErrCorrupt)
+	}
+	return out, nil
+}
+
+func packName(id ID) string {
+	s := id.String()
+	return "data/" + s[:2] + "/" + s
+}

@@ -1,0 +1,346 @@
+package archive
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wabackup/wabackup/pkg/cloud"
+	"github.com/wabackup/wabackup/pkg/keys"
+)
+
+// FormatVersion is the repository format this package writes and reads.
+const FormatVersion = 1
+
+// Chunk size bounds (FORMAT.md §Chunking).
+const (
+	DefaultMinChunk = 256 << 10
+	DefaultAvgChunk = 1 << 20
+	DefaultMaxChunk = 4 << 20
+	maxChunkSize    = 8 << 20 // the largest max a config may set
+	DefaultPackSize = 32 << 20
+)
+
+// Config is the repository's plaintext `config` object.
+type Config struct {
+	Format   string    `json:"format"`
+	Version  int       `json:"version"`
+	ID       string    `json:"id"`
+	Created  time.Time `json:"created"`
+	MinChunk int       `json:"min_chunk"`
+	AvgChunk int       `json:"avg_chunk"`
+	MaxChunk int       `json:"max_chunk"`
+	PackSize int64     `json:"pack_size"`
+	MAC      string    `json:"mac"`
+}
+
+func (c *Config) validate() error {
+	if c.Format != "wabackup" {
+		return errors.New("not a wabackup repository")
+	}
+	if c.Version > FormatVersion {
+		return fmt.Errorf("repository format version %d is newer than this wabackup understands (%d): upgrade wabackup", c.Version, FormatVersion)
+	}
+	if c.Version < 1 {
+		return fmt.Errorf("invalid repository format version %d", c.Version)
+	}
+	if b, err := hex.DecodeString(c.ID); err != nil || len(b) != 16 {
+		return errors.New("invalid repository id")
+	}
+	if c.MinChunk < 64<<10 || c.AvgChunk <= c.MinChunk || c.MaxChunk <= c.AvgChunk || c.MaxChunk > maxChunkSize || c.AvgChunk&(c.AvgChunk-1) != 0 {
+		return errors.New("invalid chunker parameters")
+	}
+	if c.PackSize < 1<<20 || c.PackSize > 1<<30 {
+		return errors.New("invalid pack size")
+	}
+	return nil
+}
+
+// mac computes the config MAC (FORMAT.md §Config).
+func (c *Config) mac(k *keySet) string {
+	m := hmac.New(sha256.New, k.config[:])
+	m.Write([]byte("wabackup v1 config"))
+	m.Write([]byte(c.ID))
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(c.Version))
+	m.Write(b[:])
+	for _, v := range []int64{int64(c.MinChunk), int64(c.AvgChunk), int64(c.MaxChunk), c.PackSize} {
+		binary.BigEndian.PutUint64(b[:], uint64(v))
+		m.Write(b[:])
+	}
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// ParseConfig strictly parses a config object.
+func ParseConfig(data []byte) (*Config, error) {
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("config: %v", err)
+	}
+	if dec.More() {
+		return nil, errors.New("config: trailing data")
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return &c, nil
+}
+
+// Repository is an open repository. Methods other than the key-slot ones
+// need Unlock first.
+type Repository struct {
+	store  cloud.Store
+	cfg    *Config
+	keys   *keySet
+	idx    *Index
+	tmpDir string
+
+	idxMu     sync.Mutex
+	idxLoaded bool
+	idxFiles  []string // index objects loaded
+}
+
+// Store returns the underlying store.
+func (r *Repository) Store() cloud.Store { return r.store }
+
+// Config returns the repository configuration.
+func (r *Repository) Config() Config { return *r.cfg }
+
+// SetTempDir sets where packs are staged before upload (default: the OS
+// temporary directory).
+func (r *Repository) SetTempDir(dir string) { r.tmpDir = dir }
+
+// ErrWrongKey is returned by Unlock when no key slot opens with the given
+// secret.
+var ErrWrongKey = keys.ErrWrongKey
+
+// Credentials are what the user offers to unlock a repository.
+type Credentials struct {
+	RecoveryKey *keys.Key
+	Password    []byte
+	VaultSecret *keys.Key
+}
+
+// InitOptions configure a new repository.
+type InitOptions struct {
+	Password []byte             // optional: also add a password slot
+	Argon2   *keys.Argon2Params // nil: keys.DefaultArgon2
+	Label    string             // slot label (e.g. the host name)
+}
+
+// Init creates a repository in an empty store and returns it unlocked,
+// with the new recovery key (shown once to the user).
+func Init(ctx context.Context, store cloud.Store, opt InitOptions) (*Repository, keys.Key, error) {
+	var none keys.Key
+	if _, err := store.Stat(ctx, "config"); err == nil {
+		return nil, none, fmt.Errorf("%s already holds a repository; refusing to overwrite it", store.Location())
+	} else if !errors.Is(err, cloud.ErrNotFound) {
+		return nil, none, err
+	}
+	master, err := keys.NewKey()
+	if err != nil {
+		return nil, none, err
+	}
+	recovery, err := keys.NewKey()
+	if err != nil {
+		return nil, none, err
+	}
+	idb := NewRandomID()
+	cfg := &Config{Format: "wabackup", Version: FormatVersion, ID: hex.EncodeToString(idb[:16]), Created: time.Now().UTC().Truncate(time.Second),
+		MinChunk: DefaultMinChunk, AvgChunk: DefaultAvgChunk, MaxChunk: DefaultMaxChunk, PackSize: DefaultPackSize}
+	r := &Repository{store: store, cfg: cfg, keys: deriveKeys(master), idx: newIndex(), tmpDir: os.TempDir(), idxLoaded: true}
+	cfg.MAC = cfg.mac(r.keys)
+	slot, err := keys.NewRecoverySlot(master, recovery, opt.Label)
+	if err != nil {
+		return nil, none, err
+	}
+	if err := r.putSlot(ctx, slot); err != nil {
+		return nil, none, err
+	}
+	if opt.Password != nil {
+		if _, err := r.AddPassword(ctx, opt.Password, opt.Argon2, opt.Label); err != nil {
+			return nil, none, err
+		}
+	}
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, none, err
+	}
+	// The config goes last: a store without it holds no repository.
+	if err := store.Put(ctx, "config", bytes.NewReader(data), int64(len(data))); err != nil {
+		return nil, none, err
+	}
+	return r, recovery, nil
+}
+
+// Open reads the repository's config. The repository must then be
+// unlocked.
+func Open(ctx context.Context, store cloud.Store) (*Repository, error) {
+	rc, err := store.Get(ctx, "config", 0, -1)
+	if errors.Is(err, cloud.ErrNotFound) {
+		return nil, fmt.Errorf("no repository at %s (run wabackup init): %w", store.Location(), cloud.ErrNoRepository)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, 64<<10))
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", store.Location(), err)
+	}
+	return &Repository{store: store, cfg: cfg, idx: newIndex(), tmpDir: os.TempDir()}, nil
+}
+
+// Slots lists the repository's key slots.
+func (r *Repository) Slots(ctx context.Context) ([]*keys.Slot, error) {
+	objs, err := r.listNames(ctx, "keys/")
+	if err != nil {
+		return nil, err
+	}
+	var out []*keys.Slot
+	for _, o := range objs {
+		rc, err := r.store.Get(ctx, o.Name, 0, -1)
+		if err != nil {
+			return nil, err
+		}
+		data, err := io.ReadAll(io.LimitReader(rc, 64<<10))
+		rc.Close()
+		if err != nil {
+			return nil, err
+		}
+		s, err := keys.ParseSlot(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", o.Name, err)
+		}
+		if "keys/"+s.ID != o.Name {
+			return nil, fmt.Errorf("%s: slot id %s does not match its name: %w", o.Name, s.ID, ErrCorrupt)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// Unlock finds a key slot that opens with the credentials and derives the
+// repository keys. It fails with ErrWrongKey if none does.
+func (r *Repository) Unlock(ctx context.Context, c Credentials) error {
+	slots, err := r.Slots(ctx)
+	if err != nil {
+		return err
+	}
+	if len(slots) == 0 {
+		return fmt.Errorf("repository has no key slots: %w", ErrCorrupt)
+	}
+	var lastErr error = ErrWrongKey
+	for _, s := range slots {
+		var secret []byte
+		switch {
+		case s.Kind == keys.KindRecovery && c.RecoveryKey != nil:
+			secret = c.RecoveryKey[:]
+		case s.Kind == keys.KindPassword && c.Password != nil:
+			secret = c.Password
+		case s.Kind == keys.KindVault && c.VaultSecret != nil:
+			secret = c.VaultSecret[:]
+		default:
+			continue
+		}
+		master, err := s.Unwrap(secret)
+		if err != nil {
+			if !errors.Is(err, keys.ErrWrongKey) {
+				lastErr = err
+			}
+			continue
+		}
+		k := deriveKeys(master)
+		if !hmac.Equal([]byte(r.cfg.mac(k)), []byte(r.cfg.MAC)) {
+			return fmt.Errorf("config: MAC does not verify (the config object was altered): %w", ErrCorrupt)
+		}
+		r.keys = k
+		return nil
+	}
+	return lastErr
+}
+
+func (r *Repository) putSlot(ctx context.Context, s *keys.Slot) error {
+	data, err := s.Marshal()
+	if err != nil {
+		return err
+	}
+	return r.store.Put(ctx, "keys/"+s.ID, bytes.NewReader(data), int64(len(data)))
+}
+
+// AddPassword adds a password slot and returns it.
+func (r *Repository) AddPassword(ctx context.Context, password []byte, p *keys.Argon2Params, label string) (*keys.Slot, error) {
+	params := keys.DefaultArgon2
+	if p != nil {
+		params = *p
+	}
+	s, err := keys.NewPasswordSlot(r.keys.master, password, params, label)
+	if err != nil {
+		return nil, err
+	}
+	return s, r.putSlot(ctx, s)
+}
+
+// AddRecoveryKey adds a slot for a new random recovery key and returns it.
+func (r *Repository) AddRecoveryKey(ctx context.Context, label string) (keys.Key, *keys.Slot, error) {
+	k, err := keys.NewKey()
+	if err != nil {
+		return k, nil, err
+	}
+	s, err := keys.NewRecoverySlot(r.keys.master, k, label)
+	if err != nil {
+		return k, nil, err
+	}
+	return k, s, r.putSlot(ctx, s)
+}
+
+// AddVaultSlot adds a slot opened by a secret escrowed in a key vault.
+func (r *Repository) AddVaultSlot(ctx context.Context, secret keys.Key, label string, extra map[string]string) (*keys.Slot, error) {
+	s, err := keys.NewVaultSlot(r.keys.master, secret, label, extra)
+	if err != nil {
+		return nil, err
+	}
+	return s, r.putSlot(ctx, s)
+}
+
+// RemoveSlot deletes a key slot by id or unique id prefix. It refuses to
+// remove the last slot.
+func (r *Repository) RemoveSlot(ctx context.Context, ref string) (*keys.Slot, error) {
+	slots, err := r.Slots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var found *keys.Slot
+	for _, s := range slots {
+		if strings.HasPrefix(s.ID, strings.ToLower(ref)) && ref != "" {
+			if found != nil {
+				return nil, fmt.Errorf("key id %q is ambiguous", ref)
+			}
+			found = s
+		}
+	}
+	if found == nil {
+		return nil, fmt.Errorf("no key slot %q", ref)
+	}
+	if len(slots) == 1 {
+		return nil, errors.New("refusing to remove the last key slot: the repository would become unreadable")
+	}
+	return found, r.store.Delete(ctx, "keys/"+found.ID)
+}

@@ -1,0 +1,262 @@
+package archive
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// RestoreOptions say where and what to restore.
+type RestoreOptions struct {
+	Target    string
+	Include   []string // restore only these paths (and what is below them)
+	Overwrite bool     // replace existing files
+	Workers   int      // files restored at once (default GOMAXPROCS)
+	NoSync    bool     // skip fsync of restored files
+	Progress  func(RestoreProgress)
+}
+
+// RestoreProgress is a running count.
+type RestoreProgress struct {
+	Files, Bytes int64
+	Current      string
+}
+
+// ErrExists is returned when a restore would overwrite an existing file.
+var ErrExists = errors.New("file exists")
+
+// Restore writes a snapshot's files below opt.Target. Every chunk is
+// authenticated and checked against its id before it is written; each
+// file is written under a temporary name and renamed into place, so an
+// interrupted restore never leaves a partial file under a real name.
+func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOptions) (RestoreProgress, error) {
+	var total RestoreProgress
+	if err := r.LoadIndex(ctx); err != nil {
+		return total, err
+	}
+	if opt.Workers <= 0 {
+		opt.Workers = runtime.GOMAXPROCS(0)
+	}
+	target, err := filepath.Abs(opt.Target)
+	if err != nil {
+		return total, err
+	}
+	if err := os.MkdirAll(target, 0o700); err != nil {
+		return total, err
+	}
+	includes := make([]string, 0, len(opt.Include))
+	for _, inc := range opt.Include {
+		inc = strings.Trim(filepath.ToSlash(inc), "/")
+		if !validPath(inc) {
+			return total, fmt.Errorf("invalid --include path %q", inc)
+		}
+		includes = append(includes, inc)
+	}
+	tr, err := r.OpenTree(ctx, snap)
+	if err != nil {
+		return total, err
+	}
+	defer tr.Close()
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	files := make(chan *Node, opt.Workers)
+	var wg sync.WaitGroup
+	var nfiles, nbytes atomic.Int64
+	for i := 0; i < opt.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			br := r.newBlobReader()
+			defer br.close()
+			for n := range files {
+				if ctx.Err() != nil {
+					continue
+				}
+				if err := r.restoreFile(ctx, br, target, n, opt); err != nil {
+					cancel(err)
+					continue
+				}
+				nfiles.Add(1)
+				nbytes.Add(n.Size)
+				if opt.Progress != nil {
+					opt.Progress(RestoreProgress{Files: nfiles.Load(), Bytes: nbytes.Load(), Current: n.Path})
+				}
+			}
+		}()
+	}
+	type dirMeta struct {
+		path  string
+		mode  fs.FileMode
+		mtime time.Time
+	}
+	var dirs []dirMeta
+	var symlinks []string
+	matched := len(includes) == 0
+	walkErr := func() error {
+		for {
+			n, err := tr.Next()
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if !included(n.Path, includes) {
+				continue
+			}
+			matched = true
+			for _, l := range symlinks {
+				if strings.HasPrefix(n.Path, l+"/") {
+					return fmt.Errorf("%s: node %q lies below symlink %q: %w", tr.name, n.Path, l, ErrCorrupt)
+				}
+			}
+			dst := filepath.Join(target, filepath.FromSlash(n.Path))
+			switch n.Type {
+			case TypeDir:
+				if fi, err := os.Lstat(dst); err == nil && !fi.IsDir() {
+					return fmt.Errorf("%s exists and is not a directory", dst)
+				}
+				if err := os.MkdirAll(dst, 0o700); err != nil {
+					return err
+				}
+				dirs = append(dirs, dirMeta{dst, n.FileMode(), n.ModTime()})
+			case TypeSymlink:
+				if _, err := os.Lstat(dst); err == nil {
+					if !opt.Overwrite {
+						return fmt.Errorf("%s: %w (use --overwrite to replace it)", dst, ErrExists)
+					}
+					if err := os.Remove(dst); err != nil {
+						return err
+					}
+				}
+				if err := os.Symlink(n.Target, dst); err != nil {
+					return err
+				}
+				symlinks = append(symlinks, n.Path)
+				ts := []unix.Timespec{unix.NsecToTimespec(n.MTime), unix.NsecToTimespec(n.MTime)}
+				_ = unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW)
+			case TypeFile:
+				select {
+				case files <- n:
+				case <-ctx.Done():
+					return context.Cause(ctx)
+				}
+			}
+		}
+	}()
+	close(files)
+	wg.Wait()
+	if c := context.Cause(ctx); c != nil {
+		return total, c
+	}
+	if walkErr != nil {
+		return total, walkErr
+	}
+	if !matched {
+		return total, fmt.Errorf("--include matched nothing in snapshot %s", snap.ID.Short())
+	}
+	// Directories last, deepest first, so adding files does not change
+	// their times.
+	for i := len(dirs) - 1; i >= 0; i-- {
+		d := dirs[i]
+		if err := os.Chmod(d.path, d.mode); err != nil {
+			return total, err
+		}
+		if err := os.Chtimes(d.path, d.mtime, d.mtime); err != nil {
+			return total, err
+		}
+	}
+	total.Files, total.Bytes = nfiles.Load(), nbytes.Load()
+	return total, nil
+}
+
+// included reports whether p is selected by includes: it is one of them,
+// lies below one, or is a directory above one.
+func included(p string, includes []string) bool {
+	if len(includes) == 0 {
+		return true
+	}
+	for _, inc := range includes {
+		if p == inc || strings.HasPrefix(p, inc+"/") || strings.HasPrefix(inc, p+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Repository) restoreFile(ctx context.Context, br *blobReader, target string, n *Node, opt RestoreOptions) (err error) {
+	dst := filepath.Join(target, filepath.FromSlash(n.Path))
+	if fi, err := os.Lstat(dst); err == nil {
+		if !opt.Overwrite {
+			return fmt.Errorf("%s: %w (use --overwrite to replace it)", dst, ErrExists)
+		}
+		if fi.IsDir() {
+			return fmt.Errorf("%s exists and is a directory", dst)
+		}
+	}
+	dir := filepath.Dir(dst)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(dir, ".wabackup-"+hex.EncodeToString(rnd[:])+".tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	var written int64
+	for _, c := range n.Chunks {
+		id, err := ParseID(c)
+		if err != nil {
+			return err
+		}
+		data, err := br.chunk(ctx, id)
+		if err != nil {
+			return fmt.Errorf("restoring %s: %w", n.Path, err)
+		}
+		if _, err := f.Write(data); err != nil {
+			return fmt.Errorf("writing %s: %w", dst, err)
+		}
+		written += int64(len(data))
+	}
+	if written != n.Size {
+		return fmt.Errorf("restoring %s: got %d bytes, snapshot says %d: %w", n.Path, written, n.Size, ErrCorrupt)
+	}
+	if err := f.Chmod(n.FileMode()); err != nil {
+		return err
+	}
+	if !opt.NoSync {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("writing %s: %w", dst, err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", dst, err)
+	}
+	mt := n.ModTime()
+	if err := os.Chtimes(tmp, mt, mt); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}

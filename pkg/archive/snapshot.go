@@ -1,0 +1,351 @@
+package archive
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"sort"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Snapshot is the header of one backup (FORMAT.md §Snapshots).
+type Snapshot struct {
+	Version  int       `json:"v"`
+	Time     time.Time `json:"time"`
+	Host     string    `json:"host"`
+	User     string    `json:"user,omitempty"`
+	Parent   string    `json:"parent,omitempty"`
+	DB       string    `json:"db,omitempty"`    // source path of the chat database
+	Media    string    `json:"media,omitempty"` // source path of the media folder
+	Tags     []string  `json:"tags,omitempty"`
+	Tree     string    `json:"tree"` // hex id of the tree object
+	Partial  bool      `json:"partial,omitempty"`
+	Warnings int       `json:"warnings,omitempty"`
+	Stats    Stats     `json:"stats"`
+
+	ID ID `json:"-"` // from the object name
+}
+
+// Stats counts what a backup saw and sent.
+type Stats struct {
+	Files      int64 `json:"files"`
+	Dirs       int64 `json:"dirs"`
+	Bytes      int64 `json:"bytes"`       // total size of the files
+	ReadBytes  int64 `json:"read_bytes"`  // bytes actually read (changed files)
+	NewChunks  int64 `json:"new_chunks"`  // chunks not already stored
+	NewBytes   int64 `json:"new_bytes"`   // their plaintext size
+	AddedBytes int64 `json:"added_bytes"` // bytes added to the store (packs, after compression and encryption)
+	Unchanged  int64 `json:"unchanged"`   // files skipped as unchanged since the parent
+}
+
+func snapshotName(id ID) string { return "snapshots/" + id.String() }
+func treeName(id ID) string     { return "trees/" + id.String() }
+
+// Node types in a tree.
+const (
+	TypeFile    = "f"
+	TypeDir     = "d"
+	TypeSymlink = "l"
+)
+
+// Node is one entry of a snapshot's tree.
+type Node struct {
+	Path   string   `json:"p"`
+	Type   string   `json:"t"`
+	Mode   uint32   `json:"m"` // fs.FileMode permission and special bits
+	Size   int64    `json:"s,omitempty"`
+	MTime  int64    `json:"mt"` // Unix nanoseconds
+	Inode  uint64   `json:"i,omitempty"`
+	Dev    uint64   `json:"dv,omitempty"`
+	Target string   `json:"l,omitempty"`
+	Chunks []string `json:"c,omitempty"` // chunk ids, hex, in file order
+}
+
+// FileMode returns the node's permission bits as an fs.FileMode.
+func (n *Node) FileMode() fs.FileMode { return fs.FileMode(n.Mode) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky) }
+
+// ModTime returns the node's modification time.
+func (n *Node) ModTime() time.Time { return time.Unix(0, n.MTime) }
+
+const maxPathLen = 4096
+
+// validPath accepts a clean relative slash path without "." or ".."
+// components: a restore can never write outside its target.
+func validPath(p string) bool {
+	if p == "" || len(p) > maxPathLen || !utf8.ValidString(p) || strings.HasPrefix(p, "/") || strings.ContainsRune(p, 0) {
+		return false
+	}
+	for _, c := range strings.Split(p, "/") {
+		if c == "" || c == "." || c == ".." {
+			return false
+		}
+	}
+	return path.Clean(p) == p
+}
+
+// check validates a decoded node.
+func (n *Node) check() error {
+	if !validPath(n.Path) {
+		return fmt.Errorf("invalid path %q", n.Path)
+	}
+	switch n.Type {
+	case TypeFile:
+		if n.Size < 0 || n.Target != "" {
+			return fmt.Errorf("%s: invalid file node", n.Path)
+		}
+		for _, c := range n.Chunks {
+			if _, err := ParseID(c); err != nil {
+				return fmt.Errorf("%s: %v", n.Path, err)
+			}
+		}
+	case TypeDir:
+		if n.Size != 0 || len(n.Chunks) != 0 || n.Target != "" {
+			return fmt.Errorf("%s: invalid directory node", n.Path)
+		}
+	case TypeSymlink:
+		if n.Target == "" || len(n.Chunks) != 0 || strings.ContainsRune(n.Target, 0) {
+			return fmt.Errorf("%s: invalid symlink node", n.Path)
+		}
+	default:
+		return fmt.Errorf("%s: unknown node type %q", n.Path, n.Type)
+	}
+	if n.Mode&^uint32(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != 0 {
+		return fmt.Errorf("%s: invalid mode %o", n.Path, n.Mode)
+	}
+	return nil
+}
+
+// comparePaths orders paths the way a depth-first walk with sorted
+// directory entries visits them: component by component, a directory
+// before its contents.
+func comparePaths(a, b string) int {
+	for {
+		ia, ib := strings.IndexByte(a, '/'), strings.IndexByte(b, '/')
+		ca, cb := a, b
+		if ia >= 0 {
+			ca = a[:ia]
+		}
+		if ib >= 0 {
+			cb = b[:ib]
+		}
+		if c := strings.Compare(ca, cb); c != 0 {
+			return c
+		}
+		switch {
+		case ia < 0 && ib < 0:
+			return 0
+		case ia < 0:
+			return -1
+		case ib < 0:
+			return 1
+		}
+		a, b = a[ia+1:], b[ib+1:]
+	}
+}
+
+// treeWriter appends nodes, one JSON document per line, in walk order.
+type treeWriter struct {
+	enc  *json.Encoder
+	last string
+}
+
+func (t *treeWriter) add(n *Node) error {
+	if t.last != "" && comparePaths(t.last, n.Path) >= 0 {
+		return fmt.Errorf("internal error: tree out of order: %q after %q", n.Path, t.last)
+	}
+	t.last = n.Path
+	return t.enc.Encode(n)
+}
+
+// TreeReader streams the nodes of a tree object.
+type TreeReader struct {
+	rc   io.ReadCloser
+	sc   *bufio.Scanner
+	name string
+	last string
+	err  error
+}
+
+// maxNodeLine bounds one encoded node (a file of 1 TiB at the minimum
+// chunk size still fits).
+const maxNodeLine = 64 << 20
+
+func newTreeReader(rc io.ReadCloser, name string) *TreeReader {
+	sc := bufio.NewScanner(rc)
+	sc.Buffer(make([]byte, 0, 64<<10), maxNodeLine)
+	return &TreeReader{rc: rc, sc: sc, name: name}
+}
+
+// Next returns the next node, or io.EOF at the end.
+func (t *TreeReader) Next() (*Node, error) {
+	if t.err != nil {
+		return nil, t.err
+	}
+	if !t.sc.Scan() {
+		if err := t.sc.Err(); err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				err = fmt.Errorf("%s: %v: %w", t.name, err, ErrCorrupt)
+			}
+			t.err = err
+			return nil, err
+		}
+		t.err = io.EOF
+		return nil, io.EOF
+	}
+	n, err := parseNode(t.sc.Bytes())
+	if err == nil && t.last != "" && comparePaths(t.last, n.Path) >= 0 {
+		err = fmt.Errorf("node %q out of order", n.Path)
+	}
+	if err != nil {
+		t.err = fmt.Errorf("%s: %v: %w", t.name, err, ErrCorrupt)
+		return nil, t.err
+	}
+	t.last = n.Path
+	return n, nil
+}
+
+// Close releases the underlying object reader.
+func (t *TreeReader) Close() error { return t.rc.Close() }
+
+func parseNode(line []byte) (*Node, error) {
+	var n Node
+	dec := json.NewDecoder(strings.NewReader(string(line)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&n); err != nil {
+		return nil, err
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data after node")
+	}
+	if err := n.check(); err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+func parseSnapshot(data []byte) (*Snapshot, error) {
+	var s Snapshot
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return nil, err
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data after snapshot")
+	}
+	if s.Version != 1 {
+		return nil, fmt.Errorf("unsupported snapshot version %d", s.Version)
+	}
+	if _, err := ParseID(s.Tree); err != nil {
+		return nil, fmt.Errorf("bad tree reference: %v", err)
+	}
+	if s.Parent != "" {
+		if _, err := ParseID(s.Parent); err != nil {
+			return nil, fmt.Errorf("bad parent reference: %v", err)
+		}
+	}
+	return &s, nil
+}
+
+// Snapshots loads every snapshot header, oldest first.
+func (r *Repository) Snapshots(ctx context.Context) ([]*Snapshot, error) {
+	objs, err := r.listNames(ctx, "snapshots/")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Snapshot, 0, len(objs))
+	for _, o := range objs {
+		id, err := ParseID(strings.TrimPrefix(o.Name, "snapshots/"))
+		if err != nil {
+			continue // not ours
+		}
+		s, err := r.LoadSnapshot(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	return out, nil
+}
+
+const maxSnapshotSize = 1 << 20
+
+// LoadSnapshot reads one snapshot header.
+func (r *Repository) LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error) {
+	name := snapshotName(id)
+	rc, err := r.openObject(ctx, name, false)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, maxSnapshotSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxSnapshotSize {
+		return nil, fmt.Errorf("%s: snapshot too large: %w", name, ErrCorrupt)
+	}
+	s, err := parseSnapshot(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v: %w", name, err, ErrCorrupt)
+	}
+	s.ID = id
+	return s, nil
+}
+
+// FindSnapshot resolves "latest", a full id or a unique prefix of at
+// least 4 hex digits.
+func (r *Repository) FindSnapshot(ctx context.Context, ref string) (*Snapshot, error) {
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(snaps) == 0 {
+		return nil, ErrNoSnapshot
+	}
+	if ref == "" || ref == "latest" {
+		return snaps[len(snaps)-1], nil
+	}
+	ref = strings.ToLower(ref)
+	if len(ref) < 4 {
+		return nil, fmt.Errorf("snapshot id %q is too short (give at least 4 hex digits)", ref)
+	}
+	var found *Snapshot
+	for _, s := range snaps {
+		if strings.HasPrefix(s.ID.String(), ref) {
+			if found != nil {
+				return nil, fmt.Errorf("snapshot id %q is ambiguous", ref)
+			}
+			found = s
+		}
+	}
+	if found == nil {
+		return nil, fmt.Errorf("no snapshot %q: %w", ref, ErrNoSnapshot)
+	}
+	return found, nil
+}
+
+// ErrNoSnapshot is returned when a requested snapshot does not exist.
+var ErrNoSnapshot = errors.New("no such snapshot")
+
+// OpenTree streams the nodes of a snapshot's tree.
+func (r *Repository) OpenTree(ctx context.Context, s *Snapshot) (*TreeReader, error) {
+	id, err := ParseID(s.Tree)
+	if err != nil {
+		return nil, err
+	}
+	name := treeName(id)
+	rc, err := r.openObject(ctx, name, true)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", s.ID.Short(), err)
+	}
+	return newTreeReader(rc, name), nil
+}
