@@ -69,7 +69,9 @@ type Node struct {
 }
 
 // FileMode returns the node's permission bits as an fs.FileMode.
-func (n *Node) FileMode() fs.FileMode { return fs.FileMode(n.Mode) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky) }
+func (n *Node) FileMode() fs.FileMode {
+	return fs.FileMode(n.Mode) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+}
 
 // ModTime returns the node's modification time.
 func (n *Node) ModTime() time.Time { return time.Unix(0, n.MTime) }
