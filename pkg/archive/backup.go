@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"io/fs"
 	"os"
 	"os/user"
 	"path"
@@ -392,7 +391,7 @@ func (b *backup) produce(ctx context.Context, srcs []source, dbCopy string, ptre
 			if err != nil {
 				return err
 			}
-			n := &Node{Path: s.name, Type: TypeFile, Mode: uint32(fi.Mode().Perm()), Size: cp.Size(), MTime: fi.ModTime().UnixNano()}
+			n := &Node{Path: s.name, Type: TypeFile, Mode: unixMode(fi.Mode()), Size: cp.Size(), MTime: fi.ModTime().UnixNano()}
 			if err := b.sendFile(ctx, ck, n, dbCopy, hintAuto, order, jobs); err != nil {
 				return err
 			}
@@ -405,11 +404,11 @@ func (b *backup) produce(ctx context.Context, srcs []source, dbCopy string, ptre
 		if !fi.IsDir() {
 			return fmt.Errorf("media folder %s is not a directory", s.abs)
 		}
-		if err := send(item{node: &Node{Path: s.name, Type: TypeDir, Mode: uint32(fi.Mode() & modeBits), MTime: fi.ModTime().UnixNano()}, end: true}); err != nil {
+		if err := send(item{node: &Node{Path: s.name, Type: TypeDir, Mode: unixMode(fi.Mode()), MTime: fi.ModTime().UnixNano()}, end: true}); err != nil {
 			return err
 		}
 		err = gather.Walk(ctx, s.abs, func(e gather.Entry) error {
-			n := &Node{Path: s.name + "/" + e.Path, Mode: uint32(e.Mode & modeBits), MTime: e.ModTime.UnixNano()}
+			n := &Node{Path: s.name + "/" + e.Path, Mode: unixMode(e.Mode), MTime: e.ModTime.UnixNano()}
 			if !validPath(n.Path) {
 				b.warn(n.Path, errors.New("file name is not valid UTF-8; skipped"), true)
 				return nil
@@ -439,8 +438,6 @@ func (b *backup) produce(ctx context.Context, srcs []source, dbCopy string, ptre
 	}
 	return nil
 }
-
-const modeBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 
 // unchanged reports whether a file can reuse its parent's chunks: same
 // type, size, mtime and inode, and every chunk still in the index.

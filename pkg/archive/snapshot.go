@@ -59,7 +59,7 @@ const (
 type Node struct {
 	Path   string   `json:"p"`
 	Type   string   `json:"t"`
-	Mode   uint32   `json:"m"` // fs.FileMode permission and special bits
+	Mode   uint32   `json:"m"` // Unix permission bits incl. setuid 04000, setgid 02000, sticky 01000
 	Size   int64    `json:"s,omitempty"`
 	MTime  int64    `json:"mt"` // Unix nanoseconds
 	Inode  uint64   `json:"i,omitempty"`
@@ -70,7 +70,32 @@ type Node struct {
 
 // FileMode returns the node's permission bits as an fs.FileMode.
 func (n *Node) FileMode() fs.FileMode {
-	return fs.FileMode(n.Mode) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	m := fs.FileMode(n.Mode) & fs.ModePerm
+	if n.Mode&0o4000 != 0 {
+		m |= fs.ModeSetuid
+	}
+	if n.Mode&0o2000 != 0 {
+		m |= fs.ModeSetgid
+	}
+	if n.Mode&0o1000 != 0 {
+		m |= fs.ModeSticky
+	}
+	return m
+}
+
+// unixMode converts an fs.FileMode to the Unix bits a Node stores.
+func unixMode(m fs.FileMode) uint32 {
+	u := uint32(m & fs.ModePerm)
+	if m&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return u
 }
 
 // ModTime returns the node's modification time.
@@ -118,7 +143,7 @@ func (n *Node) check() error {
 	default:
 		return fmt.Errorf("%s: unknown node type %q", n.Path, n.Type)
 	}
-	if n.Mode&^uint32(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != 0 {
+	if n.Mode&^0o7777 != 0 {
 		return fmt.Errorf("%s: invalid mode %o", n.Path, n.Mode)
 	}
 	return nil
