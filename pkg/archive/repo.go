@@ -108,6 +108,8 @@ type Repository struct {
 	idx    *Index
 	tmpDir string
 
+	slotID string // the key slot Unlock used
+
 	idxMu     sync.Mutex
 	idxLoaded bool
 	idxFiles  []string // index objects loaded
@@ -126,6 +128,10 @@ func (r *Repository) SetTempDir(dir string) { r.tmpDir = dir }
 // ErrWrongKey is returned by Unlock when no key slot opens with the given
 // secret.
 var ErrWrongKey = keys.ErrWrongKey
+
+// UnlockedWith returns the id of the key slot that unlocked the
+// repository.
+func (r *Repository) UnlockedWith() string { return r.slotID }
 
 // Credentials are what the user offers to unlock a repository.
 type Credentials struct {
@@ -272,6 +278,7 @@ func (r *Repository) Unlock(ctx context.Context, c Credentials) error {
 			return fmt.Errorf("config: MAC does not verify (the config object was altered): %w", ErrCorrupt)
 		}
 		r.keys = k
+		r.slotID = s.ID
 		return nil
 	}
 	return lastErr

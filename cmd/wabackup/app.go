@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/wabackup/wabackup/internal/secret"
+	"github.com/wabackup/wabackup/internal/settings"
+	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/cloud"
+	"github.com/wabackup/wabackup/pkg/keys"
+)
+
+// app holds the global options shared by every command.
+type app struct {
+	out *output
+
+	repo            string
+	configFile      string
+	keyFile         string
+	passwordFile    string
+	passwordCommand string
+	retryLock       time.Duration
+	tempDir         string
+}
+
+func newApp() *app {
+	return &app{out: &output{stdout: os.Stdout, stderr: os.Stderr}}
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "wabackup",
+		Short: "End-to-end encrypted backups of a chat app's database and media",
+		Long: `wabackup backs up a chat app's SQLite database and media folder into an
+encrypted, deduplicated repository (a local directory, S3 or Google Drive)
+and restores them on any machine with the 64-digit key or a password.`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return a.applySettings(cmd)
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVarP(&a.repo, "repo", "r", "", "repository: a path, file:///path (env WABACKUP_REPO)")
+	pf.StringVar(&a.configFile, "config", "", "config file (default $XDG_CONFIG_HOME/wabackup/config)")
+	pf.StringVar(&a.keyFile, "key-file", "", "read the 64-digit key from this file (env WABACKUP_KEY_FILE)")
+	pf.StringVar(&a.passwordFile, "password-file", "", "read the password from this file (env WABACKUP_PASSWORD_FILE)")
+	pf.StringVar(&a.passwordCommand, "password-command", "", "run this shell command to get the password (env WABACKUP_PASSWORD_COMMAND)")
+	pf.DurationVar(&a.retryLock, "retry-lock", 0, "wait up to this long for a locked repository (e.g. 5m)")
+	pf.StringVar(&a.tempDir, "temp-dir", "", "where packs are staged before upload (default: the system temp dir)")
+	pf.BoolVar(&a.out.json, "json", false, "machine-readable output (one JSON object per line)")
+	pf.BoolVarP(&a.out.quiet, "quiet", "q", false, "print nothing unless there is an error")
+
+	root.AddCommand(
+		a.initCommand(),
+		a.backupCommand(),
+		a.snapshotsCommand(),
+		a.restoreCommand(),
+		a.checkCommand(),
+		a.forgetCommand(),
+		a.pruneCommand(),
+		a.keyCommand(),
+		a.unlockCommand(),
+		a.versionCommand(),
+		&cobra.Command{Use: "exit-codes", Short: "The exit codes wabackup uses", Long: exitCodesHelp},
+	)
+	return root
+}
+
+// applySettings fills unset flags from WABACKUP_* variables and the
+// config file.
+func (a *app) applySettings(cmd *cobra.Command) error {
+	path, required := a.configFile, true
+	if path == "" {
+		if v := os.Getenv("WABACKUP_CONFIG"); v != "" {
+			path = v
+		} else {
+			path, required = settings.DefaultPath(), false
+		}
+	}
+	file, err := settings.Load(path, required)
+	if err != nil {
+		return err
+	}
+	fs := pflag.NewFlagSet("all", pflag.ContinueOnError)
+	fs.AddFlagSet(cmd.Flags())
+	fs.AddFlagSet(cmd.InheritedFlags())
+	return settings.Apply(fs, file, map[string]bool{"config": true})
+}
+
+// credentials gathers the key or password before any work is done, so a
+// mistyped key fails at once.
+func (a *app) credentials() (archive.Credentials, error) {
+	var c archive.Credentials
+	keySrc := secret.Source{File: a.keyFile, Env: "WABACKUP_KEY"}
+	if s, ok, err := keySrc.Read(); ok {
+		if err != nil {
+			return c, err
+		}
+		k, err := keys.ParseRecoveryKey(string(s))
+		if err != nil {
+			return c, fmt.Errorf("the 64-digit key: %w", err)
+		}
+		c.RecoveryKey = &k
+		return c, nil
+	}
+	pwSrc := secret.Source{File: a.passwordFile, Command: a.passwordCommand, Env: "WABACKUP_PASSWORD"}
+	if s, ok, err := pwSrc.Read(); ok {
+		if err != nil {
+			return c, err
+		}
+		c.Password = s
+		return c, nil
+	}
+	in, err := secret.Prompt("Enter the 64-digit key or the password: ", false)
+	if errors.Is(err, secret.ErrNoSecret) {
+		return c, errors.New("no key or password given: use --key-file, --password-file, --password-command (or WABACKUP_KEY_FILE, WABACKUP_PASSWORD_FILE); there is no terminal to ask on")
+	}
+	if err != nil {
+		return c, err
+	}
+	if k, err := keys.ParseRecoveryKey(string(in)); err == nil {
+		c.RecoveryKey = &k
+	}
+	c.Password = in
+	return c, nil
+}
+
+// openStore opens the repository's store without creating it.
+func (a *app) openStore(ctx context.Context, create bool) (cloud.Store, error) {
+	if a.repo == "" {
+		return nil, errors.New("no repository given: use --repo or WABACKUP_REPO")
+	}
+	return cloud.Open(ctx, a.repo, create)
+}
+
+// openRepo opens and unlocks the repository.
+func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
+	if a.repo == "" {
+		return nil, errors.New("no repository given: use --repo or WABACKUP_REPO")
+	}
+	cred, err := a.credentials()
+	if err != nil {
+		return nil, err
+	}
+	st, err := a.openStore(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	r, err := archive.Open(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	if a.tempDir != "" {
+		r.SetTempDir(a.tempDir)
+	}
+	if err := r.Unlock(ctx, cred); err != nil {
+		if errors.Is(err, keys.ErrWrongKey) {
+			return nil, fmt.Errorf("wrong key or password for %s: %w", st.Location(), keys.ErrWrongKey)
+		}
+		return nil, err
+	}
+	return r, nil
+}
+
+// withLock runs fn holding a repository lock.
+func (a *app) withLock(ctx context.Context, r *archive.Repository, exclusive bool, op string, fn func() error) error {
+	l, err := r.Lock(ctx, exclusive, op, a.retryLock)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	return fn()
+}

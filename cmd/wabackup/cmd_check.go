@@ -1,0 +1,94 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wabackup/wabackup/pkg/archive"
+)
+
+// parseSubset accepts "10%" or "n/t" (restic's forms) and returns the
+// fraction of packs to read.
+func parseSubset(s string) (float64, error) {
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		v, err := strconv.ParseFloat(p, 64)
+		if err != nil || v <= 0 || v > 100 {
+			return 0, fmt.Errorf("--read-data-subset %q: want a percentage in (0, 100]", s)
+		}
+		return v / 100, nil
+	}
+	if n, t, ok := strings.Cut(s, "/"); ok {
+		a, err1 := strconv.Atoi(n)
+		b, err2 := strconv.Atoi(t)
+		if err1 != nil || err2 != nil || a < 1 || b < 1 || a > b {
+			return 0, fmt.Errorf("--read-data-subset %q: want n/t with 1 <= n <= t", s)
+		}
+		return 1 / float64(b), nil
+	}
+	return 0, fmt.Errorf("--read-data-subset %q: want a percentage like 10%% or n/t", s)
+}
+
+func (a *app) checkCommand() *cobra.Command {
+	var readData bool
+	var subset string
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Verify the repository",
+		Long: `Verify the repository's structure: every index and snapshot decrypts and every
+chunk a snapshot needs is stored. --read-data downloads and authenticates
+every chunk; --read-data-subset 10% a random tenth of the packs.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			opt := archive.CheckOptions{ReadData: readData}
+			if subset != "" {
+				f, err := parseSubset(subset)
+				if err != nil {
+					return err
+				}
+				opt.ReadData, opt.Subset = true, f
+			}
+			r, err := a.openRepo(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Store().Close()
+			var res *archive.CheckResult
+			err = a.withLock(ctx, r, false, "check", func() error {
+				var err error
+				bar := a.out.progress("check", -1)
+				if bar != nil {
+					opt.Progress = func(done, total int) { bar.ChangeMax(total); bar.Set(done) }
+					defer bar.Finish()
+				}
+				res, err = r.Check(ctx, opt)
+				return err
+			})
+			if res == nil {
+				return err
+			}
+			for _, w := range res.Warnings {
+				a.out.Warnf("%s", w)
+			}
+			for _, e := range res.Errors {
+				if a.out.json {
+					a.out.JSON(map[string]any{"message_type": "error", "message": e})
+				} else {
+					fmt.Fprintln(a.out.stderr, "error: "+oneLine(e))
+				}
+			}
+			a.out.JSON(map[string]any{"message_type": "summary", "snapshots": res.Snapshots, "packs": res.Packs, "packs_read": res.PacksRead, "chunks": res.Chunks, "errors": len(res.Errors), "warnings": len(res.Warnings)})
+			if err != nil {
+				return fmt.Errorf("check found %d error(s); first: %s", len(res.Errors), res.Errors[0])
+			}
+			a.out.Printf("no errors: %d snapshots, %d packs (%d read), %d chunks\n", res.Snapshots, res.Packs, res.PacksRead, res.Chunks)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&readData, "read-data", false, "download and verify every chunk")
+	cmd.Flags().StringVar(&subset, "read-data-subset", "", "verify a random subset of the packs: a percentage (10%) or n/t")
+	return cmd
+}

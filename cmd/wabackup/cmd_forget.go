@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wabackup/wabackup/pkg/archive"
+)
+
+func (a *app) forgetCommand() *cobra.Command {
+	var p archive.Policy
+	var prune, dryRun bool
+	cmd := &cobra.Command{
+		Use:   "forget",
+		Short: "Remove snapshots by a keep policy (and --prune unused data)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			r, err := a.openRepo(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Store().Close()
+			return a.withLock(ctx, r, true, "forget", func() error {
+				ds, err := r.Forget(ctx, p, dryRun)
+				if err != nil {
+					return err
+				}
+				removed := 0
+				for _, d := range ds {
+					action := "keep"
+					if !d.Keep {
+						action = "remove"
+						removed++
+					}
+					a.out.JSON(map[string]any{"message_type": "forget", "snapshot_id": d.Snapshot.ID.String(), "time": d.Snapshot.Time, "keep": d.Keep, "reasons": d.Reasons})
+					a.out.Printf("%-6s %s  %s  %s\n", action, d.Snapshot.ID.Short(), d.Snapshot.Time.Local().Format("2006-01-02 15:04:05"), strings.Join(d.Reasons, ","))
+				}
+				verb := "removed"
+				if dryRun {
+					verb = "would remove"
+				}
+				a.out.Printf("%s %d of %d snapshot(s)\n", verb, removed, len(ds))
+				if prune {
+					return a.doPrune(ctx, r, dryRun)
+				}
+				return nil
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&p.Last, "keep-last", 0, "keep the N most recent snapshots")
+	f.IntVar(&p.Hourly, "keep-hourly", 0, "keep the last snapshot of each of the N last hours")
+	f.IntVar(&p.Daily, "keep-daily", 0, "keep the last snapshot of each of the N last days")
+	f.IntVar(&p.Weekly, "keep-weekly", 0, "keep the last snapshot of each of the N last weeks")
+	f.IntVar(&p.Monthly, "keep-monthly", 0, "keep the last snapshot of each of the N last months")
+	f.IntVar(&p.Yearly, "keep-yearly", 0, "keep the last snapshot of each of the N last years")
+	f.BoolVar(&prune, "prune", false, "then remove data no snapshot uses")
+	f.BoolVarP(&dryRun, "dry-run", "n", false, "only say what would be done")
+	return cmd
+}
+
+func (a *app) doPrune(ctx context.Context, r *archive.Repository, dryRun bool) error {
+	res, err := r.Prune(ctx, dryRun)
+	if err != nil {
+		return err
+	}
+	a.out.JSON(map[string]any{"message_type": "prune", "dry_run": dryRun, "packs_deleted": res.PacksDeleted, "packs_repacked": res.PacksRepacked, "packs_kept": res.PacksKept, "trees_deleted": res.TreesDeleted, "bytes_freed": res.BytesFreed})
+	verb := "freed"
+	if dryRun {
+		verb = "would free"
+	}
+	a.out.Printf("prune: %s %s (%d pack(s) deleted, %d repacked, %d kept)\n", verb, humanBytes(res.BytesFreed), res.PacksDeleted, res.PacksRepacked, res.PacksKept)
+	return nil
+}
+
+func (a *app) pruneCommand() *cobra.Command {
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "Remove data that no snapshot uses",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			r, err := a.openRepo(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Store().Close()
+			return a.withLock(ctx, r, true, "prune", func() error { return a.doPrune(ctx, r, dryRun) })
+		},
+	}
+	cmd.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "only say what would be done")
+	return cmd
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wabackup/wabackup/internal/secret"
+	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/keys"
+)
+
+// newPassword reads a new password: from --password-file,
+// --password-command or WABACKUP_PASSWORD if given, else by prompting
+// twice when prompt is set.
+func (a *app) newPassword(prompt bool) ([]byte, error) {
+	src := secret.Source{File: a.passwordFile, Command: a.passwordCommand, Env: "WABACKUP_PASSWORD"}
+	if s, ok, err := src.Read(); ok {
+		return s, err
+	}
+	if !prompt {
+		return nil, nil
+	}
+	p, err := secret.Prompt("New password: ", true)
+	if err == secret.ErrNoSecret {
+		return nil, fmt.Errorf("no terminal to ask for the password on: use --password-file or --password-command")
+	}
+	return p, err
+}
+
+func hostLabel() string {
+	h, _ := os.Hostname()
+	return h
+}
+
+func (a *app) initCommand() *cobra.Command {
+	var password bool
+	var keyOut string
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create a repository and print its 64-digit key",
+		Long: `Create a repository and print its 64-digit key, once. With --password (or a
+password file or command) the repository can also be opened with a password.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pw, err := a.newPassword(password)
+			if err != nil {
+				return err
+			}
+			st, err := a.openStore(cmd.Context(), true)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			r, rk, err := archive.Init(cmd.Context(), st, archive.InitOptions{Password: pw, Label: hostLabel()})
+			if err != nil {
+				return err
+			}
+			formatted := keys.FormatRecoveryKey(rk)
+			if keyOut != "" {
+				if err := os.WriteFile(keyOut, []byte(formatted+"\n"), 0o600); err != nil {
+					return fmt.Errorf("writing the key to %s: %w (the repository was created; run wabackup key add --recovery to get a new key)", keyOut, err)
+				}
+			}
+			cfg := r.Config()
+			a.out.JSON(map[string]any{"message_type": "init", "repository": st.Location(), "id": cfg.ID, "key": formatted, "password": pw != nil})
+			if a.out.json {
+				return nil
+			}
+			if a.out.quiet && keyOut != "" {
+				return nil
+			}
+			// The key is shown even with --quiet unless it went to a file:
+			// losing it would lose the backups.
+			fmt.Fprintf(a.out.stdout, "created repository %s (id %s)\n\n", st.Location(), cfg.ID[:8])
+			fmt.Fprintf(a.out.stdout, "Your 64-digit key:\n\n    %s\n\n", formatted)
+			fmt.Fprintln(a.out.stdout, "Keep it safe: it is the way back in if you lose the password or this machine. Nobody can recover it for you.")
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&password, "password", false, "also protect the key with a password (asked for twice)")
+	cmd.Flags().StringVar(&keyOut, "key-out", "", "also write the 64-digit key to this file (mode 0600)")
+	return cmd
+}

@@ -1,0 +1,100 @@
+// Command wabackup makes end-to-end encrypted backups of a chat app's
+// database and media folder, and restores them. Each command is a thin
+// layer over pkg/archive; this file holds the exit codes and the error
+// reporting every command shares.
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/cloud"
+	"github.com/wabackup/wabackup/pkg/keys"
+
+	_ "github.com/wabackup/wabackup/pkg/cloud/local"
+)
+
+// Exit codes (README "Exit codes", `wabackup help exit-codes`).
+const (
+	exitOK          = 0
+	exitFatal       = 1
+	exitPartial     = 3
+	exitNoRepo      = 10
+	exitLocked      = 11
+	exitWrongKey    = 12
+	exitInterrupted = 130
+)
+
+const exitCodesHelp = `Exit codes:
+  0    success
+  1    fatal error (bad input, I/O error, damaged repository, failed check…)
+  3    backup finished but the snapshot is partial: some files could not be read
+  10   the repository does not exist
+  11   the repository is locked by another process
+  12   wrong or malformed key or password
+  130  interrupted (Ctrl-C / SIGTERM); nothing half-written is referenced
+
+With --json, a failure also prints {"message_type":"exit_error","code":N,"message":"…"}
+on standard output.`
+
+// partialError reports a snapshot that was saved but is incomplete.
+type partialError struct{ msg string }
+
+func (e *partialError) Error() string { return e.msg }
+
+func exitCode(err error, interrupted bool) int {
+	var pe *partialError
+	switch {
+	case err == nil:
+		return exitOK
+	case interrupted || errors.Is(err, context.Canceled):
+		return exitInterrupted
+	case errors.As(err, &pe):
+		return exitPartial
+	case errors.Is(err, cloud.ErrNoRepository):
+		return exitNoRepo
+	case errors.Is(err, archive.ErrLocked):
+		return exitLocked
+	case errors.Is(err, keys.ErrWrongKey), errors.Is(err, keys.ErrMalformedKey):
+		return exitWrongKey
+	}
+	return exitFatal
+}
+
+// oneLine makes an error message fit on one line.
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // a second Ctrl-C kills the process the default way
+	}()
+	app := newApp()
+	root := app.rootCommand()
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	interrupted := ctx.Err() != nil && err != nil
+	code := exitCode(err, interrupted)
+	if err != nil {
+		msg := err.Error()
+		if code == exitInterrupted {
+			msg = "interrupted"
+		}
+		app.out.fail(code, oneLine(msg))
+	}
+	return code
+}

@@ -1,0 +1,80 @@
+package settings
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+func TestParse(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want map[string]string
+		err  string
+	}{
+		{"", map[string]string{}, ""},
+		{"# comment\nrepo = /backups/chat\n\nmedia=\"/home/me/Media dir\"\n", map[string]string{"repo": "/backups/chat", "media": "/home/me/Media dir"}, ""},
+		{"db = 'x'", map[string]string{"db": "x"}, ""},
+		{"novalue", nil, "line 1"},
+		{"a = 1\na = 2", nil, "twice"},
+		{"bad name = 1", nil, "bad setting name"},
+	} {
+		got, err := Parse(strings.NewReader(c.in))
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%q: err %v, want %q", c.in, err, c.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", c.in, err)
+			continue
+		}
+		if len(got) != len(c.want) {
+			t.Errorf("%q: got %v", c.in, got)
+		}
+		for k, v := range c.want {
+			if got[k] != v {
+				t.Errorf("%q: %s = %q, want %q", c.in, k, got[k], v)
+			}
+		}
+	}
+}
+
+func TestApplyPrecedence(t *testing.T) {
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	repo := fs.String("repo", "", "")
+	db := fs.String("db", "", "")
+	media := fs.String("media", "", "")
+	secret := fs.String("password-file", "", "")
+	if err := fs.Parse([]string{"--repo", "/from/flag"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WABACKUP_REPO", "/from/env")
+	t.Setenv("WABACKUP_DB", "/from/env.db")
+	file := File{"repo": "/from/file", "db": "/from/file.db", "media": "/from/file/media", "password-file": "/x"}
+	if err := Apply(fs, file, map[string]bool{"password-file": true}); err != nil {
+		t.Fatal(err)
+	}
+	if *repo != "/from/flag" || *db != "/from/env.db" || *media != "/from/file/media" || *secret != "" {
+		t.Fatalf("repo=%q db=%q media=%q secret=%q", *repo, *db, *media, *secret)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add("repo = /x\n# c\nmedia = \"a b\"\n")
+	f.Add("=\n")
+	f.Add("a=b=c")
+	f.Fuzz(func(t *testing.T, in string) {
+		got, err := Parse(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		for k := range got {
+			if k == "" || strings.ContainsAny(k, " \t") {
+				t.Fatalf("accepted bad name %q", k)
+			}
+		}
+	})
+}
