@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -30,8 +31,8 @@ type app struct {
 	tempDir         string
 }
 
-func newApp() *app {
-	return &app{out: &output{stdout: os.Stdout, stderr: os.Stderr}}
+func newApp(stdout, stderr io.Writer) *app {
+	return &app{out: &output{stdout: stdout, stderr: stderr}}
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -47,6 +48,8 @@ and restores them on any machine with the 64-digit key or a password.`,
 			return a.applySettings(cmd)
 		},
 	}
+	root.SetOut(a.out.stdout)
+	root.SetErr(a.out.stderr)
 	pf := root.PersistentFlags()
 	pf.StringVarP(&a.repo, "repo", "r", "", "repository: a path, file:///path (env WABACKUP_REPO)")
 	pf.StringVar(&a.configFile, "config", "", "config file (default $XDG_CONFIG_HOME/wabackup/config)")

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Benchmark: wabackup against restic on the same generated dataset, local
+# repositories on the same disk, in the same run. Prints a Markdown table.
+#
+#   bench/run.sh [--db-mb 200] [--media-mb 800] [--keep]
+#
+# Needs: go, restic (apt-get install restic), GNU time (apt-get install time).
+# Both tools make their writes durable: restic fsyncs every pack file; so
+# does wabackup (every pack, index, tree and snapshot is fsynced before it
+# is renamed into place). Caches are warm for both (the dataset was just
+# generated/read); each measurement is one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DB_MB=200 MEDIA_MB=800 KEEP=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --db-mb) DB_MB=$2; shift 2 ;;
+    --media-mb) MEDIA_MB=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    *) echo "usage: $0 [--db-mb N] [--media-mb N] [--keep]" >&2; exit 2 ;;
+  esac
+done
+command -v restic >/dev/null || { echo "restic missing: apt-get install -y restic" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "GNU time missing: apt-get install -y time" >&2; exit 1; }
+
+OUT=bench/out
+mkdir -p "$OUT/bin"
+go build -o "$OUT/bin/wabackup" ./cmd/wabackup
+DATA="$OUT/data-${DB_MB}-${MEDIA_MB}"
+if [ ! -f "$DATA/.done" ]; then
+  rm -rf "$DATA"
+  go run ./testdata/gen --out "$DATA" --db-mb "$DB_MB" --media-mb "$MEDIA_MB" --seed 1
+  touch "$DATA/.done"
+fi
+DB="$DATA/msgstore.db"
+MEDIA="$DATA/Media"
+W="$OUT/bin/wabackup"
+REPOS="$OUT/repos"
+rm -rf "$REPOS" "$OUT/restore-"*
+mkdir -p "$REPOS"
+export RESTIC_PASSWORD=bench-password
+export TMPDIR="$OUT/tmp"; mkdir -p "$TMPDIR"
+
+# measure NAME CMD...: appends "NAME seconds maxrss_kb" to $OUT/times
+: > "$OUT/times"
+measure() {
+  local name=$1; shift
+  sync
+  /usr/bin/time -f "$name %e %M" -a -o "$OUT/times" "$@" > "$OUT/$name.log" 2>&1 || { echo "$name failed:"; cat "$OUT/$name.log"; exit 1; }
+}
+
+"$W" init --repo "$REPOS/wabackup" --key-out "$OUT/key.txt" -q
+restic init -r "$REPOS/restic" -q
+
+measure wabackup-backup "$W" backup --repo "$REPOS/wabackup" --key-file "$OUT/key.txt" --db "$DB" --media "$MEDIA" -q
+measure restic-backup restic -r "$REPOS/restic" backup -q "$DB" "$MEDIA"
+measure wabackup-rerun "$W" backup --repo "$REPOS/wabackup" --key-file "$OUT/key.txt" --db "$DB" --media "$MEDIA" -q
+measure restic-rerun restic -r "$REPOS/restic" backup -q "$DB" "$MEDIA"
+measure wabackup-restore "$W" restore latest --repo "$REPOS/wabackup" --key-file "$OUT/key.txt" --target "$OUT/restore-wabackup" -q
+measure restic-restore restic -r "$REPOS/restic" restore latest --target "$OUT/restore-restic" -q
+
+# Sanity: the media restored by each tool equals the source.
+diff -r "$MEDIA" "$OUT/restore-wabackup/Media" >/dev/null || { echo "wabackup restore differs" >&2; exit 1; }
+
+size() { du -sb "$1" | cut -f1; }
+WSIZE=$(size "$REPOS/wabackup"); RSIZE=$(size "$REPOS/restic")
+get() { awk -v n="$1" '$1==n {print $'"$2"'}' "$OUT/times"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
+{
+  echo "| measure | wabackup | restic $(restic version | awk '{print $2}') | wabackup / restic |"
+  echo "|---|---|---|---|"
+  for m in backup rerun restore; do
+    w=$(get wabackup-$m 2); r=$(get restic-$m 2)
+    echo "| $m time (s) | $w | $r | $(ratio "$w" "$r") |"
+  done
+  for m in backup rerun restore; do
+    w=$(get wabackup-$m 3); r=$(get restic-$m 3)
+    echo "| $m peak RSS (MB) | $(awk -v k="$w" 'BEGIN{printf "%.0f", k/1024}') | $(awk -v k="$r" 'BEGIN{printf "%.0f", k/1024}') | $(ratio "$w" "$r") |"
+  done
+  echo "| repository size (MB) | $(awk -v b="$WSIZE" 'BEGIN{printf "%.1f", b/1048576}') | $(awk -v b="$RSIZE" 'BEGIN{printf "%.1f", b/1048576}') | $(ratio "$WSIZE" "$RSIZE") |"
+} | tee "$OUT/results.md"
+echo "dataset: $DB_MB MB database + $MEDIA_MB MB media ($(du -sh "$DATA" | cut -f1)); $(nproc) cores; $(date -u +%F)"
+if [ "$KEEP" = 0 ]; then rm -rf "$REPOS" "$OUT/restore-"* "$TMPDIR"; fi

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+	_ "modernc.org/sqlite"
+
+	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/cloud"
+	"github.com/wabackup/wabackup/pkg/keys"
+)
+
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"wabackup": func() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) },
+	})
+}
+
+// TestScripts runs the end-to-end CLI scripts in testdata/script. Besides
+// testscript's built-ins they have:
+//
+//	wab CODE ARGS...   run wabackup in-process and require exit code CODE
+//	mktree DIR SEED    write a random media tree (unicode names, empty and large files)
+//	mkdb FILE ROWS     write a WAL-mode SQLite chat database
+//	dbcheck FILE ROWS  the database passes integrity_check and has ROWS messages
+//	cmptree A B        the two trees have the same files, contents, modes and mtimes
+//	holdlock REPO KEYFILE  hold an exclusive repository lock until the script ends
+//	badname DIR        create a file whose name is not valid UTF-8
+func TestScripts(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/script",
+		Setup: func(env *testscript.Env) error {
+			env.Setenv("XDG_CONFIG_HOME", filepath.Join(env.WorkDir, ".config"))
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"wab":      cmdWab,
+			"mktree":   cmdMktree,
+			"mkdb":     cmdMkdb,
+			"dbcheck":  cmdDBCheck,
+			"cmptree":  cmdCmptree,
+			"holdlock": cmdHoldlock,
+			"badname":  cmdBadname,
+		},
+	})
+}
+
+func cmdWab(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 1 {
+		ts.Fatalf("usage: wab CODE ARGS...")
+	}
+	want, err := strconv.Atoi(args[0])
+	if err != nil {
+		ts.Fatalf("bad exit code %q", args[0])
+	}
+	bin := ""
+	for _, dir := range filepath.SplitList(ts.Getenv("PATH")) {
+		if p := filepath.Join(dir, "wabackup"); fileExists(p) {
+			bin = p
+			break
+		}
+	}
+	if bin == "" {
+		ts.Fatalf("wabackup not found in the script's PATH")
+	}
+	cmd := exec.Command(bin, args[1:]...)
+	cmd.Dir = ts.Getenv("WORK")
+	for _, n := range []string{"PATH", "HOME", "WORK", "TMPDIR", "XDG_CONFIG_HOME", "WABACKUP_KEY", "WABACKUP_KEY_FILE", "WABACKUP_PASSWORD",
+		"WABACKUP_PASSWORD_FILE", "WABACKUP_PASSWORD_COMMAND", "WABACKUP_REPO", "WABACKUP_CONFIG", "WABACKUP_DB", "WABACKUP_MEDIA", "GOCOVERDIR"} {
+		if v := ts.Getenv(n); v != "" {
+			cmd.Env = append(cmd.Env, n+"="+v)
+		}
+	}
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	got := 0
+	if err := cmd.Run(); err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			ts.Fatalf("running wabackup: %v", err)
+		}
+		got = ee.ExitCode()
+	}
+	fmt.Fprint(ts.Stdout(), stdout.String())
+	fmt.Fprint(ts.Stderr(), stderr.String())
+	if (got == want) == neg {
+		ts.Fatalf("wabackup %s: exit code %d, want %d\nstderr: %s", strings.Join(args[1:], " "), got, want, stderr.String())
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func cmdMktree(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: mktree DIR SEED")
+	}
+	seed, _ := strconv.Atoi(args[1])
+	root := ts.MkAbs(args[0])
+	rng := rand.New(rand.NewPCG(uint64(seed), 2))
+	var cc [32]byte
+	cc[0] = byte(seed)
+	stream := rand.NewChaCha8(cc)
+	names := []string{"WhatsApp Images", "WhatsApp Video", "WhatsApp Voice Notes/202547", "WhatsApp Documents", "Привет", "émoji 😀"}
+	write := func(p string, size int) {
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		data := make([]byte, size)
+		stream.Read(data)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			ts.Fatalf("%v", err)
+		}
+		mt := time.Unix(1700000000+rng.Int64N(1e7), rng.Int64N(1e9))
+		os.Chtimes(p, mt, mt)
+	}
+	write(filepath.Join(root, "empty.txt"), 0)
+	write(filepath.Join(root, "WhatsApp Video", "VID-big.mp4"), 6<<20)
+	for i := 0; i < 40; i++ {
+		write(filepath.Join(root, names[rng.IntN(len(names))], fmt.Sprintf("IMG-%d.jpg", i)), rng.IntN(300000))
+	}
+}
+
+func cmdMkdb(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: mkdb FILE ROWS")
+	}
+	n, _ := strconv.Atoi(args[1])
+	db, err := sql.Open("sqlite", ts.MkAbs(args[0]))
+	if err != nil {
+		ts.Fatalf("%v", err)
+	}
+	defer db.Close()
+	for _, q := range []string{"PRAGMA journal_mode=WAL", "CREATE TABLE IF NOT EXISTS message (id INTEGER PRIMARY KEY, chat INTEGER, text TEXT)"} {
+		if _, err := db.Exec(q); err != nil {
+			ts.Fatalf("%v", err)
+		}
+	}
+	tx, _ := db.Begin()
+	for i := 0; i < n; i++ {
+		if _, err := tx.Exec("INSERT INTO message (chat, text) VALUES (?, ?)", i%7, fmt.Sprintf("message number %d, see you at the usual place", i)); err != nil {
+			ts.Fatalf("%v", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		ts.Fatalf("%v", err)
+	}
+}
+
+func cmdDBCheck(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: dbcheck FILE ROWS")
+	}
+	db, err := sql.Open("sqlite", ts.MkAbs(args[0]))
+	if err != nil {
+		ts.Fatalf("%v", err)
+	}
+	defer db.Close()
+	var res string
+	if err := db.QueryRow("PRAGMA integrity_check").Scan(&res); err != nil || res != "ok" {
+		ts.Fatalf("integrity_check: %q %v", res, err)
+	}
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM message").Scan(&n); err != nil {
+		ts.Fatalf("%v", err)
+	}
+	if strconv.Itoa(n) != args[1] {
+		ts.Fatalf("%d messages, want %s", n, args[1])
+	}
+}
+
+func describeTree(ts *testscript.TestScript, root string) []string {
+	var out []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		desc := fmt.Sprintf("%s %v", rel, fi.Mode())
+		if fi.Mode().IsRegular() {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			desc += fmt.Sprintf(" %x %d", sha256.Sum256(data), fi.ModTime().UnixNano())
+		}
+		out = append(out, desc)
+		return nil
+	})
+	if err != nil {
+		ts.Fatalf("%v", err)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func cmdCmptree(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: cmptree A B")
+	}
+	a, b := describeTree(ts, ts.MkAbs(args[0])), describeTree(ts, ts.MkAbs(args[1]))
+	same := strings.Join(a, "\n") == strings.Join(b, "\n")
+	if same == neg {
+		ts.Fatalf("trees %s and %s: same=%v\n%s\n---\n%s", args[0], args[1], same, strings.Join(a, "\n"), strings.Join(b, "\n"))
+	}
+}
+
+func cmdHoldlock(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: holdlock REPO KEYFILE")
+	}
+	ctx := context.Background()
+	st, err := cloud.Open(ctx, ts.MkAbs(args[0]), false)
+	if err != nil {
+		ts.Fatalf("%v", err)
+	}
+	r, err := archive.Open(ctx, st)
+	if err != nil {
+		ts.Fatalf("%v", err)
+	}
+	data, err := os.ReadFile(ts.MkAbs(args[1]))
+	if err != nil {
+		ts.Fatalf("%v", err)
+	}
+	k, err := keys.ParseRecoveryKey(string(data))
+	if err != nil {
+		ts.Fatalf("%v", err)
+	}
+	if err := r.Unlock(ctx, archive.Credentials{RecoveryKey: &k}); err != nil {
+		ts.Fatalf("%v", err)
+	}
+	l, err := r.Lock(ctx, true, "test", 0)
+	if err != nil {
+		ts.Fatalf("%v", err)
+	}
+	ts.Defer(func() { l.Unlock() })
+}
+
+func cmdBadname(ts *testscript.TestScript, neg bool, args []string) {
+	if err := os.WriteFile(filepath.Join(ts.MkAbs(args[0]), "bad\xffname.jpg"), []byte("x"), 0o644); err != nil {
+		ts.Fatalf("%v", err)
+	}
+}

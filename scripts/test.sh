@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Every test. Installs (idempotently) what the tests need on a fresh
+# Debian machine with Go: the real servers (versitygw S3 gateway, etcd,
+# SoftHSM2) and the linters, then runs gofmt, go vet, staticcheck and
+# go test over the whole module. .ci/run calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GOBIN=$(go env GOPATH)/bin
+export PATH="$GOBIN:$PATH"
+
+need_apt=()
+for pkg in softhsm2 etcd-server etcd-client; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> apt-get install ${need_apt[*]}"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! command -v versitygw >/dev/null; then
+  echo "==> go install versitygw@v1.8.0"
+  go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+fi
+if ! command -v staticcheck >/dev/null; then
+  echo "==> go install staticcheck"
+  go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+fi
+
+echo "==> gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "not gofmt-formatted:"; echo "$unformatted"; exit 1; fi
+echo "==> go vet"
+go vet ./...
+echo "==> staticcheck"
+staticcheck ./...
+echo "==> go test"
+# Servers the tests start must exist: a missing one fails instead of skipping.
+export WABACKUP_REQUIRE_SERVERS=1
+go test -count=1 -timeout 40m ./... "$@"
