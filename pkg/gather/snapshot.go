@@ -111,12 +111,21 @@ func snapshotDB(ctx context.Context, src, dst string, o snapOpts) (err error) {
 	}()
 
 	if err := backup(ctx, src, srcURI, dstURI, o); err != nil {
-		return err
+		return ctxErr(ctx, err)
 	}
 	if err := finishCopy(ctx, src, dst, dstURI); err != nil {
-		return err
+		return ctxErr(ctx, err)
 	}
 	return syncFile(dst)
+}
+
+// ctxErr prefers the context's own error once it has ended: SQLite reports
+// an interrupted statement without saying why.
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
 }
 
 // backup copies the database at srcURI to dstURI with the online backup API,
@@ -296,9 +305,6 @@ func dbError(src string, err error) error {
 			return fmt.Errorf("chat database %s: %w", src, ErrNotDatabase)
 		case sqlite3.SQLITE_CORRUPT:
 			return &corruptError{msg: fmt.Sprintf("chat database %s is corrupt: %s", src, oneLine(se.Error()))}
-		case sqlite3.SQLITE_INTERRUPT:
-			// The driver interrupts a statement when its context ends.
-			return context.Canceled
 		}
 	}
 	return fmt.Errorf("chat database %s: %w", src, err)

@@ -1,0 +1,53 @@
+package gather
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestSampleData runs both halves of the package over the committed
+// WhatsApp-like sample (testdata/sample, made by testdata/gen).
+func TestSampleData(t *testing.T) {
+	sample := filepath.Join("..", "..", "testdata", "sample")
+	dst := filepath.Join(t.TempDir(), "msgstore.db")
+	if err := SnapshotDB(context.Background(), filepath.Join(sample, "msgstore.db"), dst); err != nil {
+		t.Fatal(err)
+	}
+	db := openRW(t, dst)
+	defer db.Close()
+	var messages, media int
+	if err := db.QueryRow("SELECT (SELECT count(*) FROM message), (SELECT count(*) FROM message_media)").Scan(&messages, &media); err != nil {
+		t.Fatal(err)
+	}
+	if messages < 100 || media == 0 {
+		t.Errorf("snapshot of the sample has %d messages, %d media rows", messages, media)
+	}
+
+	files := map[string]int64{}
+	err := Walk(context.Background(), filepath.Join(sample, "Media"), func(e Entry) error {
+		if e.Type == File {
+			files[e.Path] = e.Size
+		}
+		return nil
+	}, func(p string, err error) { t.Errorf("warning %s: %v", p, err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.Query("SELECT file_path, file_size FROM message_media")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var p string
+		var size int64
+		if err := rows.Scan(&p, &size); err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := files[strings.TrimPrefix(p, "Media/")]; !ok || got != size {
+			t.Errorf("%s (%d bytes) not found by Walk (got %d, %v)", p, size, got, ok)
+		}
+	}
+}
