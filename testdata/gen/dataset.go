@@ -404,7 +404,8 @@ func sqliteURI(path string, params ...string) (string, error) {
 }
 
 // openDB creates the database for a bulk load: no journal, no syncs, one
-// exclusive connection with a big cache (128 MiB) for the indexes. finish sets the real journal mode.
+// exclusive connection with a big cache (128 MiB) for the indexes. finish
+// sets the real journal mode.
 func openDB(path string) (*sql.DB, error) {
 	uri, err := sqliteURI(path,
 		"_pragma=page_size(4096)",
@@ -763,8 +764,6 @@ func (g *dbGen) insertMessage(ins *inserter, h header, msgType int, text any) er
 	var fromMe, status, sender any = 0, 0, nil
 	if h.fromMe {
 		fromMe, status = 1, 13 // read by recipient
-	} else {
-		status = 0
 	}
 	if h.sender != 0 {
 		sender = h.sender
