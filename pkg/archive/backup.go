@@ -626,7 +626,7 @@ func (b *backup) process(ctx context.Context, job *chunkJob, h hash.Hash, z *com
 	}
 	payload, flags := z.compress(job.data, job.hint)
 	if *pw == nil {
-		p, err := b.r.keys.newPackWriter(b.r.tmpDir)
+		p, err := b.r.keys.newPackWriter(b.r.packDir())
 		if err != nil {
 			return err
 		}
@@ -665,7 +665,7 @@ func (b *backup) upload(ctx context.Context, pw *packWriter) error {
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
-	if err := b.r.store.Put(ctx, packName(pw.id), pw.f, pw.size); err != nil {
+	if err := b.r.putPack(ctx, pw); err != nil {
 		return fmt.Errorf("storing pack %s: %w", shortName(packName(pw.id)), err)
 	}
 	b.r.idx.addPack(pw.id, pw.size, pw.entries)

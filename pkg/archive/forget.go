@@ -268,7 +268,7 @@ func (r *Repository) repack(ctx context.Context, entries []blobEntry) ([]packInd
 		if err != nil {
 			return err
 		}
-		if err := r.store.Put(ctx, packName(pw.id), pw.f, size); err != nil {
+		if err := r.putPack(ctx, pw); err != nil {
 			return err
 		}
 		out = append(out, packIndex{id: pw.id, size: size, entries: pw.entries})
@@ -284,7 +284,7 @@ func (r *Repository) repack(ctx context.Context, entries []blobEntry) ([]packInd
 		buf = append(buf[:0], data...)
 		payload, flags := z.compress(buf, hintAuto)
 		if pw == nil {
-			if pw, err = r.keys.newPackWriter(r.tmpDir); err != nil {
+			if pw, err = r.keys.newPackWriter(r.packDir()); err != nil {
 				return nil, err
 			}
 		}

@@ -2,9 +2,13 @@ package archive
 
 import (
 	"bufio"
+	"context"
+	"path/filepath"
+
 	"crypto/cipher"
 	"encoding/binary"
 	"fmt"
+	"github.com/wabackup/wabackup/pkg/cloud"
 	"io"
 	"os"
 )
@@ -151,4 +155,21 @@ func (k *keySet) parseTrailer(packID ID, sealed []byte, packSize int64) ([]blobE
 func packName(id ID) string {
 	s := id.String()
 	return "data/" + s[:2] + "/" + s
+}
+
+// packDir is where packs are staged: the store's own staging directory
+// when it can take files without a copy, unless a temp dir was set.
+func (r *Repository) packDir() string {
+	if fs, ok := r.store.(cloud.FileStore); ok && !r.tmpDirSet {
+		return fs.StagingDir()
+	}
+	return r.tmpDir
+}
+
+// putPack stores a finished pack, moving the file when the store allows.
+func (r *Repository) putPack(ctx context.Context, pw *packWriter) error {
+	if fs, ok := r.store.(cloud.FileStore); ok && filepath.Dir(pw.f.Name()) == fs.StagingDir() {
+		return fs.PutFile(ctx, packName(pw.id), pw.f, pw.size)
+	}
+	return r.store.Put(ctx, packName(pw.id), pw.f, pw.size)
 }

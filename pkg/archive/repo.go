@@ -102,11 +102,12 @@ func ParseConfig(data []byte) (*Config, error) {
 // Repository is an open repository. Methods other than the key-slot ones
 // need Unlock first.
 type Repository struct {
-	store  cloud.Store
-	cfg    *Config
-	keys   *keySet
-	idx    *Index
-	tmpDir string
+	store     cloud.Store
+	cfg       *Config
+	keys      *keySet
+	idx       *Index
+	tmpDir    string
+	tmpDirSet bool
 
 	slotID string // the key slot Unlock used
 
@@ -123,7 +124,7 @@ func (r *Repository) Config() Config { return *r.cfg }
 
 // SetTempDir sets where packs are staged before upload (default: the OS
 // temporary directory).
-func (r *Repository) SetTempDir(dir string) { r.tmpDir = dir }
+func (r *Repository) SetTempDir(dir string) { r.tmpDir, r.tmpDirSet = dir, true }
 
 // ErrWrongKey is returned by Unlock when no key slot opens with the given
 // secret.

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -63,6 +64,15 @@ type Store interface {
 
 	// Close releases resources (connections, temp files).
 	Close() error
+}
+
+// FileStore is implemented by stores that can take a finished local file
+// without copying it (the local directory store moves it into place).
+// Callers stage files in StagingDir and hand them over with PutFile; the
+// file is consumed (moved or removed) whatever the outcome.
+type FileStore interface {
+	StagingDir() string
+	PutFile(ctx context.Context, name string, f *os.File, size int64) error
 }
 
 // Opener creates a Store for a parsed location. create asks the backend to

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/wabackup/wabackup/pkg/cloud"
 )
@@ -60,7 +61,25 @@ func Open(dir string, create bool) (*Store, error) {
 	case !fi.IsDir():
 		return nil, fmt.Errorf("%s is not a directory", abs)
 	}
-	return &Store{root: abs}, nil
+	s := &Store{root: abs}
+	s.removeStaleTemp()
+	return s, nil
+}
+
+// staleTemp is the age after which a temporary file left by a crashed
+// writer is removed. No live writer keeps one that long.
+const staleTemp = 24 * time.Hour
+
+func (s *Store) removeStaleTemp() {
+	ents, err := os.ReadDir(filepath.Join(s.root, tmpDir))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTemp {
+			os.Remove(filepath.Join(s.root, tmpDir, e.Name()))
+		}
+	}
 }
 
 // Location implements cloud.Store.
@@ -152,6 +171,52 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// StagingDir implements cloud.FileStore: a directory on the same file
+// system as the objects, so PutFile is a rename.
+func (s *Store) StagingDir() string {
+	d := filepath.Join(s.root, tmpDir)
+	os.MkdirAll(d, 0o700)
+	return d
+}
+
+// PutFile implements cloud.FileStore: f (which must live in StagingDir and
+// hold exactly size bytes) is fsynced and renamed to name.
+func (s *Store) PutFile(ctx context.Context, name string, f *os.File, size int64) error {
+	tmp := f.Name()
+	dst, err := s.path(name)
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil && fi.Size() != size {
+			err = fmt.Errorf("put %s: file has %d bytes, want %d", name, fi.Size(), size)
+		}
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if err == nil && filepath.Dir(tmp) != filepath.Join(s.root, tmpDir) {
+		err = fmt.Errorf("put %s: %s is not in the staging directory", name, tmp)
+	}
+	if err == nil {
+		dir := filepath.Dir(dst)
+		if err = os.Rename(tmp, dst); errors.Is(err, fs.ErrNotExist) {
+			if err = os.MkdirAll(dir, 0o700); err == nil {
+				err = os.Rename(tmp, dst)
+			}
+		}
+		if err == nil {
+			err = syncDir(dir)
+		}
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	return nil
 }
 
 // Get implements cloud.Store.
