@@ -1,0 +1,140 @@
+package s3_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/metrics"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wabackup/wabackup/internal/testservers"
+	"github.com/wabackup/wabackup/pkg/cloud/s3"
+)
+
+// patternReader yields n deterministic bytes without holding them.
+type patternReader struct{ n, off int64 }
+
+func (p *patternReader) Read(b []byte) (int, error) {
+	if p.off >= p.n {
+		return 0, io.EOF
+	}
+	b = b[:min(int64(len(b)), p.n-p.off)]
+	for i := range b {
+		b[i] = byte((p.off + int64(i)) * 2654435761 >> 13)
+	}
+	p.off += int64(len(b))
+	return len(b), nil
+}
+
+// TestPutMemory measures what a Put allocates: about one part, whatever
+// the object's size.
+func TestPutMemory(t *testing.T) {
+	srv := testservers.StartVersityGW(t, testservers.VersityGWOptions{})
+	cfg := config(srv, "", freshBucket())
+	cfg.CreateBucket = true
+	st := open(t, cfg)
+	ctx := context.Background()
+	const partSize = s3.DefaultPartSize
+
+	for _, size := range []int64{1 << 20, 64 << 20} {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		if err := st.Put(ctx, fmt.Sprintf("data/mm/%d", size), &patternReader{n: size}, size); err != nil {
+			t.Fatal(err)
+		}
+		runtime.ReadMemStats(&after)
+		alloc := after.TotalAlloc - before.TotalAlloc
+		t.Logf("Put of %d MiB allocated %.1f MiB", size>>20, float64(alloc)/(1<<20))
+		if limit := uint64(min(size, partSize)) + 4<<20; alloc > limit {
+			t.Errorf("Put of %d bytes allocated %d bytes, more than %d", size, alloc, limit)
+		}
+	}
+
+	// Four 40 MiB Puts at once: the live heap grows by about four parts.
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	heap := func() uint64 { metrics.Read(sample); return sample[0].Value.Uint64() }
+	runtime.GC()
+	base := heap()
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if h := heap(); h > peak.Load() {
+				peak.Store(h)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := st.Put(ctx, fmt.Sprintf("data/mm/c%d", i), &patternReader{n: 40 << 20}, 40<<20); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-done
+	grew := peak.Load() - min(base, peak.Load())
+	t.Logf("4 concurrent 40 MiB Puts: heap peaked %.1f MiB above the start", float64(grew)/(1<<20))
+	if limit := uint64(4*partSize + 16<<20); grew > limit {
+		t.Errorf("heap grew by %d bytes, more than %d", grew, limit)
+	}
+	if got := readAll(t, st, "data/mm/c2"); !bytes.Equal(got[:1<<20], mustRead(&patternReader{n: 1 << 20})) {
+		t.Error("object content differs")
+	}
+}
+
+func mustRead(r io.Reader) []byte {
+	b, _ := io.ReadAll(r)
+	return b
+}
+
+// BenchmarkPut uploads 32 MiB objects (two 16 MiB parts) to versitygw on
+// loopback, one at a time and four at once.
+func BenchmarkPut(b *testing.B) {
+	srv := testservers.StartVersityGW(b, testservers.VersityGWOptions{})
+	cfg := config(srv, "", freshBucket())
+	cfg.CreateBucket = true
+	cfg.RetryBudget = 0
+	st := open(b, cfg)
+	const size = 32 << 20
+	data := make([]byte, size)
+	(&patternReader{n: size}).Read(data)
+	ctx := context.Background()
+	for _, par := range []int{1, 4} {
+		b.Run(fmt.Sprintf("concurrent=%d", par), func(b *testing.B) {
+			b.SetBytes(size)
+			b.ReportAllocs()
+			var n atomic.Int64
+			b.SetParallelism(par)
+			// RunParallel runs GOMAXPROCS*par goroutines; normalise to par.
+			sem := make(chan struct{}, par)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					sem <- struct{}{}
+					i := n.Add(1)
+					if err := st.Put(ctx, fmt.Sprintf("data/bench/%d", i%8), bytes.NewReader(data), size); err != nil {
+						b.Error(err)
+					}
+					<-sem
+				}
+			})
+		})
+	}
+}
