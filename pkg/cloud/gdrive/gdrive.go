@@ -14,7 +14,8 @@
 // List a scan of the whole repository (Drive's q has no "starts with"; name
 // contains only matches word prefixes), 1000 files per request — 100+
 // requests to list the 10 snapshot files of a 100k-object repository — and
-// piles everything into a single folder, where Drive caps items per folder.
+// piles everything into a single folder, while Drive enforces at most
+// 500,000 items per folder (Lykos153/git-annex-remote-googledrive#52).
 // With folders, List("snapshots/") and Stat/Get name lookups touch one
 // small folder; List("data/") walks its subfolders, several at a time.
 //

@@ -72,6 +72,8 @@
 //     trash listing semantics beyond the trashed flag, exports, shortcuts,
 //     changes feed, push notifications or Docs types. Unknown endpoints
 //     answer 404 in Google's error shape.
+//   - Trashing a folder does not mark its descendants trashed (Drive does,
+//     with explicitlyTrashed false); deleting one does remove them.
 //   - drive.file is treated like drive: every file was created through the
 //     API, so "files the app created" is all files. drive.readonly and the
 //     other scopes are not modelled. The messages for scope failures
