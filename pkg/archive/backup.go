@@ -668,7 +668,9 @@ func (b *backup) upload(ctx context.Context, pw *packWriter) error {
 	if err := b.r.putPack(ctx, pw); err != nil {
 		return fmt.Errorf("storing pack %s: %w", shortName(packName(pw.id)), err)
 	}
-	b.r.idx.addPack(pw.id, pw.size, pw.entries)
+	if err := b.r.idx.addPack(pw.id, pw.size, pw.entries); err != nil {
+		return err
+	}
 	b.inflightMu.Lock()
 	for _, e := range pw.entries {
 		delete(b.inflight, e.ID)
@@ -676,10 +678,21 @@ func (b *backup) upload(ctx context.Context, pw *packWriter) error {
 	b.inflightMu.Unlock()
 	atomic.AddInt64(&b.stats.AddedBytes, pw.size)
 	b.newPacksMu.Lock()
+	defer b.newPacksMu.Unlock()
 	b.newPacks = append(b.newPacks, packIndex{id: pw.id, size: pw.size, entries: pw.entries})
-	b.newPacksMu.Unlock()
+	if len(b.newPacks) >= indexBatch {
+		// Write the index as we go, so memory stays bounded and an
+		// interrupted backup leaves its packs indexed.
+		if _, err := b.r.writeIndex(ctx, b.newPacks); err != nil {
+			return err
+		}
+		b.newPacks = nil
+	}
 	return nil
 }
+
+// indexBatch is how many packs one index object describes at most.
+const indexBatch = 256
 
 // compressHint says whether a file's chunks are worth compressing.
 type compressHint uint8

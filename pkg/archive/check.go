@@ -48,12 +48,15 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 	if err != nil {
 		return nil, err
 	}
-	r.idx = newIndex()
+	// Check builds its own index from scratch rather than trusting the cache.
+	idx, err := openIndex("", r.tmpDir)
+	if err != nil {
+		return nil, err
+	}
+	r.idx.close()
+	r.idx = idx
 	for _, o := range idxObjs {
-		err := r.readIndexObject(ctx, o.Name, func(p packIndex) error {
-			r.idx.addPack(p.id, p.size, p.entries)
-			return nil
-		})
+		err := r.loadIndexObject(ctx, idx, o.Name)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) && ctx.Err() != nil {
 				return nil, err
@@ -71,7 +74,11 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 	for _, s := range strays {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("%s: unexpected object in data/", s))
 	}
-	for _, p := range r.idx.packs {
+	packs, err := r.idx.allPacks()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range packs {
 		size, ok := stored[p.id]
 		switch {
 		case !ok:
@@ -186,7 +193,6 @@ func (r *Repository) checkTree(ctx context.Context, s *Snapshot, errf func(strin
 
 // readData downloads packs and verifies each blob against the index.
 func (r *Repository) readData(ctx context.Context, opt CheckOptions, stored map[ID]int64, res *CheckResult, errf func(string, ...any)) error {
-	byPack := r.idx.byPack()
 	ids := make([]ID, 0, len(stored))
 	for id := range stored {
 		ids = append(ids, id)
@@ -203,7 +209,11 @@ func (r *Repository) readData(ctx context.Context, opt CheckOptions, stored map[
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := r.verifyPack(ctx, br, id, stored[id], byPack[id]); err != nil {
+		indexed, err := r.idx.packEntries(id)
+		if err != nil {
+			return err
+		}
+		if err := r.verifyPack(ctx, br, id, stored[id], indexed); err != nil {
 			if !errors.Is(err, ErrCorrupt) && ctx.Err() != nil {
 				return err
 			}

@@ -134,7 +134,11 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	if err != nil {
 		return nil, err
 	}
-	used := map[ID]struct{}{}
+	used, err := r.idx.newUsedSet()
+	if err != nil {
+		return nil, err
+	}
+	defer used.drop()
 	trees := map[string]bool{}
 	for _, s := range snaps {
 		trees[s.Tree] = true
@@ -153,44 +157,60 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 			}
 			for _, c := range n.Chunks {
 				id, _ := ParseID(c)
-				used[id] = struct{}{}
+				if err := used.add(id); err != nil {
+					tr.Close()
+					return nil, err
+				}
 			}
 		}
 		tr.Close()
 	}
-	byPack := r.idx.byPack()
+	if err := used.flush(); err != nil {
+		return nil, err
+	}
 	stored, _, err := r.listPacks(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var keep []packIndex
+	// Classify packs one at a time; only the repack list (chunks to copy)
+	// and pack ids are held in memory.
+	var keep []ID
 	var drop []ID
 	var repack []blobEntry
-	repackFrom := map[ID]ID{}
-	for id, size := range stored {
-		var usedEntries []blobEntry
+	err = r.idx.eachPack(func(p packInfo, entries []blobEntry) error {
+		size, ok := stored[p.id]
+		if !ok {
+			return nil // listed in an index but gone: check reports it
+		}
+		delete(stored, p.id)
 		var usedBytes int64
-		for _, e := range byPack[id] {
-			if _, ok := used[e.ID]; ok {
+		var usedEntries []blobEntry
+		for _, e := range entries {
+			if used.has(e.ID) {
 				usedEntries = append(usedEntries, e)
 				usedBytes += int64(e.Length)
 			}
 		}
 		switch {
 		case len(usedEntries) == 0:
-			drop = append(drop, id)
+			drop = append(drop, p.id)
 			res.BytesFreed += size
 		case float64(size-usedBytes) > repackThreshold*float64(size):
-			drop = append(drop, id)
+			drop = append(drop, p.id)
 			res.PacksRepacked++
 			res.BytesFreed += size - usedBytes
-			for _, e := range usedEntries {
-				repack = append(repack, e)
-				repackFrom[e.ID] = id
-			}
+			repack = append(repack, usedEntries...)
 		default:
-			keep = append(keep, packIndex{id: id, size: size, entries: byPack[id]})
+			keep = append(keep, p.id)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for id, size := range stored { // stored but unreadable packs: nothing uses them
+		drop = append(drop, id)
+		res.BytesFreed += size
 	}
 	res.PacksDeleted = len(drop) - res.PacksRepacked
 	res.PacksKept = len(keep)
@@ -216,15 +236,44 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	if err != nil {
 		return nil, err
 	}
-	all := append(keep, newPacks...)
-	newName := ""
-	if len(all) > 0 {
-		if newName, err = r.writeIndex(ctx, all); err != nil {
-			return nil, err
+	// New index objects for every kept pack, in batches.
+	keepSet := map[ID]bool{}
+	for _, id := range keep {
+		keepSet[id] = true
+	}
+	written := map[string]bool{}
+	var batch []packIndex
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
 		}
+		name := indexName(NewRandomID())
+		if err := r.saveObject(ctx, name, false, func(w io.Writer) error { return encodeIndex(w, batch) }); err != nil {
+			return err
+		}
+		written[name] = true
+		batch = batch[:0]
+		return nil
+	}
+	err = r.idx.eachPack(func(p packInfo, entries []blobEntry) error {
+		if !keepSet[p.id] {
+			return nil
+		}
+		batch = append(batch, packIndex{id: p.id, size: p.size, entries: entries})
+		if len(batch) >= indexBatch {
+			return flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	batch = append(batch, newPacks...)
+	if err := flush(); err != nil {
+		return nil, err
 	}
 	for _, o := range oldIndex {
-		if o.Name != newName {
+		if !written[o.Name] {
 			if err := r.store.Delete(ctx, o.Name); err != nil {
 				return nil, err
 			}
@@ -240,11 +289,9 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 			return nil, err
 		}
 	}
-	// Rebuild the in-memory index from what is now stored.
-	r.idx = newIndex()
-	for _, p := range all {
-		r.idx.addPack(p.id, p.size, p.entries)
-	}
+	// The cache now lists deleted index objects: the next LoadIndex
+	// rebuilds it.
+	r.idxLoaded = false
 	return res, nil
 }
 

@@ -2,16 +2,20 @@ package archive
 
 import (
 	"bufio"
+	"database/sql"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync"
+
+	_ "modernc.org/sqlite" // the on-disk index cache
 )
 
-// blobLoc is where a chunk lives: 24 bytes per chunk in memory.
+// blobLoc is where a chunk lives.
 type blobLoc struct {
-	pack    uint32 // position in Index.packs
 	counter uint32
 	offset  uint32
 	length  uint32
@@ -24,93 +28,254 @@ type packInfo struct {
 	size int64
 }
 
-// Index maps chunk ids to their place in the packs. It is safe for
-// concurrent use.
+// Index maps chunk ids to their place in the packs. It lives in a local
+// SQLite file (the index cache, FORMAT.md §6), not in memory: lookups read
+// pages through a small, fixed page cache, so RAM does not grow with the
+// repository. It is safe for concurrent use.
 type Index struct {
-	mu      sync.RWMutex
-	packs   []packInfo
-	packIdx map[ID]uint32
-	blobs   map[ID]blobLoc
+	db   *sql.DB
+	path string
+	temp bool
+
+	mu                     sync.Mutex // serialises writers
+	has, look, hasPk, seqs *sql.Stmt
 }
 
-func newIndex() *Index {
-	return &Index{packIdx: map[ID]uint32{}, blobs: map[ID]blobLoc{}}
+const indexSchema = `
+PRAGMA journal_mode=WAL;
+PRAGMA synchronous=NORMAL;
+PRAGMA cache_size=-4096;
+CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS packs (seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (id BLOB PRIMARY KEY, pack INTEGER NOT NULL, counter INTEGER NOT NULL,
+	off INTEGER NOT NULL, len INTEGER NOT NULL, raw INTEGER NOT NULL, flags INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs (pack, counter);
+`
+
+// openIndex opens (creating) the index cache at path; "" makes a
+// temporary one in dir that is removed by close.
+func openIndex(path, dir string) (*Index, error) {
+	x := &Index{path: path}
+	if path == "" {
+		f, err := os.CreateTemp(dir, "index-*.sqlite")
+		if err != nil {
+			return nil, fmt.Errorf("index cache: %w", err)
+		}
+		f.Close()
+		x.path, x.temp = f.Name(), true
+	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("index cache: %w", err)
+	}
+	db, err := sql.Open("sqlite", "file:"+x.path+"?_pragma=busy_timeout(30000)")
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(4)
+	x.db = db
+	if _, err := db.Exec(indexSchema); err != nil {
+		db.Close()
+		if !x.temp {
+			// A damaged cache is rebuilt from the repository.
+			removeDB(x.path)
+			return openIndex(path, dir)
+		}
+		return nil, fmt.Errorf("index cache %s: %w", x.path, err)
+	}
+	for _, p := range []struct {
+		s **sql.Stmt
+		q string
+	}{
+		{&x.has, "SELECT 1 FROM blobs WHERE id = ?"},
+		{&x.look, "SELECT b.counter, b.off, b.len, b.raw, b.flags, p.id, p.size FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?"},
+		{&x.hasPk, "SELECT 1 FROM packs WHERE id = ?"},
+	} {
+		if *p.s, err = db.Prepare(p.q); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
+	return x, nil
+}
+
+func removeDB(p string) {
+	for _, s := range []string{"", "-wal", "-shm"} {
+		os.Remove(p + s)
+	}
+}
+
+func (x *Index) close() error {
+	if x == nil || x.db == nil {
+		return nil
+	}
+	err := x.db.Close()
+	if x.temp {
+		removeDB(x.path)
+	}
+	return err
+}
+
+// reset empties the cache.
+func (x *Index) reset() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	_, err := x.db.Exec("DELETE FROM blobs; DELETE FROM packs; DELETE FROM files;")
+	return err
 }
 
 // addPack records a pack and its blobs. Chunks already indexed elsewhere
 // keep their first location.
-func (x *Index) addPack(id ID, size int64, entries []blobEntry) {
+func (x *Index) addPack(id ID, size int64, entries []blobEntry) error {
+	return x.addPacks([]packIndex{{id: id, size: size, entries: entries}}, "")
+}
+
+// addPacks records packs (and, if file is set, that the index object file
+// has been loaded) in one transaction.
+func (x *Index) addPacks(packs []packIndex, file string) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	pi, ok := x.packIdx[id]
-	if !ok {
-		pi = uint32(len(x.packs))
-		x.packs = append(x.packs, packInfo{id: id, size: size})
-		x.packIdx[id] = pi
+	tx, err := x.db.Begin()
+	if err != nil {
+		return fmt.Errorf("index cache: %w", err)
 	}
-	for _, e := range entries {
-		if _, dup := x.blobs[e.ID]; dup {
-			continue
+	defer tx.Rollback()
+	insPack, err := tx.Prepare("INSERT INTO packs (id, size) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET size = excluded.size RETURNING seq")
+	if err != nil {
+		return err
+	}
+	insBlob, err := tx.Prepare("INSERT OR IGNORE INTO blobs (id, pack, counter, off, len, raw, flags) VALUES (?, ?, ?, ?, ?, ?, ?)")
+	if err != nil {
+		return err
+	}
+	for _, p := range packs {
+		var seq int64
+		if err := insPack.QueryRow(p.id[:], p.size).Scan(&seq); err != nil {
+			return fmt.Errorf("index cache: %w", err)
 		}
-		x.blobs[e.ID] = blobLoc{pack: pi, counter: e.Counter, offset: e.Offset, length: e.Length, rawLen: e.RawLen, flags: e.Flags}
+		for _, e := range p.entries {
+			if _, err := insBlob.Exec(e.ID[:], seq, e.Counter, e.Offset, e.Length, e.RawLen, e.Flags); err != nil {
+				return fmt.Errorf("index cache: %w", err)
+			}
+		}
 	}
+	if file != "" {
+		if _, err := tx.Exec("INSERT OR IGNORE INTO files (name) VALUES (?)", file); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
 }
 
 // Has reports whether the chunk is stored.
 func (x *Index) Has(id ID) bool {
-	x.mu.RLock()
-	_, ok := x.blobs[id]
-	x.mu.RUnlock()
-	return ok
+	var one int
+	return x.has.QueryRow(id[:]).Scan(&one) == nil
 }
 
 func (x *Index) lookup(id ID) (blobLoc, packInfo, bool) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	l, ok := x.blobs[id]
-	if !ok {
-		return l, packInfo{}, false
+	var l blobLoc
+	var p packInfo
+	var pid []byte
+	err := x.look.QueryRow(id[:]).Scan(&l.counter, &l.offset, &l.length, &l.rawLen, &l.flags, &pid, &p.size)
+	if err != nil || len(pid) != len(p.id) {
+		return l, p, false
 	}
-	return l, x.packs[l.pack], true
+	copy(p.id[:], pid)
+	return l, p, true
 }
 
 func (x *Index) hasPack(id ID) bool {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	_, ok := x.packIdx[id]
-	return ok
+	var one int
+	return x.hasPk.QueryRow(id[:]).Scan(&one) == nil
 }
 
 // Len returns the number of chunks and packs.
 func (x *Index) Len() (chunks, packs int) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return len(x.blobs), len(x.packs)
+	x.db.QueryRow("SELECT count(*) FROM blobs").Scan(&chunks)
+	x.db.QueryRow("SELECT count(*) FROM packs").Scan(&packs)
+	return
 }
 
-// byPack groups the index's blobs by pack, in counter order.
-func (x *Index) byPack() map[ID][]blobEntry {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	out := make(map[ID][]blobEntry, len(x.packs))
-	for id, l := range x.blobs {
-		p := x.packs[l.pack].id
-		out[p] = append(out[p], blobEntry{ID: id, Flags: l.flags, Counter: l.counter, Offset: l.offset, Length: l.length, RawLen: l.rawLen})
+// files returns the names of the index objects the cache holds.
+func (x *Index) files() (map[string]bool, error) {
+	rows, err := x.db.Query("SELECT name FROM files")
+	if err != nil {
+		return nil, err
 	}
-	for _, p := range x.packs {
-		es := out[p.id]
-		sortEntries(es)
-	}
-	return out
-}
-
-func sortEntries(es []blobEntry) {
-	// insertion sort is fine for the few dozen blobs of a pack
-	for i := 1; i < len(es); i++ {
-		for j := i; j > 0 && es[j].Counter < es[j-1].Counter; j-- {
-			es[j], es[j-1] = es[j-1], es[j]
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
 		}
+		out[n] = true
 	}
+	return out, rows.Err()
+}
+
+// allPacks lists the indexed packs (a few dozen bytes per 32 MiB pack).
+func (x *Index) allPacks() ([]packInfo, error) {
+	rows, err := x.db.Query("SELECT id, size FROM packs ORDER BY seq")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []packInfo
+	for rows.Next() {
+		var p packInfo
+		var id []byte
+		if err := rows.Scan(&id, &p.size); err != nil {
+			return nil, err
+		}
+		copy(p.id[:], id)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// eachPack calls fn for every indexed pack with the blobs the index
+// locates in it, in counter order, streaming: one pack at a time in RAM.
+func (x *Index) eachPack(fn func(p packInfo, entries []blobEntry) error) error {
+	rows, err := x.db.Query(`SELECT p.id, p.size, b.id, b.counter, b.off, b.len, b.raw, b.flags
+		FROM packs p LEFT JOIN blobs b ON b.pack = p.seq ORDER BY p.seq, b.counter`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var cur packInfo
+	var entries []blobEntry
+	started := false
+	for rows.Next() {
+		var pid, bid []byte
+		var p packInfo
+		var e blobEntry
+		var counter, off, ln, raw, flags sql.NullInt64
+		if err := rows.Scan(&pid, &p.size, &bid, &counter, &off, &ln, &raw, &flags); err != nil {
+			return err
+		}
+		copy(p.id[:], pid)
+		if !started || p.id != cur.id {
+			if started {
+				if err := fn(cur, entries); err != nil {
+					return err
+				}
+			}
+			cur, entries, started = p, nil, true
+		}
+		if bid == nil {
+			continue
+		}
+		copy(e.ID[:], bid)
+		e.Counter, e.Offset, e.Length, e.RawLen, e.Flags = uint32(counter.Int64), uint32(off.Int64), uint32(ln.Int64), uint32(raw.Int64), uint8(flags.Int64)
+		entries = append(entries, e)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if started {
+		return fn(cur, entries)
+	}
+	return nil
 }
 
 // packIndex is one pack's part of an index object.
@@ -223,4 +388,92 @@ func decodeIndex(r io.Reader, fn func(packIndex) error) error {
 		return fmt.Errorf("%w: trailing data", errIndexFormat)
 	}
 	return nil
+}
+
+// packEntries returns the blobs the index locates in one pack.
+func (x *Index) packEntries(id ID) ([]blobEntry, error) {
+	rows, err := x.db.Query(`SELECT b.id, b.counter, b.off, b.len, b.raw, b.flags FROM blobs b
+		JOIN packs p ON p.seq = b.pack WHERE p.id = ? ORDER BY b.counter`, id[:])
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []blobEntry
+	for rows.Next() {
+		var e blobEntry
+		var bid []byte
+		if err := rows.Scan(&bid, &e.Counter, &e.Offset, &e.Length, &e.RawLen, &e.Flags); err != nil {
+			return nil, err
+		}
+		copy(e.ID[:], bid)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// usedSet is an on-disk set of chunk ids (for prune), kept in the index
+// cache so its size does not cost RAM.
+type usedSet struct {
+	x   *Index
+	tx  *sql.Tx
+	ins *sql.Stmt
+	n   int
+}
+
+func (x *Index) newUsedSet() (*usedSet, error) {
+	if _, err := x.db.Exec("CREATE TABLE IF NOT EXISTS used (id BLOB PRIMARY KEY) WITHOUT ROWID; DELETE FROM used;"); err != nil {
+		return nil, err
+	}
+	return &usedSet{x: x}, nil
+}
+
+func (u *usedSet) add(id ID) error {
+	if u.tx == nil {
+		tx, err := u.x.db.Begin()
+		if err != nil {
+			return err
+		}
+		ins, err := tx.Prepare("INSERT OR IGNORE INTO used (id) VALUES (?)")
+		if err != nil {
+			tx.Rollback()
+			return err
+		}
+		u.tx, u.ins = tx, ins
+	}
+	if _, err := u.ins.Exec(id[:]); err != nil {
+		return err
+	}
+	if u.n++; u.n%(1<<14) == 0 {
+		return u.flush()
+	}
+	return nil
+}
+
+func (u *usedSet) flush() error {
+	if u.tx == nil {
+		return nil
+	}
+	err := u.tx.Commit()
+	u.tx, u.ins = nil, nil
+	return err
+}
+
+func (u *usedSet) has(id ID) bool {
+	var one int
+	return u.x.db.QueryRow("SELECT 1 FROM used WHERE id = ?", id[:]).Scan(&one) == nil
+}
+
+func (u *usedSet) drop() {
+	u.flush()
+	u.x.db.Exec("DROP TABLE IF EXISTS used")
+}
+
+// byPack groups all indexed blobs by pack (tests and small repositories).
+func (x *Index) byPack() map[ID][]blobEntry {
+	out := map[ID][]blobEntry{}
+	x.eachPack(func(p packInfo, entries []blobEntry) error {
+		out[p.id] = entries
+		return nil
+	})
+	return out
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -15,16 +16,55 @@ import (
 
 func indexName(id ID) string { return "index/" + id.String() }
 
-// LoadIndex reads every index object into memory (once).
+// openIndexCache opens the index cache (once).
+func (r *Repository) openIndexCache() error {
+	if r.idx != nil {
+		return nil
+	}
+	path := ""
+	if r.cacheDir != "" {
+		path = filepath.Join(r.cacheDir, r.cfg.ID, "index.sqlite")
+	}
+	x, err := openIndex(path, r.tmpDir)
+	if err != nil {
+		return err
+	}
+	r.idx = x
+	return nil
+}
+
+// LoadIndex brings the index cache up to date with the repository's
+// index objects (once per process): objects it has not seen are read and
+// added; if an object it holds is gone (a prune ran), it is rebuilt.
 func (r *Repository) LoadIndex(ctx context.Context) error {
 	r.idxMu.Lock()
 	defer r.idxMu.Unlock()
 	if r.idxLoaded {
 		return nil
 	}
+	if err := r.openIndexCache(); err != nil {
+		return err
+	}
 	objs, err := r.listNames(ctx, "index/")
 	if err != nil {
 		return err
+	}
+	cached, err := r.idx.files()
+	if err != nil {
+		return err
+	}
+	listed := map[string]bool{}
+	for _, o := range objs {
+		listed[o.Name] = true
+	}
+	for n := range cached {
+		if !listed[n] {
+			if err := r.idx.reset(); err != nil {
+				return err
+			}
+			cached = map[string]bool{}
+			break
+		}
 	}
 	var (
 		wg    sync.WaitGroup
@@ -33,15 +73,15 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 		sem   = make(chan struct{}, 4)
 	)
 	for _, o := range objs {
+		if cached[o.Name] {
+			continue
+		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func(name string) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			err := r.readIndexObject(ctx, name, func(p packIndex) error {
-				r.idx.addPack(p.id, p.size, p.entries)
-				return nil
-			})
+			err := r.loadIndexObject(ctx, r.idx, name)
 			mu.Lock()
 			if err != nil && first == nil {
 				first = err
@@ -53,11 +93,29 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 	if first != nil {
 		return first
 	}
-	for _, o := range objs {
-		r.idxFiles = append(r.idxFiles, o.Name)
-	}
 	r.idxLoaded = true
 	return nil
+}
+
+// loadIndexObject adds one index object to idx, in batches, and records
+// it as loaded.
+func (r *Repository) loadIndexObject(ctx context.Context, idx *Index, name string) error {
+	var batch []packIndex
+	n := 0
+	err := r.readIndexObject(ctx, name, func(p packIndex) error {
+		batch = append(batch, p)
+		n += len(p.entries)
+		if n >= 1<<14 {
+			err := idx.addPacks(batch, "")
+			batch, n = batch[:0], 0
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return idx.addPacks(batch, name)
 }
 
 func (r *Repository) readIndexObject(ctx context.Context, name string, fn func(packIndex) error) error {
@@ -73,10 +131,14 @@ func (r *Repository) readIndexObject(ctx context.Context, name string, fn func(p
 	return err
 }
 
-// writeIndex stores an index object describing packs and returns its name.
+// writeIndex stores an index object describing packs, records it in the
+// cache, and returns its name.
 func (r *Repository) writeIndex(ctx context.Context, packs []packIndex) (string, error) {
 	name := indexName(NewRandomID())
 	err := r.saveObject(ctx, name, false, func(w io.Writer) error { return encodeIndex(w, packs) })
+	if err == nil && r.idx != nil {
+		err = r.idx.addPacks(packs, name)
+	}
 	return name, err
 }
 
@@ -162,7 +224,9 @@ func (r *Repository) adoptPacks(ctx context.Context) ([]packIndex, []string, err
 			}
 			return nil, nil, err
 		}
-		r.idx.addPack(id, size, entries)
+		if err := r.idx.addPack(id, size, entries); err != nil {
+			return nil, nil, err
+		}
 		adopted = append(adopted, packIndex{id: id, size: size, entries: entries})
 	}
 	return adopted, warns, nil

@@ -111,9 +111,22 @@ type Repository struct {
 
 	slotID string // the key slot Unlock used
 
+	cacheDir  string
 	idxMu     sync.Mutex
 	idxLoaded bool
-	idxFiles  []string // index objects loaded
+}
+
+// SetCacheDir sets the directory of the local index cache (FORMAT.md §6);
+// "" (the default) keeps it in a temporary file for this process only.
+func (r *Repository) SetCacheDir(dir string) { r.cacheDir = dir }
+
+// Close releases the index cache and the store.
+func (r *Repository) Close() error {
+	err := r.idx.close()
+	if cerr := r.store.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // Store returns the underlying store.
@@ -168,7 +181,7 @@ func Init(ctx context.Context, store cloud.Store, opt InitOptions) (*Repository,
 	idb := NewRandomID()
 	cfg := &Config{Format: "wabackup", Version: FormatVersion, ID: hex.EncodeToString(idb[:16]), Created: time.Now().UTC().Truncate(time.Second),
 		MinChunk: DefaultMinChunk, AvgChunk: DefaultAvgChunk, MaxChunk: DefaultMaxChunk, PackSize: DefaultPackSize}
-	r := &Repository{store: store, cfg: cfg, keys: deriveKeys(master), idx: newIndex(), tmpDir: os.TempDir(), idxLoaded: true}
+	r := &Repository{store: store, cfg: cfg, keys: deriveKeys(master), tmpDir: os.TempDir()}
 	cfg.MAC = cfg.mac(r.keys)
 	slot, err := keys.NewRecoverySlot(master, recovery, opt.Label)
 	if err != nil {
@@ -212,7 +225,7 @@ func Open(ctx context.Context, store cloud.Store) (*Repository, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", store.Location(), err)
 	}
-	return &Repository{store: store, cfg: cfg, idx: newIndex(), tmpDir: os.TempDir()}, nil
+	return &Repository{store: store, cfg: cfg, tmpDir: os.TempDir()}, nil
 }
 
 // Slots lists the repository's key slots.
