@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,6 +17,7 @@ import (
 	"github.com/wabackup/wabackup/internal/settings"
 	"github.com/wabackup/wabackup/pkg/archive"
 	"github.com/wabackup/wabackup/pkg/cloud"
+	"github.com/wabackup/wabackup/pkg/cloud/s3"
 	"github.com/wabackup/wabackup/pkg/keys"
 )
 
@@ -29,6 +32,15 @@ type app struct {
 	passwordCommand string
 	retryLock       time.Duration
 	tempDir         string
+	cacheDir        string
+	noCache         bool
+
+	s3Region       string
+	s3InsecureHTTP bool
+	s3Lookup       string
+	s3Connections  int
+	s3CreateBucket bool
+	caCert         string
 }
 
 func newApp(stdout, stderr io.Writer) *app {
@@ -58,6 +70,14 @@ and restores them on any machine with the 64-digit key or a password.`,
 	pf.StringVar(&a.passwordCommand, "password-command", "", "run this shell command to get the password (env WABACKUP_PASSWORD_COMMAND)")
 	pf.DurationVar(&a.retryLock, "retry-lock", 0, "wait up to this long for a locked repository (e.g. 5m)")
 	pf.StringVar(&a.tempDir, "temp-dir", "", "where packs are staged before upload (default: the system temp dir)")
+	pf.StringVar(&a.cacheDir, "cache-dir", "", "local index cache (default $XDG_CACHE_HOME/wabackup)")
+	pf.BoolVar(&a.noCache, "no-cache", false, "keep no index cache between runs")
+	pf.StringVar(&a.s3Region, "s3-region", "", "S3 region (default: ask the server)")
+	pf.BoolVar(&a.s3InsecureHTTP, "s3-insecure-http", false, "talk plain HTTP to the S3 server (local servers only)")
+	pf.StringVar(&a.s3Lookup, "s3-lookup", "", "S3 addressing: auto, path or dns (virtual-host)")
+	pf.IntVar(&a.s3Connections, "s3-connections", 0, "S3 requests in flight at once (default 4)")
+	pf.BoolVar(&a.s3CreateBucket, "s3-create-bucket", false, "with init: create the S3 bucket if it is missing")
+	pf.StringVar(&a.caCert, "cacert", "", "PEM file of extra CA certificates to trust (private S3 servers)")
 	pf.BoolVar(&a.out.json, "json", false, "machine-readable output (one JSON object per line)")
 	pf.BoolVarP(&a.out.quiet, "quiet", "q", false, "print nothing unless there is an error")
 
@@ -71,6 +91,9 @@ and restores them on any machine with the 64-digit key or a password.`,
 		a.pruneCommand(),
 		a.keyCommand(),
 		a.unlockCommand(),
+		a.cleanupCommand(),
+		a.loginCommand(),
+		a.logoutCommand(),
 		a.versionCommand(),
 		&cobra.Command{Use: "exit-codes", Short: "The exit codes wabackup uses", Long: exitCodesHelp},
 	)
@@ -136,12 +159,52 @@ func (a *app) credentials() (archive.Credentials, error) {
 	return c, nil
 }
 
-// openStore opens the repository's store without creating it.
+// openStore opens the repository's store; create makes the container
+// (directory, bucket with --s3-create-bucket, Drive folder) if missing.
 func (a *app) openStore(ctx context.Context, create bool) (cloud.Store, error) {
 	if a.repo == "" {
 		return nil, errors.New("no repository given: use --repo or WABACKUP_REPO")
 	}
+	if strings.HasPrefix(a.repo, "s3:") {
+		cfg, err := s3.ParseURL(a.repo)
+		if err != nil {
+			return nil, err
+		}
+		if a.s3Region != "" {
+			cfg.Region = a.s3Region
+		}
+		if a.s3InsecureHTTP {
+			cfg.Secure = false
+		}
+		if a.s3Lookup != "" {
+			cfg.Lookup = a.s3Lookup
+		}
+		if a.s3Connections > 0 {
+			cfg.Connections = a.s3Connections
+		}
+		if a.caCert != "" {
+			cfg.CACertFile = a.caCert
+		}
+		cfg.CreateBucket = create && (cfg.CreateBucket || a.s3CreateBucket)
+		return s3.New(ctx, cfg)
+	}
 	return cloud.Open(ctx, a.repo, create)
+}
+
+// cachePath is the index cache directory ("" for none).
+func (a *app) cachePath() string {
+	switch {
+	case a.noCache:
+		return ""
+	case a.cacheDir != "":
+		return a.cacheDir
+	case os.Getenv("XDG_CACHE_HOME") != "":
+		return filepath.Join(os.Getenv("XDG_CACHE_HOME"), "wabackup")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".cache", "wabackup")
+	}
+	return ""
 }
 
 // openRepo opens and unlocks the repository.
@@ -164,6 +227,7 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 	if a.tempDir != "" {
 		r.SetTempDir(a.tempDir)
 	}
+	r.SetCacheDir(a.cachePath())
 	if err := r.Unlock(ctx, cred); err != nil {
 		if errors.Is(err, keys.ErrWrongKey) {
 			return nil, fmt.Errorf("wrong key or password for %s: %w", st.Location(), keys.ErrWrongKey)

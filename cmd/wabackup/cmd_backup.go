@@ -27,7 +27,7 @@ since the last snapshot (same size, mtime and inode) are not read again.`,
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			var warnings []string
 			opt.Warn = func(path string, err error) {
 				msg := err.Error()

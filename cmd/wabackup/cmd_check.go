@@ -55,7 +55,7 @@ every chunk; --read-data-subset 10% a random tenth of the packs.`,
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			var res *archive.CheckResult
 			err = a.withLock(ctx, r, false, "check", func() error {
 				var err error

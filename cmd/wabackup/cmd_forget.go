@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/cloud/s3"
 )
 
 func (a *app) forgetCommand() *cobra.Command {
@@ -22,7 +23,7 @@ func (a *app) forgetCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			return a.withLock(ctx, r, true, "forget", func() error {
 				ds, err := r.Forget(ctx, p, dryRun)
 				if err != nil {
@@ -73,6 +74,15 @@ func (a *app) doPrune(ctx context.Context, r *archive.Repository, dryRun bool) e
 		verb = "would free"
 	}
 	a.out.Printf("prune: %s %s (%d pack(s) deleted, %d repacked, %d kept)\n", verb, humanBytes(res.BytesFreed), res.PacksDeleted, res.PacksRepacked, res.PacksKept)
+	if s, ok := r.Store().(*s3.Store); ok && !dryRun {
+		// Under the exclusive lock no backup is uploading: every
+		// incomplete multipart upload is abandoned.
+		if n, err := s.CleanupIncomplete(ctx, 0); err != nil {
+			a.out.Warnf("aborting incomplete uploads: %v", err)
+		} else if n > 0 {
+			a.out.Printf("aborted %d incomplete upload(s)\n", n)
+		}
+	}
 	return nil
 }
 
@@ -88,7 +98,7 @@ func (a *app) pruneCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			return a.withLock(ctx, r, true, "prune", func() error { return a.doPrune(ctx, r, dryRun) })
 		},
 	}

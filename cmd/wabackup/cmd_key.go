@@ -37,7 +37,7 @@ func (a *app) keyCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			slots, err := r.Slots(cmd.Context())
 			if err != nil {
 				return err
@@ -69,7 +69,7 @@ func (a *app) keyCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			if label == "" {
 				label = hostLabel()
 			}
@@ -110,7 +110,7 @@ func (a *app) keyCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			s, err := r.RemoveSlot(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -133,7 +133,7 @@ password's slot (the one used to open the repository, or --id).`,
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			slots, err := r.Slots(ctx)
 			if err != nil {
 				return err

@@ -43,7 +43,7 @@ func (a *app) unlockCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			n, err := r.RemoveLocks(cmd.Context(), all)
 			if err != nil {
 				return err

@@ -31,7 +31,7 @@ renamed, and existing files are never replaced unless --overwrite is given.`,
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			start := time.Now()
 			var total archive.RestoreProgress
 			err = a.withLock(ctx, r, false, "restore", func() error {

@@ -18,7 +18,7 @@ func (a *app) snapshotsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer r.Store().Close()
+			defer r.Close()
 			snaps, err := r.Snapshots(ctx)
 			if err != nil {
 				return err

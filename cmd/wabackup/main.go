@@ -17,7 +17,9 @@ import (
 	"github.com/wabackup/wabackup/pkg/cloud"
 	"github.com/wabackup/wabackup/pkg/keys"
 
+	"github.com/wabackup/wabackup/pkg/cloud/gdrive"
 	_ "github.com/wabackup/wabackup/pkg/cloud/local"
+	"github.com/wabackup/wabackup/pkg/cloud/s3"
 )
 
 // Exit codes (README "Exit codes", `wabackup help exit-codes`).
@@ -28,6 +30,9 @@ const (
 	exitNoRepo      = 10
 	exitLocked      = 11
 	exitWrongKey    = 12
+	exitUnreachable = 13
+	exitAccess      = 14
+	exitStoreFull   = 15
 	exitInterrupted = 130
 )
 
@@ -38,6 +43,12 @@ const exitCodesHelp = `Exit codes:
   10   the repository does not exist
   11   the repository is locked by another process
   12   wrong or malformed key or password
+  13   the store cannot be reached (network down, server gone, TLS failure);
+       a later run may succeed
+  14   the store refused us: access denied, no credentials, not logged in to
+       Google Drive, wrong S3 region, clock skew
+  15   the store is full, or Google Drive's daily upload cap was reached; what
+       was stored is kept and the next run goes on from there
   130  interrupted (Ctrl-C / SIGTERM); nothing half-written is referenced
 
 With --json, a failure also prints {"message_type":"exit_error","code":N,"message":"…"}
@@ -63,6 +74,13 @@ func exitCode(err error, interrupted bool) int {
 		return exitLocked
 	case errors.Is(err, keys.ErrWrongKey), errors.Is(err, keys.ErrMalformedKey):
 		return exitWrongKey
+	case errors.Is(err, s3.ErrUnreachable), errors.Is(err, s3.ErrTLS):
+		return exitUnreachable
+	case errors.Is(err, s3.ErrAccessDenied), errors.Is(err, s3.ErrNoCredentials), errors.Is(err, s3.ErrWrongRegion),
+		errors.Is(err, s3.ErrClockSkew), errors.Is(err, gdrive.ErrNotLoggedIn):
+		return exitAccess
+	case errors.Is(err, gdrive.ErrUploadCap), errors.Is(err, gdrive.ErrQuota):
+		return exitStoreFull
 	}
 	return exitFatal
 }

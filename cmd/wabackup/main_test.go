@@ -45,6 +45,7 @@ func TestScripts(t *testing.T) {
 		Dir: "testdata/script",
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("XDG_CONFIG_HOME", filepath.Join(env.WorkDir, ".config"))
+			env.Setenv("XDG_CACHE_HOME", filepath.Join(env.WorkDir, ".cache"))
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
@@ -79,7 +80,7 @@ func cmdWab(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	cmd := exec.Command(bin, args[1:]...)
 	cmd.Dir = ts.Getenv("WORK")
-	for _, n := range []string{"PATH", "HOME", "WORK", "TMPDIR", "XDG_CONFIG_HOME", "WABACKUP_KEY", "WABACKUP_KEY_FILE", "WABACKUP_PASSWORD",
+	for _, n := range []string{"PATH", "HOME", "WORK", "TMPDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "WABACKUP_GDRIVE_ENDPOINT", "WABACKUP_KEY", "WABACKUP_KEY_FILE", "WABACKUP_PASSWORD",
 		"WABACKUP_PASSWORD_FILE", "WABACKUP_PASSWORD_COMMAND", "WABACKUP_REPO", "WABACKUP_CONFIG", "WABACKUP_DB", "WABACKUP_MEDIA", "GOCOVERDIR"} {
 		if v := ts.Getenv(n); v != "" {
 			cmd.Env = append(cmd.Env, n+"="+v)

@@ -26,6 +26,10 @@ func (r *Repository) openIndexCache() error {
 		path = filepath.Join(r.cacheDir, r.cfg.ID, "index.sqlite")
 	}
 	x, err := openIndex(path, r.tmpDir)
+	if err != nil && path != "" {
+		// An unusable cache directory costs speed, not correctness.
+		x, err = openIndex("", r.tmpDir)
+	}
 	if err != nil {
 		return err
 	}
