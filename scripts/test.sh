@@ -37,4 +37,4 @@ staticcheck ./...
 echo "==> go test"
 # Servers the tests start must exist: a missing one fails instead of skipping.
 export WABACKUP_REQUIRE_SERVERS=1
-go test -count=1 -timeout 40m ./... "$@"
+go test -count=1 -timeout 40m ./... ./testdata/gen "$@"
