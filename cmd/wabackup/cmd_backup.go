@@ -20,6 +20,9 @@ since the last snapshot (same size, mtime and inode) are not read again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if opt.DBCheck != "full" && opt.DBCheck != "quick" {
+				return fmt.Errorf("--db-check %q: want full or quick", opt.DBCheck)
+			}
 			if opt.DB == "" && opt.Media == "" {
 				return fmt.Errorf("nothing to back up: give --db and/or --media (or set them in the config file)")
 			}
@@ -74,6 +77,7 @@ since the last snapshot (same size, mtime and inode) are not read again.`,
 	f := cmd.Flags()
 	f.StringVar(&opt.DB, "db", "", "the chat database (SQLite file)")
 	f.StringVar(&opt.Media, "media", "", "the media folder")
+	f.StringVar(&opt.DBCheck, "db-check", "full", "verify the database copy with SQLite's integrity_check (full) or quick_check (quick: skips index-to-row matching)")
 	f.StringVar(&opt.Host, "host", "", "host name to record (default: this machine's)")
 	f.StringSliceVar(&opt.Tags, "tag", nil, "tag the snapshot (repeatable)")
 	return cmd

@@ -37,6 +37,10 @@ type BackupOptions struct {
 	Host  string
 	Tags  []string
 
+	// DBCheck is "full" (PRAGMA integrity_check, the default) or "quick"
+	// (PRAGMA quick_check: skips matching index entries to rows).
+	DBCheck string
+
 	Workers int // chunk/compress/encrypt workers (default GOMAXPROCS)
 	Uploads int // packs uploaded at once (default 2)
 
@@ -173,10 +177,35 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 	}
 
 	// The database snapshot is taken before anything else: it is the
-	// piece that must be consistent.
+	// piece that must be consistent. Its integrity check then runs beside
+	// the rest of the backup; the snapshot is only written if it passes.
+	// A database unchanged since the parent (same stamp) is not copied or
+	// checked again: the parent's verified copy is reused.
 	var dbCopy string
-	for i, s := range srcs {
+	var dbReuse *Node
+	checkDone := make(chan error, 1)
+	checkDone <- nil
+	checkCtx, stopCheck := context.WithCancel(ctx)
+	defer stopCheck()
+	for _, s := range srcs {
 		if !s.db {
+			continue
+		}
+		stamp0, err := stampDB(s.abs)
+		if err != nil {
+			return nil, fmt.Errorf("chat database %s: %w", s.abs, err)
+		}
+		snap.DBCheck = "full"
+		if b.opt.DBCheck == "quick" {
+			snap.DBCheck = "quick"
+		}
+		if parent != nil && parent.DBStamp != nil && *parent.DBStamp == stamp0 && (parent.DBCheck == "full" || parent.DBCheck == snap.DBCheck) {
+			if dbReuse, err = b.findNode(ctx, parent, s.name); err != nil {
+				return nil, err
+			}
+		}
+		if dbReuse != nil {
+			snap.DBStamp = &stamp0
 			continue
 		}
 		dir, err := os.MkdirTemp(b.r.tmpDir, "wabackup-db-")
@@ -185,10 +214,16 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 		}
 		defer os.RemoveAll(dir)
 		dbCopy = filepath.Join(dir, "snapshot.db")
-		if err := gather.SnapshotDB(ctx, s.abs, dbCopy); err != nil {
+		if err := gather.CopyDB(ctx, s.abs, dbCopy); err != nil {
 			return nil, err
 		}
-		srcs[i].abs = s.abs
+		if stamp1, err := stampDB(s.abs); err == nil && stamp1 == stamp0 {
+			snap.DBStamp = &stamp0 // nothing was written during the copy
+		}
+		<-checkDone
+		go func(path, label string) {
+			checkDone <- gather.CheckDB(checkCtx, path, label, b.opt.DBCheck == "quick")
+		}(dbCopy, s.abs)
 	}
 
 	treeID := NewRandomID()
@@ -196,8 +231,14 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	err = b.r.saveObject(ctx, treeName(treeID), true, func(w io.Writer) error {
-		return b.pipeline(ctx, cancel, srcs, dbCopy, ptree, &treeWriter{enc: json.NewEncoder(w)})
+		return b.pipeline(ctx, cancel, srcs, dbCopy, dbReuse, ptree, &treeWriter{enc: json.NewEncoder(w)})
 	})
+	if err != nil {
+		stopCheck()
+	}
+	if cerr := <-checkDone; err == nil && cerr != nil {
+		err = cerr
+	}
 	if err != nil {
 		if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
 			return nil, c
@@ -241,6 +282,55 @@ func (b *backup) findParent(ctx context.Context, snap *Snapshot) (*Snapshot, err
 		}
 	}
 	return nil, nil
+}
+
+// DBStamp identifies a state of the chat database file (and its -wal):
+// if it is the same at the next backup, nothing was written in between.
+type DBStamp struct {
+	Size     int64  `json:"size"`
+	MTime    int64  `json:"mtime"`
+	Inode    uint64 `json:"inode"`
+	WALSize  int64  `json:"wal_size"`
+	WALMTime int64  `json:"wal_mtime"`
+}
+
+func stampDB(path string) (DBStamp, error) {
+	var st DBStamp
+	fi, err := os.Stat(path)
+	if err != nil {
+		return st, err
+	}
+	st.Size, st.MTime = fi.Size(), fi.ModTime().UnixNano()
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.Inode = sys.Ino
+	}
+	// An empty -wal holds nothing (a read-only reader may create one).
+	if wi, err := os.Stat(path + "-wal"); err == nil && wi.Size() > 0 {
+		st.WALSize, st.WALMTime = wi.Size(), wi.ModTime().UnixNano()
+	}
+	return st, nil
+}
+
+// findNode returns the node for a top-level path in a snapshot's tree
+// whose chunks are all still stored, or nil.
+func (b *backup) findNode(ctx context.Context, s *Snapshot, p string) (*Node, error) {
+	tr, err := b.r.OpenTree(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	defer tr.Close()
+	for {
+		n, err := tr.Next()
+		if err != nil {
+			return nil, nil // not found, or damaged: copy afresh
+		}
+		if n.Path == p {
+			if n.Type == TypeFile && b.unchanged(n, n) {
+				return n, nil
+			}
+			return nil, nil
+		}
+	}
 }
 
 // parentTree walks the parent snapshot's tree alongside the new walk.
@@ -293,9 +383,9 @@ type item struct {
 	abort bool
 }
 
-func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, srcs []source, dbCopy string, ptree *parentTree, tw *treeWriter) error {
+func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, srcs []source, dbCopy string, dbReuse *Node, ptree *parentTree, tw *treeWriter) error {
 	b.inflight = map[ID]struct{}{}
-	nbuf := b.opt.Workers + 2
+	nbuf := b.opt.Workers + 1
 	b.bufs = make(chan []byte, nbuf)
 	for i := 0; i < nbuf; i++ {
 		b.bufs <- nil
@@ -331,7 +421,7 @@ func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, s
 	go func() {
 		defer close(order)
 		defer close(jobs)
-		if err := b.produce(ctx, srcs, dbCopy, ptree, order, jobs); err != nil {
+		if err := b.produce(ctx, srcs, dbCopy, dbReuse, ptree, order, jobs); err != nil {
 			fail(err)
 		}
 	}()
@@ -364,7 +454,7 @@ func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, s
 }
 
 // produce walks the sources in tree order and feeds nodes and chunks.
-func (b *backup) produce(ctx context.Context, srcs []source, dbCopy string, ptree *parentTree, order chan<- item, jobs chan<- *chunkJob) error {
+func (b *backup) produce(ctx context.Context, srcs []source, dbCopy string, dbReuse *Node, ptree *parentTree, order chan<- item, jobs chan<- *chunkJob) error {
 	cfg := b.r.cfg
 	buf := make([]byte, cfg.MaxChunk)
 	ck, err := chunkers.NewChunkerBuffer(chunkerAlgorithm, eofReader{}, &chunkers.ChunkerOpts{
@@ -382,6 +472,14 @@ func (b *backup) produce(ctx context.Context, srcs []source, dbCopy string, ptre
 		}
 	}
 	for _, s := range srcs {
+		if s.db && dbReuse != nil {
+			n := *dbReuse
+			atomic.AddInt64(&b.stats.Unchanged, 1)
+			if err := send(item{node: &n, end: true}); err != nil {
+				return err
+			}
+			continue
+		}
 		if s.db {
 			fi, err := os.Stat(s.abs)
 			if err != nil {
@@ -725,7 +823,7 @@ type compressor struct {
 
 func newCompressor() *compressor {
 	fast, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<17))
-	def, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(4<<20), zstd.WithLowerEncoderMem(true))
+	def, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20), zstd.WithLowerEncoderMem(true))
 	return &compressor{fast: fast, def: def}
 }
 

@@ -56,20 +56,29 @@ func (k *keySet) newPackWriter(dir string) (*packWriter, error) {
 		return nil, fmt.Errorf("temporary pack file: %w", err)
 	}
 	id := NewRandomID()
-	return &packWriter{id: id, aead: k.packAEAD(id), f: f, w: bufio.NewWriterSize(f, 1<<20)}, nil
+	return &packWriter{id: id, aead: k.packAEAD(id), f: f, w: bufio.NewWriterSize(f, 256<<10)}, nil
 }
 
-// add encrypts payload (already compressed or raw per flags) and appends it.
+// add encrypts payload (already compressed or raw per flags) and appends
+// it. The payload is sealed in place when its capacity leaves room for the
+// tag (the backup pipeline's buffers do), so payload is clobbered.
 func (p *packWriter) add(id ID, flags uint8, payload []byte, rawLen int) error {
 	counter := uint32(len(p.entries))
 	var nonce [12]byte
 	var aad [33]byte
-	p.sealBuf = p.aead.Seal(p.sealBuf[:0], packNonce(&nonce, uint64(counter)), payload, blobAAD(&aad, id, flags))
-	if _, err := p.w.Write(p.sealBuf); err != nil {
+	dst := payload[:0]
+	if cap(payload)-len(payload) < tagSize {
+		dst = p.sealBuf[:0]
+	}
+	sealed := p.aead.Seal(dst, packNonce(&nonce, uint64(counter)), payload, blobAAD(&aad, id, flags))
+	if cap(payload)-len(payload) < tagSize {
+		p.sealBuf = sealed
+	}
+	if _, err := p.w.Write(sealed); err != nil {
 		return err
 	}
-	p.entries = append(p.entries, blobEntry{ID: id, Flags: flags, Counter: counter, Offset: uint32(p.size), Length: uint32(len(p.sealBuf)), RawLen: uint32(rawLen)})
-	p.size += int64(len(p.sealBuf))
+	p.entries = append(p.entries, blobEntry{ID: id, Flags: flags, Counter: counter, Offset: uint32(p.size), Length: uint32(len(sealed)), RawLen: uint32(rawLen)})
+	p.size += int64(len(sealed))
 	return nil
 }
 

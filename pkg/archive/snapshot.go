@@ -26,6 +26,8 @@ type Snapshot struct {
 	Media    string    `json:"media,omitempty"` // source path of the media folder
 	Tags     []string  `json:"tags,omitempty"`
 	Tree     string    `json:"tree"` // hex id of the tree object
+	DBStamp  *DBStamp  `json:"db_stamp,omitempty"`
+	DBCheck  string    `json:"db_check,omitempty"` // "full" or "quick": how the database copy was verified
 	Partial  bool      `json:"partial,omitempty"`
 	Warnings int       `json:"warnings,omitempty"`
 	Stats    Stats     `json:"stats"`
