@@ -271,9 +271,14 @@ func absOr(p string) string {
 
 // findParent picks the newest snapshot of the same sources on this host.
 func (b *backup) findParent(ctx context.Context, snap *Snapshot) (*Snapshot, error) {
-	snaps, err := b.r.Snapshots(ctx)
+	// A damaged snapshot only costs the choice of a parent (at worst,
+	// re-reading unchanged files): warn and go on.
+	snaps, damaged, err := b.r.loadSnapshots(ctx)
 	if err != nil {
 		return nil, err
+	}
+	for _, d := range damaged {
+		b.warn("", d.err, false)
 	}
 	for i := len(snaps) - 1; i >= 0; i-- {
 		s := snaps[i]
@@ -724,7 +729,7 @@ func (b *backup) process(ctx context.Context, job *chunkJob, h hash.Hash, z *com
 	}
 	payload, flags := z.compress(job.data, job.hint)
 	if *pw == nil {
-		p, err := b.r.keys.newPackWriter(b.r.packDir())
+		p, err := b.r.newPackWriter()
 		if err != nil {
 			return err
 		}

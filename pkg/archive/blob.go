@@ -51,8 +51,11 @@ func (b *blobReader) chunk(ctx context.Context, id ID) ([]byte, error) {
 	b.ct = b.ct[:loc.length]
 	_, err = io.ReadFull(rc, b.ct)
 	rc.Close()
-	if err != nil {
+	if truncated(err) {
 		return nil, fmt.Errorf("%s: chunk %s: short read (%v): %w", shortName(name), id.Short(), err, ErrCorrupt)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: chunk %s: %w", shortName(name), id.Short(), err)
 	}
 	e := blobEntry{ID: id, Flags: loc.flags, Counter: loc.counter, RawLen: loc.rawLen}
 	return b.open(pack.id, e, b.ct)

@@ -259,7 +259,10 @@ func (r *Repository) verifyPack(ctx context.Context, br *blobReader, id ID, size
 		}
 		buf = buf[:e.Length]
 		if _, err := io.ReadFull(rc, buf); err != nil {
-			return fmt.Errorf("%s: short read: %w", name, ErrCorrupt)
+			if truncated(err) {
+				return fmt.Errorf("%s: short read: %w", name, ErrCorrupt)
+			}
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		if _, err := br.open(id, e, buf); err != nil {
 			return err

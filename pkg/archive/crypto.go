@@ -212,6 +212,27 @@ func (s *streamWriter) Close() error {
 	return s.flush(true)
 }
 
+// truncated reports whether a read failed because the object ended early,
+// which is damage, rather than because reading failed (a network error, a
+// cancelled context), which is not and must not be reported as ErrCorrupt.
+func truncated(err error) bool { return err == io.EOF || err == io.ErrUnexpectedEOF }
+
+// srcErr remembers the last error other than io.EOF its reader returned,
+// so a decoder's own "malformed" error can be told from a failure of its
+// source.
+type srcErr struct {
+	r   io.Reader
+	err error
+}
+
+func (s *srcErr) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
+
 // streamReader decrypts a STREAM object. It returns an error wrapping
 // ErrCorrupt on any authentication failure, truncation or trailing data.
 type streamReader struct {
@@ -229,7 +250,10 @@ type streamReader struct {
 func (k *keySet) newStreamReader(r io.Reader, name string) (*streamReader, error) {
 	salt := make([]byte, saltSize)
 	if _, err := io.ReadFull(r, salt); err != nil {
-		return nil, fmt.Errorf("%s: truncated object header: %w", name, ErrCorrupt)
+		if truncated(err) {
+			return nil, fmt.Errorf("%s: truncated object header: %w", name, ErrCorrupt)
+		}
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return &streamReader{r: r, name: name, aead: k.objectAEAD(salt, name), buf: make([]byte, 0, segmentSize+tagSize+1)}, nil
 }

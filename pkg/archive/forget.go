@@ -331,7 +331,7 @@ func (r *Repository) repack(ctx context.Context, entries []blobEntry) ([]packInd
 		buf = append(buf[:0], data...)
 		payload, flags := z.compress(buf, hintAuto)
 		if pw == nil {
-			if pw, err = r.keys.newPackWriter(r.packDir()); err != nil {
+			if pw, err = r.newPackWriter(); err != nil {
 				return nil, err
 			}
 		}

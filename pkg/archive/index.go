@@ -328,16 +328,25 @@ func encodeIndex(w io.Writer, packs []packIndex) error {
 var errIndexFormat = errors.New("malformed index")
 
 // decodeIndex parses an index object's plaintext, calling fn per pack.
+// A failure of r itself (an authentication or read error) is returned as
+// it is; errIndexFormat means r's data is not a valid index.
 func decodeIndex(r io.Reader, fn func(packIndex) error) error {
-	br := bufio.NewReader(r)
+	src := &srcErr{r: r}
+	br := bufio.NewReader(src)
+	bad := func() error {
+		if src.err != nil {
+			return src.err
+		}
+		return errIndexFormat
+	}
 	var magic [4]byte
 	if _, err := io.ReadFull(br, magic[:]); err != nil || string(magic[:]) != indexMagic {
-		return errIndexFormat
+		return bad()
 	}
 	uv := func(max uint64) (uint64, error) {
 		v, err := binary.ReadUvarint(br)
 		if err != nil || v > max {
-			return 0, errIndexFormat
+			return 0, bad()
 		}
 		return v, nil
 	}
@@ -348,7 +357,7 @@ func decodeIndex(r io.Reader, fn func(packIndex) error) error {
 	for i := uint64(0); i < np; i++ {
 		var p packIndex
 		if _, err := io.ReadFull(br, p.id[:]); err != nil {
-			return errIndexFormat
+			return bad()
 		}
 		size, err := uv(maxPackSize)
 		if err != nil {
@@ -363,10 +372,10 @@ func decodeIndex(r io.Reader, fn func(packIndex) error) error {
 		for j := uint64(0); j < ne; j++ {
 			var e blobEntry
 			if _, err := io.ReadFull(br, e.ID[:]); err != nil {
-				return errIndexFormat
+				return bad()
 			}
 			if e.Flags, err = br.ReadByte(); err != nil || e.Flags&^flagZstd != 0 {
-				return errIndexFormat
+				return bad()
 			}
 			var v [4]uint64
 			for k := range v {
@@ -385,6 +394,9 @@ func decodeIndex(r io.Reader, fn func(packIndex) error) error {
 		}
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
+		if src.err != nil {
+			return src.err
+		}
 		return fmt.Errorf("%w: trailing data", errIndexFormat)
 	}
 	return nil

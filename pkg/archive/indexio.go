@@ -159,8 +159,11 @@ func (r *Repository) readTrailer(ctx context.Context, id ID, size int64) ([]blob
 	var lb [4]byte
 	_, err = io.ReadFull(rc, lb[:])
 	rc.Close()
-	if err != nil {
+	if truncated(err) {
 		return nil, fmt.Errorf("%s: %v: %w", name, err, ErrCorrupt)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	tl := int64(binary.BigEndian.Uint32(lb[:]))
 	if tl < tagSize || tl > maxTrailer || tl > size-4 {
@@ -173,8 +176,11 @@ func (r *Repository) readTrailer(ctx context.Context, id ID, size int64) ([]blob
 	sealed := make([]byte, tl)
 	_, err = io.ReadFull(rc, sealed)
 	rc.Close()
-	if err != nil {
+	if truncated(err) {
 		return nil, fmt.Errorf("%s: %v: %w", name, err, ErrCorrupt)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return r.keys.parseTrailer(id, sealed, size)
 }

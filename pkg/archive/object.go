@@ -120,12 +120,13 @@ func (r *Repository) openObject(ctx context.Context, name string, compressed boo
 	if !compressed {
 		return &objReader{Reader: sr, closers: []func(){func() { rc.Close() }}}, nil
 	}
-	zr, err := zstd.NewReader(sr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxObjectWindow), zstd.WithDecoderLowmem(true))
+	src := &srcErr{r: sr}
+	zr, err := zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxObjectWindow), zstd.WithDecoderLowmem(true))
 	if err != nil {
 		rc.Close()
 		return nil, err
 	}
-	return &objReader{Reader: &zstdErr{r: zr, name: name}, closers: []func(){zr.Close, func() { rc.Close() }}}, nil
+	return &objReader{Reader: &zstdErr{r: zr, src: src, name: name}, closers: []func(){zr.Close, func() { rc.Close() }}}, nil
 }
 
 type objReader struct {
@@ -142,15 +143,22 @@ func (o *objReader) Close() error {
 
 // zstdErr tags decompression failures (after authentication succeeded,
 // these mean a bug or a malicious writer holding the key) as corruption.
+// A failure of the source (the STREAM reader) is passed on as it is: it
+// names the object, and wraps ErrCorrupt only if it is damage.
 type zstdErr struct {
 	r    io.Reader
+	src  *srcErr
 	name string
 }
 
 func (z *zstdErr) Read(p []byte) (int, error) {
 	n, err := z.r.Read(p)
-	if err != nil && err != io.EOF && !errors.Is(err, ErrCorrupt) {
-		err = fmt.Errorf("%s: %v: %w", z.name, err, ErrCorrupt)
+	if err != nil && err != io.EOF {
+		if z.src.err != nil {
+			err = z.src.err
+		} else if !errors.Is(err, ErrCorrupt) {
+			err = fmt.Errorf("%s: %v: %w", z.name, err, ErrCorrupt)
+		}
 	}
 	return n, err
 }

@@ -175,6 +175,22 @@ func (r *Repository) packDir() string {
 	return r.tmpDir
 }
 
+// newPackWriter starts a pack staged in packDir. Unless the store will
+// take the file by name (a FileStore's staging directory), it is unlinked
+// at once, like a spool file: it is written and read back through its
+// descriptor, and a killed process leaves nothing in the temp directory.
+func (r *Repository) newPackWriter() (*packWriter, error) {
+	dir := r.packDir()
+	pw, err := r.keys.newPackWriter(dir)
+	if err != nil {
+		return nil, err
+	}
+	if fs, ok := r.store.(cloud.FileStore); !ok || dir != fs.StagingDir() {
+		os.Remove(pw.f.Name())
+	}
+	return pw, nil
+}
+
 // putPack stores a finished pack, moving the file when the store allows.
 func (r *Repository) putPack(ctx context.Context, pw *packWriter) error {
 	if fs, ok := r.store.(cloud.FileStore); ok && filepath.Dir(pw.f.Name()) == fs.StagingDir() {

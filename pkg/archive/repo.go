@@ -228,44 +228,64 @@ func Open(ctx context.Context, store cloud.Store) (*Repository, error) {
 	return &Repository{store: store, cfg: cfg, tmpDir: os.TempDir()}, nil
 }
 
-// Slots lists the repository's key slots.
+// Slots lists the repository's key slots. It fails on a damaged one.
 func (r *Repository) Slots(ctx context.Context) ([]*keys.Slot, error) {
+	slots, damaged, err := r.loadSlots(ctx)
+	if err == nil && len(damaged) > 0 {
+		err = damaged[0]
+	}
+	return slots, err
+}
+
+// loadSlots reads every key slot. Slots that do not parse or do not match
+// their name are returned as errors in damaged (each names the object);
+// err is for failures to read the store.
+func (r *Repository) loadSlots(ctx context.Context) (slots []*keys.Slot, damaged []error, err error) {
 	objs, err := r.listNames(ctx, "keys/")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []*keys.Slot
 	for _, o := range objs {
 		rc, err := r.store.Get(ctx, o.Name, 0, -1)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		data, err := io.ReadAll(io.LimitReader(rc, 64<<10))
 		rc.Close()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		s, err := keys.ParseSlot(data)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", o.Name, err)
+			damaged = append(damaged, fmt.Errorf("%s: %w", o.Name, err))
+			continue
 		}
 		if "keys/"+s.ID != o.Name {
-			return nil, fmt.Errorf("%s: slot id %s does not match its name: %w", o.Name, s.ID, ErrCorrupt)
+			damaged = append(damaged, fmt.Errorf("%s: slot id %s does not match its name: %w", o.Name, s.ID, ErrCorrupt))
+			continue
 		}
-		out = append(out, s)
+		slots = append(slots, s)
 	}
-	return out, nil
+	return slots, damaged, nil
 }
 
 // Unlock finds a key slot that opens with the credentials and derives the
 // repository keys. It fails with ErrWrongKey if none does.
-func (r *Repository) Unlock(ctx context.Context, c Credentials) error {
-	slots, err := r.Slots(ctx)
+func (r *Repository) Unlock(ctx context.Context, c Credentials) (err error) {
+	// A damaged slot must not lock out the holder of another one (the
+	// recovery key is the last resort): try the intact ones, and mention
+	// the damaged ones only if none opens.
+	slots, damaged, err := r.loadSlots(ctx)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil && len(damaged) > 0 {
+			err = errors.Join(append([]error{err}, damaged...)...)
+		}
+	}()
 	if len(slots) == 0 {
-		return fmt.Errorf("repository has no key slots: %w", ErrCorrupt)
+		return fmt.Errorf("repository has no usable key slots: %w", ErrCorrupt)
 	}
 	var lastErr error = ErrWrongKey
 	for _, s := range slots {

@@ -219,8 +219,10 @@ func (t *TreeReader) Next() (*Node, error) {
 	}
 	if !t.sc.Scan() {
 		if err := t.sc.Err(); err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				err = fmt.Errorf("%s: %v: %w", t.name, err, ErrCorrupt)
+			// The object reader's errors name the object and say
+			// whether it is damaged; only an overlong line is ours.
+			if errors.Is(err, bufio.ErrTooLong) {
+				err = fmt.Errorf("%s: node longer than %d bytes: %w", t.name, maxNodeLine, ErrCorrupt)
 			}
 			t.err = err
 			return nil, err
@@ -283,26 +285,48 @@ func parseSnapshot(data []byte) (*Snapshot, error) {
 	return &s, nil
 }
 
-// Snapshots loads every snapshot header, oldest first.
+// Snapshots loads every snapshot header, oldest first. It fails on a
+// damaged one (prune and forget must see them all).
 func (r *Repository) Snapshots(ctx context.Context) ([]*Snapshot, error) {
+	out, damaged, err := r.loadSnapshots(ctx)
+	if err == nil && len(damaged) > 0 {
+		err = damaged[0].err
+	}
+	return out, err
+}
+
+// damagedSnapshot is a snapshot object that does not decrypt or parse.
+type damagedSnapshot struct {
+	id  ID
+	err error // wraps ErrCorrupt and names the object
+}
+
+// loadSnapshots loads every snapshot header, oldest first, and lists the
+// damaged ones apart; err is for failures to read the store.
+func (r *Repository) loadSnapshots(ctx context.Context) ([]*Snapshot, []damagedSnapshot, error) {
 	objs, err := r.listNames(ctx, "snapshots/")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]*Snapshot, 0, len(objs))
+	var damaged []damagedSnapshot
 	for _, o := range objs {
 		id, err := ParseID(strings.TrimPrefix(o.Name, "snapshots/"))
 		if err != nil {
 			continue // not ours
 		}
 		s, err := r.LoadSnapshot(ctx, id)
+		if errors.Is(err, ErrCorrupt) {
+			damaged = append(damaged, damagedSnapshot{id, err})
+			continue
+		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
-	return out, nil
+	return out, damaged, nil
 }
 
 const maxSnapshotSize = 1 << 20
@@ -333,9 +357,16 @@ func (r *Repository) LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error)
 // FindSnapshot resolves "latest", a full id or a unique prefix of at
 // least 4 hex digits.
 func (r *Repository) FindSnapshot(ctx context.Context, ref string) (*Snapshot, error) {
-	snaps, err := r.Snapshots(ctx)
+	snaps, damaged, err := r.loadSnapshots(ctx)
 	if err != nil {
 		return nil, err
+	}
+	// A damaged snapshot fails only the references it could answer: any
+	// "latest" (it may be the newest), or an id prefix it matches.
+	for _, d := range damaged {
+		if ref == "" || ref == "latest" || strings.HasPrefix(d.id.String(), strings.ToLower(ref)) {
+			return nil, d.err
+		}
 	}
 	if len(snaps) == 0 {
 		return nil, ErrNoSnapshot

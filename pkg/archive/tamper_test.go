@@ -57,17 +57,10 @@ import (
 )
 
 // archiveKnownBug reports behaviour that contradicts the package's
-// contract and for which a fix has been proposed but not yet applied. The
-// test is skipped with the description (so `go test` stays green), unless
-// WABACKUP_STRICT is set, which turns it into a failure. Once the fix is
-// applied the buggy branch is no longer reached and the test simply passes.
+// contract (the bugs these tests found, since fixed): a regression fails.
 func archiveKnownBug(t testing.TB, id, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf("KNOWN BUG %s: ", id) + fmt.Sprintf(format, args...)
-	if os.Getenv("WABACKUP_STRICT") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	t.Fatal(fmt.Sprintf("regression of %s: ", id) + fmt.Sprintf(format, args...))
 }
 
 // tamperSeed returns the seed for random offsets: WABACKUP_TAMPER_SEED, or
