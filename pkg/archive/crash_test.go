@@ -332,6 +332,10 @@ func TestCrashBackup(t *testing.T) {
 	}
 	staged := func() int {
 		leftover, _ := filepath.Glob(filepath.Join(childTmp, "pack-*.tmp"))
+		for _, l := range leftover {
+			fi, _ := os.Stat(l)
+			t.Logf("left over: %s (%d bytes)", l, fi.Size())
+		}
 		return len(leftover)
 	}
 	if n := staged(); n != 0 {

@@ -40,7 +40,7 @@ var fuzzPackID = ID{0xfa, 0xce, 0x01}
 // its bytes and entries.
 func fuzzPack(t testing.TB, k *keySet, id ID, blobs [][]byte) ([]byte, []blobEntry) {
 	t.Helper()
-	pw, err := k.newPackWriter(t.TempDir())
+	pw, err := k.newPackWriter(t.TempDir(), false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"crypto/cipher"
 	"encoding/binary"
 	"fmt"
@@ -48,15 +50,30 @@ type packWriter struct {
 	size    int64
 	entries []blobEntry
 	sealBuf []byte
+	anon    bool // the file has no name to remove
 }
 
-func (k *keySet) newPackWriter(dir string) (*packWriter, error) {
-	f, err := os.CreateTemp(dir, "pack-*.tmp")
+// newPackWriter starts a pack in a new file in dir. An anonymous file
+// has no name at all (O_TMPFILE where the file system supports it, else
+// created and unlinked at once), so a killed process leaves nothing.
+func (k *keySet) newPackWriter(dir string, anonymous bool) (*packWriter, error) {
+	var f *os.File
+	var err error
+	if anonymous {
+		f, err = os.OpenFile(dir, os.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+	}
+	named := !anonymous || err != nil
+	if named {
+		f, err = os.CreateTemp(dir, "pack-*.tmp")
+		if err == nil && anonymous {
+			os.Remove(f.Name())
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("temporary pack file: %w", err)
 	}
 	id := NewRandomID()
-	return &packWriter{id: id, aead: k.packAEAD(id), f: f, w: bufio.NewWriterSize(f, 256<<10)}, nil
+	return &packWriter{id: id, aead: k.packAEAD(id), f: f, w: bufio.NewWriterSize(f, 256<<10), anon: anonymous}, nil
 }
 
 // add encrypts payload (already compressed or raw per flags) and appends
@@ -114,7 +131,9 @@ func (p *packWriter) finish() (int64, error) {
 
 func (p *packWriter) discard() {
 	p.f.Close()
-	os.Remove(p.f.Name())
+	if !p.anon {
+		os.Remove(p.f.Name())
+	}
 }
 
 // maxTrailer bounds the trailer a reader accepts (a hostile store must not
@@ -176,19 +195,13 @@ func (r *Repository) packDir() string {
 }
 
 // newPackWriter starts a pack staged in packDir. Unless the store will
-// take the file by name (a FileStore's staging directory), it is unlinked
-// at once, like a spool file: it is written and read back through its
-// descriptor, and a killed process leaves nothing in the temp directory.
+// take the file by name (a FileStore's staging directory), the file is
+// anonymous: written and read back through its descriptor, so a killed
+// process leaves nothing in the temp directory.
 func (r *Repository) newPackWriter() (*packWriter, error) {
 	dir := r.packDir()
-	pw, err := r.keys.newPackWriter(dir)
-	if err != nil {
-		return nil, err
-	}
-	if fs, ok := r.store.(cloud.FileStore); !ok || dir != fs.StagingDir() {
-		os.Remove(pw.f.Name())
-	}
-	return pw, nil
+	fs, ok := r.store.(cloud.FileStore)
+	return r.keys.newPackWriter(dir, !ok || dir != fs.StagingDir())
 }
 
 // putPack stores a finished pack, moving the file when the store allows.
