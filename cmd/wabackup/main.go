@@ -31,7 +31,6 @@ const (
 	exitNoRepo      = 10
 	exitLocked      = 11
 	exitWrongKey    = 12
-	exitUnreachable = 13
 	exitAccess      = 14
 	exitStoreFull   = 15
 	exitInterrupted = 130
@@ -39,13 +38,12 @@ const (
 
 const exitCodesHelp = `Exit codes:
   0    success
-  1    fatal error (bad input, I/O error, damaged repository, failed check…)
+  1    fatal error (bad input, I/O error, damaged repository, failed check,
+       a store that cannot be reached within the retry budget…)
   3    backup finished but the snapshot is partial: some files could not be read
   10   the repository does not exist
   11   the repository is locked by another process
   12   wrong or malformed key or password
-  13   the store cannot be reached (network down, server gone, TLS failure);
-       a later run may succeed
   14   the store refused us: access denied, no credentials, not logged in to
        Google Drive, wrong S3 region, clock skew
   15   the store is full, or Google Drive's daily upload cap was reached; what
@@ -75,8 +73,6 @@ func exitCode(err error, interrupted bool) int {
 		return exitLocked
 	case errors.Is(err, keys.ErrWrongKey), errors.Is(err, keys.ErrMalformedKey):
 		return exitWrongKey
-	case errors.Is(err, s3.ErrUnreachable), errors.Is(err, s3.ErrTLS):
-		return exitUnreachable
 	case errors.Is(err, s3.ErrAccessDenied), errors.Is(err, s3.ErrNoCredentials), errors.Is(err, s3.ErrWrongRegion),
 		errors.Is(err, s3.ErrClockSkew), errors.Is(err, gdrive.ErrNotLoggedIn):
 		return exitAccess
