@@ -48,8 +48,22 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 		return total, err
 	}
 	if opt.Workers <= 0 {
-		opt.Workers = runtime.GOMAXPROCS(0)
+		// More files in flight than cores, so fsync and I/O waits overlap
+		// with decryption; chunk buffers come from a pool sized to the
+		// cores, so memory does not grow with the worker count.
+		opt.Workers = 4 * runtime.GOMAXPROCS(0)
 	}
+	readers := make(chan *blobReader, runtime.GOMAXPROCS(0)+1)
+	for i := 0; i < cap(readers); i++ {
+		readers <- nil
+	}
+	defer func() {
+		for i := 0; i < cap(readers); i++ {
+			if br := <-readers; br != nil {
+				br.close()
+			}
+		}
+	}()
 	target, err := filepath.Abs(opt.Target)
 	if err != nil {
 		return total, err
@@ -80,13 +94,11 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			br := r.newBlobReader()
-			defer br.close()
 			for n := range files {
 				if ctx.Err() != nil {
 					continue
 				}
-				if err := r.restoreFile(ctx, br, target, n, opt); err != nil {
+				if err := r.restoreFile(ctx, readers, target, n, opt); err != nil {
 					cancel(err)
 					continue
 				}
@@ -198,7 +210,7 @@ func included(p string, includes []string) bool {
 	return false
 }
 
-func (r *Repository) restoreFile(ctx context.Context, br *blobReader, target string, n *Node, opt RestoreOptions) (err error) {
+func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, target string, n *Node, opt RestoreOptions) (err error) {
 	dst := filepath.Join(target, filepath.FromSlash(n.Path))
 	if fi, err := os.Lstat(dst); err == nil {
 		if !opt.Overwrite {
@@ -231,12 +243,22 @@ func (r *Repository) restoreFile(ctx context.Context, br *blobReader, target str
 		if err != nil {
 			return err
 		}
-		data, err := br.chunk(ctx, id)
-		if err != nil {
-			return fmt.Errorf("restoring %s: %w", n.Path, err)
+		br := <-readers
+		if br == nil {
+			br = r.newBlobReader()
 		}
-		if _, err := f.Write(data); err != nil {
-			return fmt.Errorf("writing %s: %w", dst, err)
+		data, err := br.chunk(ctx, id)
+		if err == nil {
+			_, err = f.Write(data)
+			if err != nil {
+				err = fmt.Errorf("writing %s: %w", dst, err)
+			}
+		} else {
+			err = fmt.Errorf("restoring %s: %w", n.Path, err)
+		}
+		readers <- br
+		if err != nil {
+			return err
 		}
 		written += int64(len(data))
 	}
