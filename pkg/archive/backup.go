@@ -81,6 +81,7 @@ func (r *Repository) Backup(ctx context.Context, opt BackupOptions) (*Snapshot, 
 	b := &backup{r: r, opt: opt, adopted: adopted, start: time.Now()}
 	if b.opt.Workers <= 0 {
 		b.opt.Workers = runtime.GOMAXPROCS(0)
+		b.workersAuto = true
 	}
 	if b.opt.Uploads <= 0 {
 		b.opt.Uploads = 2
@@ -114,6 +115,8 @@ type backup struct {
 	newPacks   []packIndex
 
 	bufs chan []byte
+
+	workersAuto bool
 }
 
 func (b *backup) warn(p string, err error, partial bool) {
@@ -224,6 +227,11 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 		go func(path, label string) {
 			checkDone <- gather.CheckDB(checkCtx, path, label, b.opt.DBCheck == "quick")
 		}(dbCopy, s.abs)
+		if b.opt.DBCheck != "quick" && b.workersAuto && b.opt.Workers > 1 {
+			// The full check is one long single-threaded job: leave it
+			// a core, or it ends up last and alone.
+			b.opt.Workers--
+		}
 	}
 
 	treeID := NewRandomID()
