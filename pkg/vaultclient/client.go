@@ -1,0 +1,414 @@
+// Package vaultclient talks to a wabackup key vault (cmd/wabackup-vault):
+// it escrows a repository's vault secret under a password with OPAQUE
+// (RFC 9807), recovers it, changes the password, deletes it and asks how
+// many attempts are left. It is pure Go (no cgo).
+//
+// The secret never reaches the vault in the clear: it is encrypted with
+// AES-256-GCM under HKDF(export_key, "wabackup vault escrow v1") first.
+// The vault's public key is pinned on first use, by fingerprint (SHA-256
+// hex of its AKE public key), in a local file and, by the caller, in the
+// repository's vault slot.
+package vaultclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wabackup/wabackup/pkg/keys"
+	"github.com/wabackup/wabackup/pkg/opaque"
+	"github.com/wabackup/wabackup/pkg/vault/api"
+)
+
+// Options configure a Client.
+type Options struct {
+	// CACertFile is a PEM file of extra CA certificates to trust.
+	CACertFile string
+	// HTTPClient replaces the default client (CACertFile is then ignored).
+	HTTPClient *http.Client
+	// KSF is the key stretching function (default opaque.DefaultArgon2idKSF).
+	KSF opaque.KSF
+	// PinFile is the local pin store (default
+	// $XDG_CONFIG_HOME/wabackup/vaults.json); "-" disables it.
+	PinFile string
+	// Pin, if set, is the fingerprint the vault must have (e.g. the one
+	// recorded in the repository's vault slot).
+	Pin string
+}
+
+// Client is a vault client for one vault URL.
+type Client struct {
+	url  string
+	hc   *http.Client
+	op   *opaque.Client
+	opts Options
+
+	mu   sync.Mutex
+	info *api.Info
+}
+
+// WrongPasswordError is returned when the vault does not accept the
+// password. It matches keys.ErrWrongKey with errors.Is.
+type WrongPasswordError struct{ AttemptsLeft int }
+
+func (e *WrongPasswordError) Error() string {
+	if e.AttemptsLeft < 0 {
+		return "wrong password"
+	}
+	if e.AttemptsLeft == 0 {
+		return "wrong password — no attempts left: the key is destroyed (or was never escrowed in this vault)"
+	}
+	return fmt.Sprintf("wrong password — %d attempts left before the key is destroyed", e.AttemptsLeft)
+}
+
+// Unwrap makes the error match keys.ErrWrongKey.
+func (e *WrongPasswordError) Unwrap() error { return keys.ErrWrongKey }
+
+// PinMismatchError reports a vault whose key is not the pinned one.
+type PinMismatchError struct{ URL, Pinned, Got, Where string }
+
+func (e *PinMismatchError) Error() string {
+	return fmt.Sprintf("vault %s presents public key fingerprint %s but %s pins %s: refusing to talk to it (if the vault's key really changed, remove the pin)", e.URL, e.Got, e.Where, e.Pinned)
+}
+
+// ErrExists is returned by Register when the credential is already
+// registered.
+var ErrExists = errors.New("vault: a secret is already escrowed under this name: recover it, or change its password")
+
+// New returns a client for the vault at url (https://host:port).
+func New(url string, opt Options) (*Client, error) {
+	if !strings.HasPrefix(url, "https://") {
+		return nil, fmt.Errorf("vault URL %q: only https:// is allowed", url)
+	}
+	if opt.KSF == nil {
+		opt.KSF = opaque.DefaultArgon2idKSF
+	}
+	hc := opt.HTTPClient
+	if hc == nil {
+		tc := &tls.Config{MinVersion: tls.VersionTLS13}
+		if opt.CACertFile != "" {
+			pem, err := os.ReadFile(opt.CACertFile)
+			if err != nil {
+				return nil, err
+			}
+			pool, err := x509.SystemCertPool()
+			if err != nil {
+				pool = x509.NewCertPool()
+			}
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("%s: no PEM certificates", opt.CACertFile)
+			}
+			tc.RootCAs = pool
+		}
+		hc = &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true}}
+	}
+	op, err := api.Suite.NewClient(opt.KSF, opaque.Identities{}, api.Context)
+	if err != nil {
+		return nil, err
+	}
+	if opt.PinFile == "" {
+		opt.PinFile = DefaultPinFile()
+	}
+	return &Client{url: strings.TrimRight(url, "/"), hc: hc, op: op, opts: opt}, nil
+}
+
+// DefaultPinFile is $XDG_CONFIG_HOME/wabackup/vaults.json.
+func DefaultPinFile() string {
+	dir := os.Getenv("XDG_CONFIG_HOME")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "-"
+		}
+		dir = filepath.Join(home, ".config")
+	}
+	return filepath.Join(dir, "wabackup", "vaults.json")
+}
+
+// URL returns the vault's base URL.
+func (c *Client) URL() string { return c.url }
+
+func (c *Client) call(ctx context.Context, path string, in, out any) error {
+	var body io.Reader
+	method := http.MethodGet
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body, method = bytes.NewReader(b), http.MethodPost
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.url+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("vault %s: %w", c.url, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("vault %s: %w", c.url, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e api.Error
+		if json.Unmarshal(data, &e) != nil || e.Code == "" {
+			return fmt.Errorf("vault %s: %s", c.url, resp.Status)
+		}
+		switch e.Code {
+		case api.CodeWrongPassword:
+			left := 0
+			if e.AttemptsLeft != nil {
+				left = *e.AttemptsLeft
+			}
+			return &WrongPasswordError{AttemptsLeft: left}
+		case api.CodeExists:
+			return ErrExists
+		}
+		return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message}
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("vault %s: malformed answer: %w", c.url, err)
+	}
+	return nil
+}
+
+// APIError is an error answer of the vault other than a wrong password.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string { return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code) }
+
+// Info fetches the vault's description and checks its key against the
+// pins (the Pin option and the local pin file), then records it in the
+// pin file.
+func (c *Client) Info(ctx context.Context) (*api.Info, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.info != nil {
+		return c.info, nil
+	}
+	var in api.Info
+	if err := c.call(ctx, api.PathInfo, nil, &in); err != nil {
+		return nil, err
+	}
+	if in.Suite != api.Suite.String() {
+		return nil, fmt.Errorf("vault %s uses suite %q, this client %q", c.url, in.Suite, api.Suite)
+	}
+	fp := api.Fingerprint(in.PublicKey)
+	if c.opts.Pin != "" && c.opts.Pin != fp {
+		return nil, &PinMismatchError{URL: c.url, Pinned: c.opts.Pin, Got: fp, Where: "the repository's vault slot"}
+	}
+	if err := c.checkPinFile(fp); err != nil {
+		return nil, err
+	}
+	in.Fingerprint = fp
+	c.info = &in
+	return c.info, nil
+}
+
+var pinMu sync.Mutex
+
+func (c *Client) checkPinFile(fp string) error {
+	if c.opts.PinFile == "-" {
+		return nil
+	}
+	pinMu.Lock()
+	defer pinMu.Unlock()
+	pins := map[string]string{}
+	data, err := os.ReadFile(c.opts.PinFile)
+	if err == nil {
+		if err := json.Unmarshal(data, &pins); err != nil {
+			return fmt.Errorf("%s: %w", c.opts.PinFile, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if old, ok := pins[c.url]; ok {
+		if old != fp {
+			return &PinMismatchError{URL: c.url, Pinned: old, Got: fp, Where: c.opts.PinFile}
+		}
+		return nil
+	}
+	pins[c.url] = fp
+	data, _ = json.MarshalIndent(pins, "", "  ")
+	if err := os.MkdirAll(filepath.Dir(c.opts.PinFile), 0o700); err != nil {
+		return err
+	}
+	tmp := c.opts.PinFile + ".tmp"
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, c.opts.PinFile)
+}
+
+func escrowAAD(credID []byte) []byte { return append([]byte("wabackup vault escrow v1/"), credID...) }
+
+// register runs an OPAQUE registration; with a token it replaces the
+// record (password change).
+func (c *Client) register(ctx context.Context, credID, tok, password, secret []byte, guesses int) (int, error) {
+	info, err := c.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	req, st, err := c.op.RegistrationRequest(password)
+	if err != nil {
+		return 0, err
+	}
+	rb, _ := req.MarshalBinary()
+	var sr api.RegisterStartReply
+	path := api.PathRegisterStart
+	if tok != nil {
+		path = api.PathChangeStart
+	}
+	if err := c.call(ctx, path, api.RegisterStart{CredentialID: credIfNoToken(credID, tok), Token: tok, Request: rb}, &sr); err != nil {
+		return 0, err
+	}
+	resp, err := api.Suite.UnmarshalRegistrationResponse(sr.Response)
+	if err != nil {
+		return 0, fmt.Errorf("vault %s: %w", c.url, err)
+	}
+	if got := api.Fingerprint(resp.ServerPublicKey()); got != info.Fingerprint {
+		return 0, &PinMismatchError{URL: c.url, Pinned: info.Fingerprint, Got: got, Where: "the vault's own /v1/info"}
+	}
+	rec, exportKey, err := c.op.FinalizeRegistration(st, resp)
+	if err != nil {
+		return 0, err
+	}
+	blob, err := api.Seal(exportKey, api.EscrowLabel, secret, escrowAAD(credID))
+	if err != nil {
+		return 0, err
+	}
+	recb, _ := rec.MarshalBinary()
+	var fr api.RegisterFinishReply
+	path = api.PathRegisterFinish
+	if tok != nil {
+		path = api.PathChangeFinish
+	}
+	if err := c.call(ctx, path, api.RegisterFinish{CredentialID: credIfNoToken(credID, tok), Token: tok, Record: recb, Blob: blob, Guesses: guesses}, &fr); err != nil {
+		return 0, err
+	}
+	return fr.Guesses, nil
+}
+
+func credIfNoToken(credID, tok []byte) []byte {
+	if tok != nil {
+		return nil
+	}
+	return credID
+}
+
+// Register escrows secret under password for credID (see
+// api.CredentialID), allowing guesses wrong attempts (0: the vault's
+// default). It returns the vault's fingerprint and the limit granted.
+func (c *Client) Register(ctx context.Context, credID, password, secret []byte, guesses int) (fingerprint string, limit int, err error) {
+	limit, err = c.register(ctx, credID, nil, password, secret, guesses)
+	if err != nil {
+		return "", 0, err
+	}
+	return c.info.Fingerprint, limit, nil
+}
+
+// login runs an OPAQUE login and returns the escrowed secret and a token.
+func (c *Client) login(ctx context.Context, credID, password []byte) (secret, tok []byte, err error) {
+	if _, err := c.Info(ctx); err != nil {
+		return nil, nil, err
+	}
+	ke1, st, err := c.op.KE1(password)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, _ := ke1.MarshalBinary()
+	var lr api.LoginStartReply
+	if err := c.call(ctx, api.PathLoginStart, api.LoginStart{CredentialID: credID, KE1: b}, &lr); err != nil {
+		return nil, nil, err
+	}
+	ke2, err := api.Suite.UnmarshalKE2(lr.KE2)
+	if err != nil {
+		return nil, nil, fmt.Errorf("vault %s: %w", c.url, err)
+	}
+	ke3, sessionKey, exportKey, err := c.op.KE3(st, ke2)
+	if err != nil {
+		// Wrong password (or no such record): tell the vault at once, so it
+		// answers how many attempts are left.
+		ferr := c.call(ctx, api.PathLoginFinish, api.LoginFinish{LoginID: lr.LoginID}, nil)
+		var wp *WrongPasswordError
+		if errors.As(ferr, &wp) {
+			return nil, nil, wp
+		}
+		return nil, nil, &WrongPasswordError{AttemptsLeft: -1}
+	}
+	k3, _ := ke3.MarshalBinary()
+	var fr api.LoginFinishReply
+	if err := c.call(ctx, api.PathLoginFinish, api.LoginFinish{LoginID: lr.LoginID, KE3: k3}, &fr); err != nil {
+		return nil, nil, err
+	}
+	blob, err := api.Open(sessionKey, api.ReleaseLabel, fr.Blob, lr.LoginID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("vault %s: the released blob does not decrypt under the session key", c.url)
+	}
+	secret, err = api.Open(exportKey, api.EscrowLabel, blob, escrowAAD(credID))
+	if err != nil {
+		return nil, nil, errors.New("vault: the escrowed secret does not decrypt under this password's export key (was it escrowed by another client?)")
+	}
+	return secret, fr.Token, nil
+}
+
+// Recover logs in with password and returns the escrowed secret. A wrong
+// password gives a *WrongPasswordError.
+func (c *Client) Recover(ctx context.Context, credID, password []byte) ([]byte, error) {
+	secret, _, err := c.login(ctx, credID, password)
+	return secret, err
+}
+
+// ChangePassword re-registers the same secret under newPassword, after a
+// login with oldPassword; the guess counter starts afresh.
+func (c *Client) ChangePassword(ctx context.Context, credID, oldPassword, newPassword []byte) error {
+	secret, tok, err := c.login(ctx, credID, oldPassword)
+	if err != nil {
+		return err
+	}
+	_, err = c.register(ctx, credID, tok, newPassword, secret, 0)
+	return err
+}
+
+// Delete destroys the escrowed secret after a login with password.
+func (c *Client) Delete(ctx context.Context, credID, password []byte) error {
+	_, tok, err := c.login(ctx, credID, password)
+	if err != nil {
+		return err
+	}
+	return c.call(ctx, api.PathDelete, api.Delete{Token: tok}, nil)
+}
+
+// Status returns how many attempts are left and the limit. For an unknown
+// credential the vault answers as if it existed.
+func (c *Client) Status(ctx context.Context, credID []byte) (left, limit int, err error) {
+	if _, err := c.Info(ctx); err != nil {
+		return 0, 0, err
+	}
+	var sr api.StatusReply
+	if err := c.call(ctx, api.PathStatus, api.Status{CredentialID: credID}, &sr); err != nil {
+		return 0, 0, err
+	}
+	return sr.AttemptsLeft, sr.Limit, nil
+}
