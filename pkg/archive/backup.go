@@ -108,8 +108,12 @@ type backup struct {
 	warnings atomic.Int64
 	partial  atomic.Bool
 
-	inflightMu sync.Mutex
-	inflight   map[ID]struct{}
+	// pending holds the chunks of packs that are stored (or being
+	// written) but not yet described by an index object. The index cache
+	// only ever learns a pack from an index object (writeIndex), so it
+	// always mirrors the repository's index objects.
+	pendingMu sync.Mutex
+	pending   map[ID]struct{}
 
 	newPacksMu sync.Mutex
 	newPacks   []packIndex
@@ -397,7 +401,13 @@ type item struct {
 }
 
 func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, srcs []source, dbCopy string, dbReuse *Node, ptree *parentTree, tw *treeWriter) error {
-	b.inflight = map[ID]struct{}{}
+	b.pending = map[ID]struct{}{}
+	b.newPacks = append(b.newPacks, b.adopted...)
+	for _, p := range b.adopted {
+		for _, e := range p.entries {
+			b.pending[e.ID] = struct{}{}
+		}
+	}
 	nbuf := b.opt.Workers + 1
 	b.bufs = make(chan []byte, nbuf)
 	for i := 0; i < nbuf; i++ {
@@ -456,7 +466,7 @@ func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, s
 	}
 	// Every pack is stored: describe them (and adopted ones) in an index.
 	b.newPacksMu.Lock()
-	all := append(b.adopted, b.newPacks...)
+	all := b.newPacks
 	b.newPacksMu.Unlock()
 	if len(all) > 0 {
 		if _, err := b.r.writeIndex(ctx, all); err != nil {
@@ -726,12 +736,12 @@ func (b *backup) process(ctx context.Context, job *chunkJob, h hash.Hash, z *com
 	if b.r.idx.Has(job.id) {
 		return nil
 	}
-	b.inflightMu.Lock()
-	_, dup := b.inflight[job.id]
+	b.pendingMu.Lock()
+	_, dup := b.pending[job.id]
 	if !dup {
-		b.inflight[job.id] = struct{}{}
+		b.pending[job.id] = struct{}{}
 	}
-	b.inflightMu.Unlock()
+	b.pendingMu.Unlock()
 	if dup {
 		return nil
 	}
@@ -779,14 +789,6 @@ func (b *backup) upload(ctx context.Context, pw *packWriter) error {
 	if err := b.r.putPack(ctx, pw); err != nil {
 		return fmt.Errorf("storing pack %s: %w", shortName(packName(pw.id)), err)
 	}
-	if err := b.r.idx.addPack(pw.id, pw.size, pw.entries); err != nil {
-		return err
-	}
-	b.inflightMu.Lock()
-	for _, e := range pw.entries {
-		delete(b.inflight, e.ID)
-	}
-	b.inflightMu.Unlock()
 	atomic.AddInt64(&b.stats.AddedBytes, pw.size)
 	b.newPacksMu.Lock()
 	defer b.newPacksMu.Unlock()
@@ -797,6 +799,13 @@ func (b *backup) upload(ctx context.Context, pw *packWriter) error {
 		if _, err := b.r.writeIndex(ctx, b.newPacks); err != nil {
 			return err
 		}
+		b.pendingMu.Lock()
+		for _, p := range b.newPacks {
+			for _, e := range p.entries {
+				delete(b.pending, e.ID)
+			}
+		}
+		b.pendingMu.Unlock()
 		b.newPacks = nil
 	}
 	return nil

@@ -127,8 +127,16 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	if err := r.LoadIndex(ctx); err != nil {
 		return nil, err
 	}
-	if _, _, err := r.adoptPacks(ctx); err != nil {
+	// Packs of interrupted backups get an index object first, so the
+	// classification below sees them (unused ones are then dropped).
+	adopted, _, err := r.adoptPacks(ctx)
+	if err != nil {
 		return nil, err
+	}
+	if len(adopted) > 0 && !dryRun {
+		if _, err := r.writeIndex(ctx, adopted); err != nil {
+			return nil, err
+		}
 	}
 	snaps, err := r.Snapshots(ctx)
 	if err != nil {

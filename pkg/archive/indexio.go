@@ -211,9 +211,10 @@ func (r *Repository) listPacks(ctx context.Context) (map[ID]int64, []string, err
 	return packs, strays, err
 }
 
-// adoptPacks indexes stored packs that no index object lists (left by an
-// interrupted backup), so their chunks are reused instead of re-sent. It
-// returns the adopted packs (to be written to a new index) and one
+// adoptPacks finds stored packs that no index object lists (left by an
+// interrupted backup) and reads their trailers, so their chunks can be
+// reused instead of re-sent. It returns them (the caller writes them to a
+// new index object, which is what adds them to the index cache) and one
 // warning per pack it could not read.
 func (r *Repository) adoptPacks(ctx context.Context) ([]packIndex, []string, error) {
 	stored, _, err := r.listPacks(ctx)
@@ -232,9 +233,6 @@ func (r *Repository) adoptPacks(ctx context.Context) ([]packIndex, []string, err
 				warns = append(warns, err.Error())
 				continue
 			}
-			return nil, nil, err
-		}
-		if err := r.idx.addPack(id, size, entries); err != nil {
 			return nil, nil, err
 		}
 		adopted = append(adopted, packIndex{id: id, size: size, entries: entries})
