@@ -63,12 +63,11 @@ func TestInterruptedBackup(t *testing.T) {
 		t.Fatalf("init: %d %s", code, out)
 	}
 	// Find a moment inside the backup: time a full one first.
-	start := time.Now()
 	if out, code := intrRun(t, bin, dir, "backup", "--repo", "repo2", "--key-file", "key.txt", "--media", "Media", "-q"); code != 10 {
 		t.Fatalf("backup to a missing repo: %d %s", code, out)
 	}
 	intrRun(t, bin, dir, "init", "--repo", "timing", "--key-out", "key2.txt", "-q")
-	start = time.Now()
+	start := time.Now()
 	intrRun(t, bin, dir, "backup", "--repo", "timing", "--key-file", "key2.txt", "--media", "Media", "-q")
 	full := time.Since(start)
 

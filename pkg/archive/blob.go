@@ -13,13 +13,12 @@ import (
 // blobReader fetches, authenticates and decompresses chunks. One per
 // goroutine.
 type blobReader struct {
-	r    *Repository
-	h    hash.Hash
-	zd   *zstd.Decoder
-	ct   []byte
-	out  []byte
-	sum  []byte
-	errs int
+	r   *Repository
+	h   hash.Hash
+	zd  *zstd.Decoder
+	ct  []byte
+	out []byte
+	sum []byte
 }
 
 func (r *Repository) newBlobReader() *blobReader {

@@ -37,8 +37,8 @@ type Index struct {
 	path string
 	temp bool
 
-	mu                     sync.Mutex // serialises writers
-	has, look, hasPk, seqs *sql.Stmt
+	mu               sync.Mutex // serialises writers
+	has, look, hasPk *sql.Stmt
 }
 
 const indexSchema = `
@@ -120,12 +120,6 @@ func (x *Index) reset() error {
 	defer x.mu.Unlock()
 	_, err := x.db.Exec("DELETE FROM blobs; DELETE FROM packs; DELETE FROM files;")
 	return err
-}
-
-// addPack records a pack and its blobs. Chunks already indexed elsewhere
-// keep their first location.
-func (x *Index) addPack(id ID, size int64, entries []blobEntry) error {
-	return x.addPacks([]packIndex{{id: id, size: size, entries: entries}}, "")
 }
 
 // addPacks records packs (and, if file is set, that the index object file
@@ -478,14 +472,4 @@ func (u *usedSet) has(id ID) bool {
 func (u *usedSet) drop() {
 	u.flush()
 	u.x.db.Exec("DROP TABLE IF EXISTS used")
-}
-
-// byPack groups all indexed blobs by pack (tests and small repositories).
-func (x *Index) byPack() map[ID][]blobEntry {
-	out := map[ID][]blobEntry{}
-	x.eachPack(func(p packInfo, entries []blobEntry) error {
-		out[p.id] = entries
-		return nil
-	})
-	return out
 }
