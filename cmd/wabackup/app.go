@@ -41,6 +41,10 @@ type app struct {
 	s3Connections  int
 	s3CreateBucket bool
 	caCert         string
+
+	vaultURL    string
+	vaultCACert string
+	vaultName   string
 }
 
 func newApp(stdout, stderr io.Writer) *app {
@@ -78,6 +82,9 @@ and restores them on any machine with the 64-digit key or a password.`,
 	pf.IntVar(&a.s3Connections, "s3-connections", 0, "S3 requests in flight at once (default 4)")
 	pf.BoolVar(&a.s3CreateBucket, "s3-create-bucket", false, "with init: create the S3 bucket if it is missing")
 	pf.StringVar(&a.caCert, "cacert", "", "PEM file of extra CA certificates to trust (private S3 servers)")
+	pf.StringVar(&a.vaultURL, "vault", "", "key vault URL (https://…): escrow the key there (init, key escrow) or open the repository through it")
+	pf.StringVar(&a.vaultCACert, "vault-cacert", "", "PEM file of extra CA certificates to trust for the key vault")
+	pf.StringVar(&a.vaultName, "vault-name", "", "name of the key in the vault (default \"default\")")
 	pf.BoolVar(&a.out.json, "json", false, "machine-readable output (one JSON object per line)")
 	pf.BoolVarP(&a.out.quiet, "quiet", "q", false, "print nothing unless there is an error")
 
@@ -212,9 +219,12 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 	if a.repo == "" {
 		return nil, errors.New("no repository given: use --repo or WABACKUP_REPO")
 	}
-	cred, err := a.credentials()
-	if err != nil {
-		return nil, err
+	var cred archive.Credentials
+	var err error
+	if a.vaultURL == "" {
+		if cred, err = a.credentials(); err != nil {
+			return nil, err
+		}
 	}
 	st, err := a.openStore(ctx, false)
 	if err != nil {
@@ -223,6 +233,12 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 	r, err := archive.Open(ctx, st)
 	if err != nil {
 		return nil, err
+	}
+	if a.vaultURL != "" {
+		if cred, err = a.vaultCredentials(ctx, r); err != nil {
+			r.Close()
+			return nil, err
+		}
 	}
 	if a.tempDir != "" {
 		r.SetTempDir(a.tempDir)

@@ -41,12 +41,23 @@ func (a *app) initCommand() *cobra.Command {
 		Use:   "init",
 		Short: "Create a repository and print its 64-digit key",
 		Long: `Create a repository and print its 64-digit key, once. With --password (or a
-password file or command) the repository can also be opened with a password.`,
+password file or command) the repository can also be opened with a password.
+With --vault URL the password instead protects a copy of the key escrowed in
+that key vault (wabackup-vault), which allows only a few wrong guesses.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			pw, err := a.newPassword(password)
 			if err != nil {
 				return err
+			}
+			var vaultPw []byte
+			if a.vaultURL != "" {
+				// The password protects the vault's copy only: a password
+				// slot in the repository would allow offline guessing.
+				if vaultPw, err = a.vaultPassword(true, ""); err != nil {
+					return err
+				}
+				pw = nil
 			}
 			st, err := a.openStore(cmd.Context(), true)
 			if err != nil {
@@ -56,6 +67,11 @@ password file or command) the repository can also be opened with a password.`,
 			r, rk, err := archive.Init(cmd.Context(), st, archive.InitOptions{Password: pw, Label: hostLabel()})
 			if err != nil {
 				return err
+			}
+			if vaultPw != nil {
+				if _, err := a.escrow(cmd.Context(), r, vaultPw); err != nil {
+					return fmt.Errorf("the repository was created but the key was not escrowed (%w); its 64-digit key is %s", err, keys.FormatRecoveryKey(rk))
+				}
 			}
 			formatted := keys.FormatRecoveryKey(rk)
 			if keyOut != "" {

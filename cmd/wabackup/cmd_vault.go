@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wabackup/wabackup/internal/secret"
+	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/keys"
+	"github.com/wabackup/wabackup/pkg/vault/api"
+	"github.com/wabackup/wabackup/pkg/vaultclient"
+)
+
+// Keys of a vault slot's extra data (stored in the clear in the slot).
+const (
+	vaultExtraURL         = "vault_url"
+	vaultExtraFingerprint = "vault_fingerprint"
+	vaultExtraName        = "vault_name"
+)
+
+// vaultClient returns a client for --vault, pinned to pin if given.
+func (a *app) vaultClient(pin string) (*vaultclient.Client, error) {
+	return vaultclient.New(a.vaultURL, vaultclient.Options{CACertFile: a.vaultCACert, Pin: pin})
+}
+
+// vaultPassword reads the vault password: --password-file,
+// --password-command, WABACKUP_PASSWORD or a prompt (twice if confirm).
+func (a *app) vaultPassword(confirm bool, file string) ([]byte, error) {
+	src := secret.Source{File: a.passwordFile, Command: a.passwordCommand, Env: "WABACKUP_PASSWORD"}
+	if file != "" {
+		src = secret.Source{File: file}
+	}
+	if s, ok, err := src.Read(); ok {
+		if err == nil && len(s) == 0 {
+			err = errors.New("the vault password is empty")
+		}
+		return s, err
+	}
+	p, err := secret.Prompt("Vault password: ", confirm)
+	if errors.Is(err, secret.ErrNoSecret) {
+		return nil, errors.New("no terminal to ask for the vault password on: use --password-file or --password-command")
+	}
+	return p, err
+}
+
+// escrow makes a fresh vault secret, escrows it in the vault under pw and
+// adds a vault slot for it to the unlocked repository.
+func (a *app) escrow(ctx context.Context, r *archive.Repository, pw []byte) (*keys.Slot, error) {
+	var sec keys.Key
+	if _, err := rand.Read(sec[:]); err != nil {
+		return nil, err
+	}
+	c, err := a.vaultClient("")
+	if err != nil {
+		return nil, err
+	}
+	name := a.vaultName
+	if name == "" {
+		name = api.DefaultName
+	}
+	fp, limit, err := c.Register(ctx, api.CredentialID(r.Config().ID, name), pw, sec[:], 0)
+	if err != nil {
+		return nil, err
+	}
+	s, err := r.AddVaultSlot(ctx, sec, "vault "+c.URL(), map[string]string{
+		vaultExtraURL: c.URL(), vaultExtraFingerprint: fp, vaultExtraName: name,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("the key was escrowed in the vault but the repository's vault slot was not written: %w", err)
+	}
+	a.out.JSON(map[string]any{"message_type": "vault_escrowed", "id": s.ID, "vault": c.URL(), "fingerprint": fp, "name": name, "guesses": limit})
+	a.out.Printf("escrowed the key in vault %s (fingerprint %s, %d wrong guesses allowed)\n", c.URL(), fp, limit)
+	return s, nil
+}
+
+// vaultCredentials recovers the repository's vault secret from --vault
+// with the password. The vault slot (if any names this vault) supplies the
+// pinned fingerprint and the credential name.
+func (a *app) vaultCredentials(ctx context.Context, r *archive.Repository) (archive.Credentials, error) {
+	var cred archive.Credentials
+	slots, err := r.Slots(ctx)
+	if err != nil {
+		return cred, err
+	}
+	pin, name, found := "", a.vaultName, false
+	for _, s := range slots {
+		if s.Kind != keys.KindVault {
+			continue
+		}
+		found = true
+		if s.Extra[vaultExtraURL] == a.vaultURL || len(slots) == 1 {
+			pin = s.Extra[vaultExtraFingerprint]
+			if name == "" {
+				name = s.Extra[vaultExtraName]
+			}
+		}
+	}
+	if !found {
+		return cred, errors.New("the repository has no vault key slot: escrow the key first with wabackup key escrow --vault URL")
+	}
+	c, err := a.vaultClient(pin)
+	if err != nil {
+		return cred, err
+	}
+	if _, err := c.Info(ctx); err != nil {
+		return cred, err
+	}
+	pw, err := a.vaultPassword(false, "")
+	if err != nil {
+		return cred, err
+	}
+	sec, err := c.Recover(ctx, api.CredentialID(r.Config().ID, name), pw)
+	if err != nil {
+		return cred, err
+	}
+	if len(sec) != keys.KeySize {
+		return cred, fmt.Errorf("the vault returned a %d-byte secret, want %d", len(sec), keys.KeySize)
+	}
+	var k keys.Key
+	copy(k[:], sec)
+	cred.VaultSecret = &k
+	return cred, nil
+}
+
+func (a *app) keyEscrowCommand() *cobra.Command {
+	var newPwFile string
+	cmd := &cobra.Command{
+		Use:   "escrow --vault URL",
+		Short: "Escrow the key in a key vault under a password",
+		Long: `Escrow a fresh secret that opens the repository in the key vault at --vault,
+protected by a password with OPAQUE: the vault never learns the password,
+allows a limited number of wrong guesses and then destroys the secret.
+The new password comes from --new-password-file or is asked for twice.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if a.vaultURL == "" {
+				return errors.New("give --vault URL")
+			}
+			ctx := cmd.Context()
+			vaultURL := a.vaultURL
+			a.vaultURL = "" // open with the key or password, not the vault
+			r, err := a.openRepo(ctx)
+			a.vaultURL = vaultURL
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			pw, err := a.vaultPassword(true, newPwFile)
+			if err != nil {
+				return err
+			}
+			_, err = a.escrow(ctx, r, pw)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&newPwFile, "new-password-file", "", "read the vault password from this file")
+	return cmd
+}
+
+func (a *app) keyRecoverCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "recover --vault URL",
+		Short: "Open the repository with the key vault and print a new 64-digit key",
+		Long: `Recover the repository's secret from the key vault at --vault with the
+password (a new machine needs only the repository, the vault and the
+password), then add and print a new 64-digit key.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if a.vaultURL == "" {
+				return errors.New("give --vault URL")
+			}
+			ctx := cmd.Context()
+			r, err := a.openRepo(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			k, s, err := r.AddRecoveryKey(ctx, hostLabel())
+			if err != nil {
+				return err
+			}
+			f := keys.FormatRecoveryKey(k)
+			a.out.JSON(map[string]any{"message_type": "key_added", "id": s.ID, "kind": s.Kind, "key": f})
+			if !a.out.json {
+				fmt.Fprintf(a.out.stdout, "recovered through vault %s. A new 64-digit key (slot %s):\n\n    %s\n\nKeep it safe: it opens the repository.\n", a.vaultURL, s.ID[:8], f)
+			}
+			return nil
+		},
+	}
+	return cmd
+}
