@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -86,21 +87,31 @@ func (a *app) vaultCredentials(ctx context.Context, r *archive.Repository) (arch
 	if err != nil {
 		return cred, err
 	}
-	pin, name, found := "", a.vaultName, false
+	// The vault slot for this URL (or the only vault slot: the same vault
+	// may be reached under another address) gives the pin and the name.
+	var vs []*keys.Slot
+	var chosen *keys.Slot
 	for _, s := range slots {
 		if s.Kind != keys.KindVault {
 			continue
 		}
-		found = true
-		if s.Extra[vaultExtraURL] == a.vaultURL || len(slots) == 1 {
-			pin = s.Extra[vaultExtraFingerprint]
-			if name == "" {
-				name = s.Extra[vaultExtraName]
-			}
+		vs = append(vs, s)
+		if strings.TrimRight(s.Extra[vaultExtraURL], "/") == strings.TrimRight(a.vaultURL, "/") && chosen == nil {
+			chosen = s
 		}
 	}
-	if !found {
+	if len(vs) == 0 {
 		return cred, errors.New("the repository has no vault key slot: escrow the key first with wabackup key escrow --vault URL")
+	}
+	if chosen == nil && len(vs) == 1 {
+		chosen = vs[0]
+	}
+	pin, name := "", a.vaultName
+	if chosen != nil {
+		pin = chosen.Extra[vaultExtraFingerprint]
+		if name == "" {
+			name = chosen.Extra[vaultExtraName]
+		}
 	}
 	c, err := a.vaultClient(pin)
 	if err != nil {

@@ -12,7 +12,7 @@ func (s *Server) CountRecordsForTest() int {
 	bs := s.cfg.Store.(*BoltStore)
 	_ = bs.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketName).ForEach(func(k, _ []byte) error {
-			if string(k) != string(serverKeysKey) {
+			if string(k) != string(serverKeysKey) && string(k) != string(padKey) {
 				n++
 			}
 			return nil

@@ -302,6 +302,23 @@ func (s *Server) fakeCount(key []byte) {
 	}
 }
 
+// padKey is a store entry rewritten on logins for unknown credentials, so
+// that they cost a seal and a durable write like a counted attempt and
+// their timing does not tell them apart.
+var padKey = []byte("timing-pad")
+
+func (s *Server) padWrite() {
+	_, ver, err := s.cfg.Store.Get(padKey)
+	if err != nil {
+		return
+	}
+	sealed, err := s.cfg.Sealer.Seal(randBytes(64), padKey)
+	if err != nil {
+		return
+	}
+	_, _ = s.cfg.Store.CompareAndSwap(padKey, ver, sealed)
+}
+
 // countAttempt counts one attempt durably. It returns the record to answer
 // from, or nil when the credential is unknown, destroyed or spent (the
 // login then goes on with the fake record).
@@ -547,6 +564,7 @@ func (s *Server) loginStart(w http.ResponseWriter, r *http.Request) {
 		}
 	} else {
 		s.fakeCount(key)
+		s.padWrite()
 	}
 	ke2, st, err := s.op.KE2(ke1, req.CredentialID, nil, oprec)
 	if err != nil {

@@ -19,6 +19,8 @@ import (
 	"github.com/wabackup/wabackup/pkg/opaque"
 	"github.com/wabackup/wabackup/pkg/vault"
 	"github.com/wabackup/wabackup/pkg/vault/api"
+	"github.com/wabackup/wabackup/pkg/vault/hsm"
+	"github.com/wabackup/wabackup/pkg/vault/vaulttest"
 	"github.com/wabackup/wabackup/pkg/vaultclient"
 )
 
@@ -339,7 +341,20 @@ func TestUnansweredKE3Counts(t *testing.T) {
 // Acceptance 4: the raw bbolt file and the vault's directory hold no OPRF
 // seed, private key, escrowed secret or client ciphertext in the clear.
 func TestNoSecretsAtRest(t *testing.T) {
-	e := newEnv(t, vault.Config{})
+	t.Run("filekey", func(t *testing.T) { testNoSecretsAtRest(t, nil) })
+	t.Run("softhsm", func(t *testing.T) {
+		h := vaulttest.SoftHSM(t)
+		s, err := hsm.Open(hsm.Config{Module: h.Module, TokenLabel: h.Token, PIN: h.PIN, CreateKey: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		testNoSecretsAtRest(t, s)
+	})
+}
+
+func testNoSecretsAtRest(t *testing.T, sealer vault.Sealer) {
+	e := newEnv(t, vault.Config{Sealer: sealer})
 	c := e.client(t)
 	ctx := context.Background()
 	id := api.CredentialID("repo-at-rest", "")
@@ -378,5 +393,22 @@ func TestNoSecretsAtRest(t *testing.T) {
 	})
 	if err != nil || n == 0 {
 		t.Fatalf("walked %d files: %v", n, err)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	e := newEnv(t, vault.Config{RatePerSecond: 0.01, RateBurst: 3})
+	c := e.client(t)
+	ctx := context.Background()
+	id := api.CredentialID("repo", "")
+	for i := range 3 {
+		if _, _, err := c.Status(ctx, id); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	_, _, err := c.Status(ctx, id)
+	var ae *vaultclient.APIError
+	if !errors.As(err, &ae) || ae.Status != 429 || ae.Code != api.CodeRateLimited {
+		t.Fatalf("fourth request: %v", err)
 	}
 }
