@@ -204,3 +204,99 @@ password), then add and print a new 64-digit key.`,
 	}
 	return cmd
 }
+
+// vaultTarget finds, without unlocking, the credential and pin that
+// --vault names for the repository.
+func (a *app) vaultTarget(ctx context.Context) (c *vaultclient.Client, credID []byte, err error) {
+	if a.vaultURL == "" {
+		return nil, nil, errors.New("give --vault URL")
+	}
+	st, err := a.openStore(ctx, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := archive.Open(ctx, st)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	defer r.Close()
+	slots, err := r.Slots(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	pin, name := "", a.vaultName
+	for _, s := range slots {
+		if s.Kind == keys.KindVault && strings.TrimRight(s.Extra[vaultExtraURL], "/") == strings.TrimRight(a.vaultURL, "/") {
+			pin = s.Extra[vaultExtraFingerprint]
+			if name == "" {
+				name = s.Extra[vaultExtraName]
+			}
+			break
+		}
+	}
+	if c, err = a.vaultClient(pin); err != nil {
+		return nil, nil, err
+	}
+	return c, api.CredentialID(r.Config().ID, name), nil
+}
+
+func (a *app) keyVaultStatusCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "vault-status --vault URL",
+		Short: "Show how many wrong vault passwords are left",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, id, err := a.vaultTarget(cmd.Context())
+			if err != nil {
+				return err
+			}
+			left, limit, err := c.Status(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			a.out.JSON(map[string]any{"message_type": "vault_status", "vault": c.URL(), "attempts_left": left, "limit": limit})
+			a.out.Printf("vault %s: %d of %d attempts left\n", c.URL(), left, limit)
+			return nil
+		},
+	}
+}
+
+func (a *app) keyVaultPasswdCommand() *cobra.Command {
+	var newPwFile string
+	cmd := &cobra.Command{
+		Use:   "vault-passwd --vault URL",
+		Short: "Change the vault password",
+		Long: `Change the password that protects the key escrowed in --vault: log in with
+the current password (--password-file, --password-command or a prompt), then
+register the same secret under the new one (--new-password-file or asked
+twice). The attempt counter starts afresh.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, id, err := a.vaultTarget(ctx)
+			if err != nil {
+				return err
+			}
+			if _, err := c.Info(ctx); err != nil {
+				return err
+			}
+			old, err := a.vaultPassword(false, "")
+			if err != nil {
+				return err
+			}
+			pw, err := a.vaultPassword(true, newPwFile)
+			if err != nil {
+				return err
+			}
+			if err := c.ChangePassword(ctx, id, old, pw); err != nil {
+				return err
+			}
+			a.out.JSON(map[string]any{"message_type": "vault_password_changed", "vault": c.URL()})
+			a.out.Printf("vault password changed at %s\n", c.URL())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&newPwFile, "new-password-file", "", "read the new vault password from this file")
+	return cmd
+}

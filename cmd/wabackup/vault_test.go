@@ -158,4 +158,21 @@ func TestVaultKeyEscrow(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "vault") {
 		t.Fatalf("key list through the vault: %d %s %s", code, out, errs)
 	}
+	// Change the vault password; the old one stops working.
+	pw2 := filepath.Join(work, "pw2.txt")
+	if err := os.WriteFile(pw2, []byte("a new one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := wabIn(t, home, append([]string{"key", "vault-passwd", "--repo", repo, "--password-file", pw, "--new-password-file", pw2}, vflags...)...); code != 0 {
+		t.Fatalf("key vault-passwd: %d %s %s", code, out, errs)
+	}
+	if code, _, errs := wabIn(t, home, append([]string{"snapshots", "--repo", repo, "--password-file", pw}, vflags...)...); code != exitWrongKey || !strings.Contains(errs, "9 attempts left") {
+		t.Fatalf("old vault password: %d %s", code, errs)
+	}
+	if code, out, errs := wabIn(t, home, append([]string{"key", "vault-status", "--repo", repo}, vflags...)...); code != 0 || !strings.Contains(out, "9 of 10 attempts left") {
+		t.Fatalf("key vault-status: %d %s %s", code, out, errs)
+	}
+	if code, out, errs := wabIn(t, home, append([]string{"snapshots", "--repo", repo, "--password-file", pw2}, vflags...)...); code != 0 {
+		t.Fatalf("new vault password: %d %s %s", code, out, errs)
+	}
 }

@@ -589,7 +589,8 @@ func (s *Server) loginFinish(w http.ResponseWriter, r *http.Request) {
 	delete(s.pending, string(req.LoginID))
 	s.mu.Unlock()
 	if p == nil || time.Now().After(p.expires) {
-		fail(w, http.StatusUnauthorized, api.CodeWrongPassword, "unknown or expired login: start again", nil)
+		// The attempt stays counted; the client must start a new login.
+		fail(w, http.StatusUnauthorized, api.CodeLoginExpired, "unknown or expired login (the attempt was counted): start again", nil)
 		return
 	}
 	var sessionKey []byte

@@ -221,7 +221,9 @@ func TestForgedKE3Rejected(t *testing.T) {
 			t.Fatalf("forged KE3: %+v", ae)
 		}
 		// The login is used up: the real KE3 no longer works either.
-		post(t, e, api.PathLoginFinish, api.LoginFinish{LoginID: lr.LoginID, KE3: k3}, nil, 401)
+		if ae := post(t, e, api.PathLoginFinish, api.LoginFinish{LoginID: lr.LoginID, KE3: k3}, nil, 401); ae.Code != api.CodeLoginExpired {
+			t.Fatalf("replayed login: %+v", ae)
+		}
 	}
 	left, _, err := c.Status(ctx, id)
 	if err != nil || left != 7 {

@@ -201,6 +201,7 @@ const (
 	CodeExists        = "exists"
 	CodeWrongPassword = "wrong_password"
 	CodeBadToken      = "bad_token"
+	CodeLoginExpired  = "login_expired"
 	CodeRateLimited   = "rate_limited"
 	CodeInternal      = "internal"
 )
