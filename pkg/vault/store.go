@@ -82,11 +82,16 @@ func current(b *bolt.Bucket, key []byte) uint64 {
 // CompareAndSwap implements Store. The new version is the bucket's next
 // sequence number, so versions never repeat.
 func (s *BoltStore) CompareAndSwap(key []byte, old uint64, val []byte) (uint64, error) {
+	// A conflict is reported through a variable, not as the function's
+	// error: an error would roll back the whole batch and make bbolt run
+	// every other write in it again.
 	var ver uint64
+	var conflict bool
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
-		if current(b, key) != old {
-			return ErrConflict
+		conflict = current(b, key) != old
+		if conflict {
+			return nil
 		}
 		seq, err := b.NextSequence()
 		if err != nil {
@@ -98,18 +103,27 @@ func (s *BoltStore) CompareAndSwap(key []byte, old uint64, val []byte) (uint64, 
 		ver = seq
 		return b.Put(key, v)
 	})
+	if err == nil && conflict {
+		return 0, ErrConflict
+	}
 	return ver, err
 }
 
 // Delete implements Store.
 func (s *BoltStore) Delete(key []byte, old uint64) error {
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	var conflict bool
+	err := s.db.Batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
-		if current(b, key) != old || old == 0 {
-			return ErrConflict
+		conflict = current(b, key) != old || old == 0
+		if conflict {
+			return nil
 		}
 		return b.Delete(key)
 	})
+	if err == nil && conflict {
+		return ErrConflict
+	}
+	return err
 }
 
 // Close implements Store.
