@@ -43,7 +43,8 @@ const exitCodesHelp = `Exit codes:
   3    backup finished but the snapshot is partial: some files could not be read
   10   the repository does not exist
   11   the repository is locked by another process
-  12   wrong or malformed key or password
+  12   wrong or malformed key or password, or a wrong key-vault password (the
+       message says how many attempts are left before the vault destroys the key)
   14   the store refused us: access denied, no credentials, not logged in to
        Google Drive, wrong S3 region, clock skew
   15   the store is full, or Google Drive's daily upload cap was reached; what

@@ -86,7 +86,7 @@ func cmdWab(ts *testscript.TestScript, neg bool, args []string) {
 	cmd := exec.Command(bin, args[1:]...)
 	cmd.Dir = ts.Getenv("WORK")
 	for _, n := range []string{"PATH", "HOME", "WORK", "TMPDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "WABACKUP_GDRIVE_ENDPOINT", "WABACKUP_KEY", "WABACKUP_KEY_FILE", "WABACKUP_PASSWORD",
-		"WABACKUP_PASSWORD_FILE", "WABACKUP_PASSWORD_COMMAND", "WABACKUP_REPO", "WABACKUP_CONFIG", "WABACKUP_DB", "WABACKUP_MEDIA", "GOCOVERDIR"} {
+		"WABACKUP_PASSWORD_FILE", "WABACKUP_PASSWORD_COMMAND", "WABACKUP_REPO", "WABACKUP_CONFIG", "WABACKUP_DB", "WABACKUP_MEDIA", "WABACKUP_VAULT", "WABACKUP_VAULT_CACERT", "SOFTHSM2_CONF", "GOCOVERDIR"} {
 		if v := ts.Getenv(n); v != "" {
 			cmd.Env = append(cmd.Env, n+"="+v)
 		}
