@@ -9,7 +9,8 @@ GOBIN=$(go env GOPATH)/bin
 export PATH="$GOBIN:$PATH"
 
 need_apt=()
-for pkg in softhsm2 etcd-server etcd-client; do
+# gcc and libc6-dev: the vault binary (cmd/wabackup-vault) uses cgo for PKCS#11.
+for pkg in softhsm2 etcd-server etcd-client gcc libc6-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
