@@ -6,8 +6,10 @@ package vaulttest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -83,20 +85,33 @@ var (
 	buildErr  error
 )
 
-// Binary builds cmd/wabackup-vault once per test process.
+// Binary builds cmd/wabackup-vault once per test process. The binary goes
+// to one fixed place per checkout under the temporary directory (built
+// aside and renamed in, so concurrent test processes do not collide), so
+// test runs do not leave a binary each behind.
 func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "wabackup-vault-bin")
+		root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
 		if err != nil {
+			buildErr = fmt.Errorf("go list -m: %v", err)
+			return
+		}
+		sum := sha256.Sum256(bytes.TrimSpace(root))
+		dir := filepath.Join(os.TempDir(), "wabackup-vault-test-"+hex.EncodeToString(sum[:6]))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			buildErr = err
 			return
 		}
-		buildBin = filepath.Join(dir, "wabackup-vault")
-		out, err := exec.Command("go", "build", "-o", buildBin, "github.com/wabackup/wabackup/cmd/wabackup-vault").CombinedOutput()
+		tmp := filepath.Join(dir, fmt.Sprintf("build-%d", os.Getpid()))
+		out, err := exec.Command("go", "build", "-o", tmp, "github.com/wabackup/wabackup/cmd/wabackup-vault").CombinedOutput()
 		if err != nil {
+			os.Remove(tmp)
 			buildErr = fmt.Errorf("go build wabackup-vault: %v\n%s", err, out)
+			return
 		}
+		buildBin = filepath.Join(dir, "wabackup-vault")
+		buildErr = os.Rename(tmp, buildBin)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
