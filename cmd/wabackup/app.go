@@ -17,6 +17,7 @@ import (
 	"github.com/wabackup/wabackup/internal/settings"
 	"github.com/wabackup/wabackup/pkg/archive"
 	"github.com/wabackup/wabackup/pkg/cloud"
+	"github.com/wabackup/wabackup/pkg/cloud/gdrive"
 	"github.com/wabackup/wabackup/pkg/cloud/s3"
 	"github.com/wabackup/wabackup/pkg/keys"
 )
@@ -253,11 +254,28 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 	return r, nil
 }
 
-// withLock runs fn holding a repository lock.
+// withLock runs fn holding a repository lock. A command that only reads
+// (check, restore) goes on without one when the store takes no uploads
+// (Google Drive's daily upload cap, a full account): a restore must not
+// wait for tomorrow. Lock looks for an exclusive lock before it writes, so
+// a running forget or prune still stops it.
 func (a *app) withLock(ctx context.Context, r *archive.Repository, exclusive bool, op string, fn func() error) error {
 	l, err := r.Lock(ctx, exclusive, op, a.retryLock)
 	if err != nil {
-		return err
+		if exclusive || op == "backup" {
+			return err
+		}
+		why := ""
+		switch {
+		case errors.Is(err, gdrive.ErrUploadCap):
+			why = "Google Drive's daily upload limit is reached"
+		case errors.Is(err, gdrive.ErrQuota):
+			why = "the Google account's storage is full"
+		default:
+			return err
+		}
+		a.out.Warnf("no lock file could be written (%s); going on without one: do not run forget or prune until this %s ends", why, op)
+		return fn()
 	}
 	defer l.Unlock()
 	return fn()

@@ -50,7 +50,7 @@ func (a *app) loginCommand() *cobra.Command {
 		Use:   "login gdrive",
 		Short: "Log in to Google Drive (OAuth, with your own client id)",
 		Long: `Log in to Google Drive with an OAuth client of your own (a "Desktop app"
-client from the Google Cloud console; see README). Opens the browser on a
+client from the Google Cloud console; see docs/GDRIVE.md). Opens the browser on a
 loopback redirect with PKCE; --no-browser prints the URL and reads the
 address you were redirected to. The token is kept in
 $XDG_CONFIG_HOME/wabackup/gdrive-token.json (mode 0600).`,

@@ -32,7 +32,8 @@ import (
 // long as a Retry-After header asks, and only within budget per request.
 // A 401 makes the token source drop the access token and the request is
 // sent once more with a fresh one. Requests whose body cannot be replayed
-// (no GetBody) are sent once.
+// (no GetBody, and not a small body of known length, which is buffered)
+// are sent once.
 type transport struct {
 	base    http.RoundTripper
 	ts      oauth2.TokenSource
@@ -41,19 +42,37 @@ type transport struct {
 	maxWait time.Duration
 }
 
+// maxReplayBody is the largest request body without GetBody that
+// RoundTrip buffers so that it can send it again (metadata JSON is far
+// smaller).
+const maxReplayBody = 1 << 20
+
 // invalidator is implemented by token sources that can be told an access
 // token was refused.
 type invalidator interface{ invalidate(accessToken string) }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
-	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	getBody := req.GetBody
+	if getBody == nil && req.Body != nil && req.Body != http.NoBody && req.ContentLength > 0 && req.ContentLength <= maxReplayBody {
+		// The generated client sets GetBody to nil on calls without media
+		// (files.create of a folder, files.update), although their JSON
+		// body is a buffer: keep a copy so they can be sent again.
+		b, err := io.ReadAll(req.Body)
+		req.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	}
+	replayable := req.Body == nil || req.Body == http.NoBody || getBody != nil
+	buffered := getBody != nil && req.GetBody == nil
 	upload := strings.Contains(req.URL.Path, "/upload/")
 	deadline := time.Now().Add(t.budget)
 	authRetried := false
 	sends := 0
 	closeBody := func() {
-		if sends == 0 && req.Body != nil {
+		if sends == 0 && req.Body != nil && !buffered {
 			req.Body.Close()
 		}
 	}
@@ -67,8 +86,8 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			continue
 		}
 		r := req.Clone(ctx)
-		if sends > 0 && req.GetBody != nil {
-			if r.Body, err = req.GetBody(); err != nil {
+		if (sends > 0 || buffered) && getBody != nil {
+			if r.Body, err = getBody(); err != nil {
 				return nil, err
 			}
 		}
