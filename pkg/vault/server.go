@@ -307,16 +307,21 @@ func (s *Server) fakeCount(key []byte) {
 // their timing does not tell them apart.
 var padKey = []byte("timing-pad")
 
-func (s *Server) padWrite() {
+func (s *Server) padWrite() error {
 	_, ver, err := s.cfg.Store.Get(padKey)
 	if err != nil {
-		return
+		return err
 	}
 	sealed, err := s.cfg.Sealer.Seal(randBytes(64), padKey)
 	if err != nil {
-		return
+		return err
 	}
-	_, _ = s.cfg.Store.CompareAndSwap(padKey, ver, sealed)
+	if _, err := s.cfg.Store.CompareAndSwap(padKey, ver, sealed); err != nil && !errors.Is(err, ErrConflict) {
+		// A store that cannot write now must not answer fake logins
+		// either, or a 503 would tell a real credential from none.
+		return err
+	}
+	return nil
 }
 
 // countAttempt counts one attempt durably. It returns the record to answer
@@ -393,8 +398,15 @@ func fail(w http.ResponseWriter, status int, code, msg string, left *int) {
 	_ = json.NewEncoder(w).Encode(api.Error{Code: code, Message: msg, AttemptsLeft: left})
 }
 
+// internal answers a failed request: 503 if the store cannot reach a
+// quorum (fail closed, the client may retry), else 500.
 func (s *Server) internal(w http.ResponseWriter, err error) {
 	s.cfg.Logf("vault: %v", err)
+	if errors.Is(err, ErrUnavailable) {
+		w.Header().Set("Retry-After", "5")
+		fail(w, http.StatusServiceUnavailable, api.CodeUnavailable, "the vault's store has no quorum: no login is answered uncounted; retry later", nil)
+		return
+	}
 	fail(w, http.StatusInternalServerError, api.CodeInternal, "internal error", nil)
 }
 
@@ -563,8 +575,11 @@ func (s *Server) loginStart(w http.ResponseWriter, r *http.Request) {
 			s.cfg.AfterCount()
 		}
 	} else {
+		if err := s.padWrite(); err != nil {
+			s.internal(w, err)
+			return
+		}
 		s.fakeCount(key)
-		s.padWrite()
 	}
 	ke2, st, err := s.op.KE2(ke1, req.CredentialID, nil, oprec)
 	if err != nil {

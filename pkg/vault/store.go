@@ -29,6 +29,12 @@ type Store interface {
 // ErrConflict is returned by a compare-and-swap whose version is stale.
 var ErrConflict = errors.New("vault: store version conflict")
 
+// ErrUnavailable wraps the errors of a replicated store that cannot reach
+// a quorum in time. The outcome of a write that failed this way is
+// unknown: it may have been committed. The server answers such requests
+// with 503 and never goes on uncounted.
+var ErrUnavailable = errors.New("vault: store unavailable")
+
 var bucketName = []byte("vault")
 
 // BoltStore is the embedded Store: one bbolt file. Writes go through

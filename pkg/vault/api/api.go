@@ -204,4 +204,8 @@ const (
 	CodeLoginExpired  = "login_expired"
 	CodeRateLimited   = "rate_limited"
 	CodeInternal      = "internal"
+	// CodeUnavailable (503): the vault cannot reach its store's quorum
+	// and answers no login rather than an uncounted one; retry later or
+	// at another site.
+	CodeUnavailable = "unavailable"
 )
