@@ -1,0 +1,433 @@
+package etcdstore_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/wabackup/wabackup/internal/testservers"
+	"github.com/wabackup/wabackup/pkg/keys"
+	"github.com/wabackup/wabackup/pkg/opaque"
+	"github.com/wabackup/wabackup/pkg/vault"
+	"github.com/wabackup/wabackup/pkg/vault/api"
+	"github.com/wabackup/wabackup/pkg/vault/etcdstore"
+	"github.com/wabackup/wabackup/pkg/vault/storetest"
+	"github.com/wabackup/wabackup/pkg/vaultclient"
+)
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func openStore(t testing.TB, c *testservers.EtcdCluster, prefix string, timeout time.Duration) *etcdstore.Store {
+	t.Helper()
+	s, err := etcdstore.Open(etcdstore.Config{Endpoints: c.Endpoints(), Prefix: prefix, RequestTimeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// The store conformance suite against a real 3-member cluster.
+func TestEtcdStoreConformance(t *testing.T) {
+	c := testservers.Etcd(t, 3)
+	prefix := "conformance-" + randHex(4)
+	storetest.Run(t, func(t *testing.T) vault.Store {
+		return openStore(t, c, prefix, 5*time.Second)
+	})
+}
+
+// instance is one vault instance (one site): its own etcd client, the
+// shared sealing key, an HTTPS front.
+type instance struct {
+	srv     *vault.Server
+	ts      *httptest.Server
+	store   *etcdstore.Store
+	counted atomic.Int64
+}
+
+type site struct {
+	cluster *testservers.EtcdCluster
+	prefix  string
+	sealKey []byte
+	cfg     vault.Config
+	timeout time.Duration
+}
+
+func newSite(t testing.TB, c *testservers.EtcdCluster, cfg vault.Config) *site {
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	return &site{cluster: c, prefix: "vault-" + randHex(4), sealKey: key, cfg: cfg, timeout: 1500 * time.Millisecond}
+}
+
+func (s *site) start(t testing.TB) (*instance, error) {
+	t.Helper()
+	sealer, err := vault.NewKeySealer(s.sealKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &instance{store: openStore(t, s.cluster, s.prefix, s.timeout)}
+	cfg := s.cfg
+	cfg.Store, cfg.Sealer = in.store, sealer
+	cfg.AfterCount = func() { in.counted.Add(1) }
+	cfg.Logf = func(string, ...any) {}
+	in.srv, err = vault.New(cfg)
+	if err != nil {
+		in.store.Close()
+		return nil, err
+	}
+	in.ts = httptest.NewUnstartedServer(in.srv.Handler())
+	in.ts.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
+	in.ts.StartTLS()
+	t.Cleanup(func() {
+		in.ts.Close()
+		in.srv.Close()
+		in.store.Close()
+	})
+	return in, nil
+}
+
+func (s *site) instances(t testing.TB, n int) []*instance {
+	t.Helper()
+	var ins []*instance
+	for range n {
+		in, err := s.start(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ins = append(ins, in)
+	}
+	return ins
+}
+
+func (in *instance) client(t testing.TB) *vaultclient.Client {
+	t.Helper()
+	c, err := vaultclient.New(in.ts.URL, vaultclient.Options{HTTPClient: in.ts.Client(), KSF: opaque.IdentityKSF{}, PinFile: "-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// records lists the credential records under the site's prefix.
+func (s *site) records(t testing.TB) int {
+	t.Helper()
+	st := openStore(t, s.cluster, s.prefix, 5*time.Second)
+	defer st.Close()
+	resp, err := st.Client().Get(context.Background(), s.prefix+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, kv := range resp.Kvs {
+		k := strings.TrimPrefix(string(kv.Key), s.prefix+"/")
+		if k != "server-keys" && k != "timing-pad" {
+			n++
+		}
+	}
+	return n
+}
+
+func secret32() []byte {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// Instances started together share one sealed server-keys blob in etcd
+// (created once, loaded by the others); an instance with another sealing
+// key cannot start.
+func TestInstancesShareSealedKeys(t *testing.T) {
+	c := testservers.Etcd(t, 3)
+	s := newSite(t, c, vault.Config{})
+	var wg sync.WaitGroup
+	ins := make([]*instance, 3)
+	errs := make([]error, 3)
+	for i := range ins {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ins[i], errs[i] = s.start(t)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("instance %d: %v", i, err)
+		}
+	}
+	for _, in := range ins[1:] {
+		if in.srv.Fingerprint() != ins[0].srv.Fingerprint() {
+			t.Fatal("instances started together have different keys")
+		}
+	}
+	st := openStore(t, c, s.prefix, 5*time.Second)
+	defer st.Close()
+	resp, err := st.Client().Get(context.Background(), s.prefix+"/server-keys")
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Version != 1 {
+		t.Fatalf("server-keys in etcd: %v %v (written more than once?)", resp, err)
+	}
+	// Registered at one site, recovered at another.
+	ctx := context.Background()
+	id := api.CredentialID("shared", "")
+	sec := secret32()
+	if _, _, err := ins[0].client(t).Register(ctx, id, []byte("pw"), sec, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i, in := range ins {
+		got, err := in.client(t).Recover(ctx, id, []byte("pw"))
+		if err != nil || !bytes.Equal(got, sec) {
+			t.Fatalf("recover at instance %d: %v", i, err)
+		}
+	}
+	// A site whose HSM holds another sealing key cannot open the blob.
+	other := *s
+	other.sealKey = secret32()
+	if _, err := other.start(t); !errors.Is(err, vault.ErrUnseal) {
+		t.Fatalf("instance with another sealing key: %v, want ErrUnseal", err)
+	}
+}
+
+// Acceptance: 16 clients spread 1,000 wrong guesses over three instances;
+// exactly the limit are answered with a counted KE2, then the record is
+// gone everywhere.
+func TestBruteForceAcrossInstances(t *testing.T) {
+	c := testservers.Etcd(t, 3)
+	s := newSite(t, c, vault.Config{MaxGuesses: 10})
+	ins := s.instances(t, 3)
+	ctx := context.Background()
+	id := api.CredentialID("target", "")
+	if _, _, err := ins[0].client(t).Register(ctx, id, []byte("the right one"), secret32(), 0); err != nil {
+		t.Fatal(err)
+	}
+	const clients, guesses = 16, 1000
+	var next atomic.Int64
+	var wrong, other atomic.Int64
+	var wg sync.WaitGroup
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cls := []*vaultclient.Client{ins[0].client(t), ins[1].client(t), ins[2].client(t)}
+			for {
+				n := next.Add(1)
+				if n > guesses {
+					return
+				}
+				_, err := cls[(int(n)+w)%3].Recover(ctx, id, []byte("guess "+randHex(4)))
+				var wp *vaultclient.WrongPasswordError
+				if errors.As(err, &wp) {
+					wrong.Add(1)
+				} else {
+					other.Add(1)
+					t.Errorf("guess %d: %v", n, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	total := ins[0].counted.Load() + ins[1].counted.Load() + ins[2].counted.Load()
+	t.Logf("counted KE2s per instance: %d %d %d; wrong-password answers %d",
+		ins[0].counted.Load(), ins[1].counted.Load(), ins[2].counted.Load(), wrong.Load())
+	if total != 10 {
+		t.Fatalf("%d counted KE2s across the instances, want exactly the limit 10", total)
+	}
+	if n := s.records(t); n != 0 {
+		t.Fatalf("%d records left in etcd after the limit", n)
+	}
+	for i, in := range ins {
+		if _, err := in.client(t).Recover(ctx, id, []byte("the right one")); !errors.Is(err, keys.ErrWrongKey) {
+			t.Fatalf("instance %d: the right password after the limit: %v", i, err)
+		}
+	}
+	if got := ins[0].counted.Load() + ins[1].counted.Load() + ins[2].counted.Load(); got != 10 {
+		t.Fatalf("a destroyed record was counted: %d", got)
+	}
+}
+
+func leader(t testing.TB, c *testservers.EtcdCluster, st *etcdstore.Store) int {
+	t.Helper()
+	for i, ep := range c.Endpoints() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		resp, err := st.Client().Status(ctx, ep)
+		cancel()
+		if err == nil && resp.Leader == resp.Header.MemberId {
+			return i
+		}
+	}
+	t.Fatal("no leader")
+	return -1
+}
+
+func isUnavailable(err error) bool {
+	var ae *vaultclient.APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable && ae.Code == api.CodeUnavailable
+}
+
+// Acceptance: the leader killed in the middle of a run; the instances keep
+// serving and no count is lost.
+func TestMemberKilledMidRun(t *testing.T) {
+	c := testservers.Etcd(t, 3)
+	s := newSite(t, c, vault.Config{MaxGuesses: 1000})
+	s.timeout = 3 * time.Second
+	ins := s.instances(t, 3)
+	ctx := context.Background()
+	id := api.CredentialID("target", "")
+	if _, _, err := ins[0].client(t).Register(ctx, id, []byte("right"), secret32(), 1000); err != nil {
+		t.Fatal(err)
+	}
+	const clients, guesses, killAt = 8, 300, 100
+	var next, done, wrong, unavail atomic.Int64
+	killed := make(chan int, 1)
+	var wg sync.WaitGroup
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cls := []*vaultclient.Client{ins[0].client(t), ins[1].client(t), ins[2].client(t)}
+			for {
+				n := next.Add(1)
+				if n > guesses {
+					return
+				}
+				_, err := cls[(int(n)+w)%3].Recover(ctx, id, []byte("wrong"))
+				var wp *vaultclient.WrongPasswordError
+				switch {
+				case errors.As(err, &wp):
+					wrong.Add(1)
+				case isUnavailable(err):
+					unavail.Add(1)
+				default:
+					t.Errorf("guess %d: %v", n, err)
+				}
+				if done.Add(1) == killAt {
+					l := leader(t, c, ins[0].store)
+					c.Kill(l)
+					killed <- l
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	l := <-killed
+	counted := ins[0].counted.Load() + ins[1].counted.Load() + ins[2].counted.Load()
+	left, _, err := ins[(l+1)%3].client(t).Status(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := int64(1000 - left)
+	t.Logf("leader e%d killed after %d guesses; %d wrong-password answers, %d refused (503), %d counted KE2s, %d failures recorded",
+		l+1, killAt, wrong.Load(), unavail.Load(), counted, failed)
+	if failed < counted {
+		t.Fatalf("counts lost: %d recorded, %d counted KE2s sent", failed, counted)
+	}
+	// A 503 after a transaction whose outcome is unknown may leave a count
+	// without a KE2 (the safe side); nothing else may.
+	if failed > counted+unavail.Load() {
+		t.Fatalf("%d failures recorded for %d counted KE2s and %d refusals", failed, counted, unavail.Load())
+	}
+	if wrong.Load() < guesses*9/10 {
+		t.Fatalf("only %d of %d guesses answered with one member down", wrong.Load(), guesses)
+	}
+	c.Restart(l)
+	c.WaitHealthy(30 * time.Second)
+	if _, err := ins[l].client(t).Recover(ctx, id, []byte("right")); err != nil {
+		t.Fatalf("after the member returned: %v", err)
+	}
+}
+
+// Acceptance: two members killed: every instance refuses logins (503, for
+// known and unknown credentials alike) and counts nothing; after the
+// members return with their data, service resumes with the counts intact.
+func TestNoQuorumFailsClosed(t *testing.T) {
+	c := testservers.Etcd(t, 3)
+	s := newSite(t, c, vault.Config{MaxGuesses: 10})
+	ins := s.instances(t, 3)
+	ctx := context.Background()
+	id := api.CredentialID("target", "")
+	sec := secret32()
+	if _, _, err := ins[0].client(t).Register(ctx, id, []byte("right"), sec, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := ins[i].client(t).Recover(ctx, id, []byte("wrong")); !errors.Is(err, keys.ErrWrongKey) {
+			t.Fatal(err)
+		}
+	}
+	c.Kill(0)
+	c.Kill(1)
+	before := ins[0].counted.Load() + ins[1].counted.Load() + ins[2].counted.Load()
+	oc, _ := api.Suite.NewClient(opaque.IdentityKSF{}, opaque.Identities{}, api.Context)
+	var wg sync.WaitGroup
+	for i, in := range ins {
+		for _, cred := range [][]byte{id, api.CredentialID("unknown", "")} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ke1, _, _ := oc.KE1([]byte("right"))
+				b, _ := ke1.MarshalBinary()
+				body, _ := json.Marshal(api.LoginStart{CredentialID: cred, KE1: b})
+				resp, err := in.ts.Client().Post(in.ts.URL+api.PathLoginStart, "application/json", bytes.NewReader(body))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer resp.Body.Close()
+				var ae api.Error
+				_ = json.NewDecoder(resp.Body).Decode(&ae)
+				if resp.StatusCode != http.StatusServiceUnavailable || ae.Code != api.CodeUnavailable {
+					t.Errorf("instance %d, KE1 for %q without quorum: %d %+v", i, cred, resp.StatusCode, ae)
+				}
+			}()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := in.client(t).Recover(ctx, cred, []byte("right")); !isUnavailable(err) {
+					t.Errorf("instance %d, recover without quorum: %v", i, err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if after := ins[0].counted.Load() + ins[1].counted.Load() + ins[2].counted.Load(); after != before {
+		t.Fatalf("%d attempts answered without quorum", after-before)
+	}
+	c.Restart(0)
+	c.Restart(1)
+	c.WaitHealthy(30 * time.Second)
+	for i, in := range ins {
+		var left int
+		var err error
+		for range 20 { // the clients reconnect to the restarted members
+			if left, _, err = in.client(t).Status(ctx, id); !isUnavailable(err) {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if err != nil || left != 7 {
+			t.Fatalf("instance %d after the members returned: %d left, %v (want 7)", i, left, err)
+		}
+	}
+	got, err := ins[2].client(t).Recover(ctx, id, []byte("right"))
+	if err != nil || !bytes.Equal(got, sec) {
+		t.Fatalf("recover after the members returned: %v", err)
+	}
+	if left, _, _ := ins[1].client(t).Status(ctx, id); left != 10 {
+		t.Fatalf("after a valid login: %d left, want 10", left)
+	}
+}
