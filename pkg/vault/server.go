@@ -350,6 +350,16 @@ func (s *Server) countAttempt(key []byte) (*record, error) {
 		r.LastTry = now.UnixNano()
 		if _, err := s.putRecord(key, ver, r); errors.Is(err, ErrConflict) {
 			continue
+		} else if errors.Is(err, ErrUnavailable) {
+			// The write's outcome is unknown (a replicated store lost its
+			// leader mid-commit). If a fresh read shows it, the attempt is
+			// counted and may be answered; otherwise refuse, and the count
+			// may yet land: the safe side, never an uncounted answer.
+			if got, _, rerr := s.getRecord(key); rerr == nil && got != nil &&
+				got.Failed == r.Failed && got.LastTry == r.LastTry && hmac.Equal(got.Gen, r.Gen) {
+				return r, nil
+			}
+			return nil, err
 		} else if err != nil {
 			return nil, err
 		}

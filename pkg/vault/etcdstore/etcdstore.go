@@ -9,6 +9,7 @@
 package etcdstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -86,10 +87,6 @@ func (s *Store) Client() *clientv3.Client { return s.cli }
 // Key returns the etcd key that holds key.
 func (s *Store) Key(key []byte) string { return s.prefix + string(key) }
 
-func (s *Store) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), s.timeout)
-}
-
 // unavailable wraps an etcd error: whatever it is (no leader, deadline,
 // connection refused), the vault must not go on as if it had been
 // written, so it is vault.ErrUnavailable.
@@ -97,65 +94,118 @@ func unavailable(op string, err error) error {
 	return fmt.Errorf("%w: etcd %s: %v", vault.ErrUnavailable, op, err)
 }
 
+// do runs op with a per-attempt timeout of a third of the request
+// timeout, again after every error until the request timeout is spent (a
+// request sent to a member that just died, or during a leader election,
+// fails or hangs while another member could answer). op is told whether
+// an earlier attempt failed with an unknown outcome.
+func (s *Store) do(name string, op func(ctx context.Context, retry bool) error) error {
+	deadline := time.Now().Add(s.timeout)
+	per := max(s.timeout/3, 500*time.Millisecond)
+	retry := false
+	for {
+		ctx, cancel := context.WithDeadline(context.Background(), earlier(deadline, time.Now().Add(per)))
+		err := op(ctx, retry)
+		cancel()
+		if err == nil || errors.Is(err, vault.ErrConflict) {
+			return err
+		}
+		if time.Until(deadline) < 50*time.Millisecond {
+			return unavailable(name, err)
+		}
+		retry = true
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
 // Get implements vault.Store with a linearizable read.
-func (s *Store) Get(key []byte) ([]byte, uint64, error) {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	resp, err := s.cli.Get(ctx, s.Key(key))
-	if err != nil {
-		return nil, 0, unavailable("get", err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, 0, nil
-	}
-	kv := resp.Kvs[0]
-	val := kv.Value
-	if val == nil {
-		val = []byte{}
-	}
-	return val, uint64(kv.ModRevision), nil
+func (s *Store) Get(key []byte) (val []byte, version uint64, err error) {
+	err = s.do("get", func(ctx context.Context, _ bool) error {
+		resp, err := s.cli.Get(ctx, s.Key(key))
+		if err != nil {
+			return err
+		}
+		val, version = nil, 0
+		if len(resp.Kvs) > 0 {
+			kv := resp.Kvs[0]
+			val, version = kv.Value, uint64(kv.ModRevision)
+			if val == nil {
+				val = []byte{}
+			}
+		}
+		return nil
+	})
+	return val, version, err
 }
 
 // CompareAndSwap implements vault.Store: one transaction "if the key's mod
-// revision is old (0: absent) then put". The new version is the
-// revision of that transaction.
+// revision is old (0: absent) then put". The new version is the revision
+// of that transaction.
+//
+// A transaction that fails without an answer (its member died, the leader
+// changed) may or may not have been committed. It is sent again: both
+// compare on the same revision, so at most one of them commits. If the
+// second finds the revision changed and the key holding exactly val, the
+// first one committed and that is reported as success, so a caller's
+// read-modify-write is neither lost nor applied twice. This relies on
+// values being unique, which the vault's are (sealed under a random
+// nonce).
 func (s *Store) CompareAndSwap(key []byte, old uint64, val []byte) (uint64, error) {
-	ctx, cancel := s.ctx()
-	defer cancel()
 	k := s.Key(key)
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(old))).
-		Then(clientv3.OpPut(k, string(val))).
-		Commit()
-	if err != nil {
-		return 0, unavailable("transaction", err)
-	}
-	if !resp.Succeeded {
-		return 0, vault.ErrConflict
-	}
-	return uint64(resp.Header.Revision), nil
+	var ver uint64
+	err := s.do("transaction", func(ctx context.Context, retry bool) error {
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(old))).
+			Then(clientv3.OpPut(k, string(val))).
+			Else(clientv3.OpGet(k)).
+			Commit()
+		if err != nil {
+			return err
+		}
+		if resp.Succeeded {
+			ver = uint64(resp.Header.Revision)
+			return nil
+		}
+		if retry {
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && bytes.Equal(kvs[0].Value, val) {
+				ver = uint64(kvs[0].ModRevision)
+				return nil
+			}
+		}
+		return vault.ErrConflict
+	})
+	return ver, err
 }
 
 // Delete implements vault.Store: one transaction "if the key's mod
-// revision is old then delete".
+// revision is old then delete". Sent again after a failure without an
+// answer, it reports success if the key is gone.
 func (s *Store) Delete(key []byte, old uint64) error {
 	if old == 0 {
 		return vault.ErrConflict
 	}
-	ctx, cancel := s.ctx()
-	defer cancel()
 	k := s.Key(key)
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(old))).
-		Then(clientv3.OpDelete(k)).
-		Commit()
-	if err != nil {
-		return unavailable("transaction", err)
-	}
-	if !resp.Succeeded {
+	return s.do("transaction", func(ctx context.Context, retry bool) error {
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(old))).
+			Then(clientv3.OpDelete(k)).
+			Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
+			Commit()
+		if err != nil {
+			return err
+		}
+		if resp.Succeeded || (retry && len(resp.Responses[0].GetResponseRange().Kvs) == 0) {
+			return nil
+		}
 		return vault.ErrConflict
-	}
-	return nil
+	})
 }
 
 // Close implements vault.Store.

@@ -85,7 +85,7 @@ func (s *site) start(t testing.TB) (*instance, error) {
 	cfg := s.cfg
 	cfg.Store, cfg.Sealer = in.store, sealer
 	cfg.AfterCount = func() { in.counted.Add(1) }
-	cfg.Logf = func(string, ...any) {}
+	cfg.Logf = t.Logf
 	in.srv, err = vault.New(cfg)
 	if err != nil {
 		in.store.Close()
@@ -312,6 +312,7 @@ func TestMemberKilledMidRun(t *testing.T) {
 					wrong.Add(1)
 				case isUnavailable(err):
 					unavail.Add(1)
+					t.Logf("guess %d refused: %v", n, err)
 				default:
 					t.Errorf("guess %d: %v", n, err)
 				}
