@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/wabackup/wabackup/pkg/vault"
+	"github.com/wabackup/wabackup/pkg/vault/etcdstore"
 	"github.com/wabackup/wabackup/pkg/vault/hsm"
 )
 
@@ -47,13 +48,19 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("wabackup-vault", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8443", "address to listen on")
-	data := fs.String("data", "", "data directory (holds vault.db)")
+	data := fs.String("data", "", "data directory (holds vault.db with the default bbolt store; the development sealer's key and certificate)")
+	storeURL := fs.String("store", "", "record store: empty for bbolt (DATA/vault.db), or etcd://HOST1:2379,HOST2:2379,HOST3:2379/PREFIX for an etcd cluster shared by several vault instances")
+	etcdCA := fs.String("etcd-cacert", "", "etcd: CA bundle (PEM) that signed the members' certificates; turns on TLS to etcd")
+	etcdCert := fs.String("etcd-cert", "", "etcd: client certificate (PEM); turns on TLS to etcd")
+	etcdKey := fs.String("etcd-key", "", "etcd: client certificate's private key (PEM)")
+	etcdTimeout := fs.Duration("etcd-timeout", 3*time.Second, "etcd: per-request timeout; without a quorum for this long, a login is refused (503)")
 	certFile := fs.String("cert", "", "TLS certificate (PEM)")
 	keyFile := fs.String("key", "", "TLS private key (PEM)")
 	devTLS := fs.String("dev-tls", "", "development: use (or create) a self-signed certificate in this directory")
 	module := fs.String("pkcs11-module", "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module of the HSM")
 	token := fs.String("pkcs11-token", "", "label of the HSM token (PIN from $WABACKUP_VAULT_PKCS11_PIN)")
 	keyLabel := fs.String("pkcs11-key-label", "wabackup-vault-seal", "label of the sealing key on the token (created on first start)")
+	createKey := fs.Bool("pkcs11-create-key", true, "generate the sealing key on the token if it has none; give false at every site but the first of a multi-site deployment, whose tokens get the key imported")
 	devSealer := fs.Bool("dev-file-sealer", false, "development only: seal with a key file in the data directory instead of an HSM")
 	maxGuesses := fs.Int("max-guesses", 10, "policy cap on a record's guess limit")
 	defGuesses := fs.Int("default-guesses", 10, "guess limit of records that ask for none")
@@ -63,11 +70,13 @@ func run(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *data == "" {
+	if *data == "" && (*storeURL == "" || *devSealer || *devTLS != "") {
 		return errors.New("give --data DIR")
 	}
-	if err := os.MkdirAll(*data, 0o700); err != nil {
-		return err
+	if *data != "" {
+		if err := os.MkdirAll(*data, 0o700); err != nil {
+			return err
+		}
 	}
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS13}
 	switch {
@@ -102,7 +111,7 @@ func run(args []string) error {
 		if *token == "" {
 			return errors.New("give --pkcs11-token LABEL (or --dev-file-sealer for development)")
 		}
-		s, err := hsm.Open(hsm.Config{Module: *module, TokenLabel: *token, PIN: os.Getenv("WABACKUP_VAULT_PKCS11_PIN"), KeyLabel: *keyLabel, CreateKey: true})
+		s, err := hsm.Open(hsm.Config{Module: *module, TokenLabel: *token, PIN: os.Getenv("WABACKUP_VAULT_PKCS11_PIN"), KeyLabel: *keyLabel, CreateKey: *createKey})
 		if err != nil {
 			return err
 		}
@@ -110,7 +119,7 @@ func run(args []string) error {
 	}
 	defer sealer.Close()
 
-	store, err := vault.OpenBolt(filepath.Join(*data, "vault.db"))
+	store, err := openStore(*storeURL, *data, *etcdCA, *etcdCert, *etcdKey, *etcdTimeout)
 	if err != nil {
 		return err
 	}
@@ -158,6 +167,29 @@ func run(args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return hs.Shutdown(sctx)
+}
+
+// openStore opens the bbolt file in dataDir, or the etcd cluster the
+// store URL names.
+func openStore(storeURL, dataDir, caFile, certFile, keyFile string, timeout time.Duration) (vault.Store, error) {
+	if storeURL == "" || storeURL == "bbolt" {
+		if caFile != "" || certFile != "" || keyFile != "" {
+			return nil, errors.New("--etcd-cacert, --etcd-cert and --etcd-key need --store etcd://...")
+		}
+		return vault.OpenBolt(filepath.Join(dataDir, "vault.db"))
+	}
+	endpoints, prefix, secure, err := etcdstore.ParseURL(storeURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg := etcdstore.Config{Endpoints: endpoints, Prefix: prefix, RequestTimeout: timeout}
+	if secure || caFile != "" || certFile != "" || keyFile != "" {
+		if cfg.TLS, err = etcdstore.TLSConfig(caFile, certFile, keyFile); err != nil {
+			return nil, err
+		}
+	}
+	log.Printf("record store: etcd %v, prefix %q (TLS %v)", endpoints, prefix, cfg.TLS != nil)
+	return etcdstore.Open(cfg)
 }
 
 // devCertificate loads dir/cert.pem and dir/key.pem, creating a

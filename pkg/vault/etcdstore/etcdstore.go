@@ -15,7 +15,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net/url"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -215,32 +215,32 @@ func (s *Store) Close() error { return s.cli.Close() }
 // into endpoints and a prefix. The scheme etcds:// (or certificates given
 // to TLSConfig) makes the endpoints https.
 func ParseURL(raw string) (endpoints []string, prefix string, secure bool, err error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, "", false, err
+	bad := func(why string) error {
+		return fmt.Errorf("etcdstore: store URL %q: %s (want etcd://HOST:PORT,HOST:PORT,.../PREFIX)", raw, why)
 	}
-	switch u.Scheme {
-	case "etcd":
-	case "etcds":
-		secure = true
-	default:
-		return nil, "", false, fmt.Errorf("etcdstore: store URL %q: want etcd://HOST:PORT,.../PREFIX", raw)
-	}
-	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return nil, "", false, fmt.Errorf("etcdstore: store URL %q: no user, query or fragment allowed", raw)
-	}
-	for _, h := range strings.Split(u.Host, ",") {
-		if h == "" {
-			return nil, "", false, fmt.Errorf("etcdstore: store URL %q: empty host", raw)
+	rest, ok := strings.CutPrefix(raw, "etcd://")
+	if !ok {
+		if rest, ok = strings.CutPrefix(raw, "etcds://"); !ok {
+			return nil, "", false, bad("scheme must be etcd:// or etcds://")
 		}
-		if !strings.Contains(h, ":") {
-			h += ":2379"
+		secure = true
+	}
+	hosts, path, _ := strings.Cut(rest, "/")
+	if strings.ContainsAny(rest, "@?#") {
+		return nil, "", false, bad("no user, query or fragment allowed")
+	}
+	for _, h := range strings.Split(hosts, ",") {
+		if h == "" {
+			return nil, "", false, bad("empty host")
+		}
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			h = net.JoinHostPort(strings.Trim(h, "[]"), "2379")
 		}
 		endpoints = append(endpoints, h)
 	}
-	prefix = strings.Trim(u.Path, "/")
+	prefix = strings.Trim(path, "/")
 	if prefix == "" {
-		return nil, "", false, fmt.Errorf("etcdstore: store URL %q: give a key prefix, e.g. etcd://HOST:2379/wabackup-vault", raw)
+		return nil, "", false, bad("give a key prefix, e.g. /wabackup-vault")
 	}
 	return endpoints, prefix, secure, nil
 }

@@ -432,3 +432,18 @@ func TestNoQuorumFailsClosed(t *testing.T) {
 		t.Fatalf("after a valid login: %d left, want 10", left)
 	}
 }
+
+func TestParseURL(t *testing.T) {
+	eps, prefix, secure, err := etcdstore.ParseURL("etcd://a:2379,b:2379,c/wabackup/vault/")
+	if err != nil || strings.Join(eps, " ") != "a:2379 b:2379 c:2379" || prefix != "wabackup/vault" || secure {
+		t.Fatalf("%v %q %v %v", eps, prefix, secure, err)
+	}
+	if _, _, secure, err := etcdstore.ParseURL("etcds://a:2379/p"); err != nil || !secure {
+		t.Fatal(secure, err)
+	}
+	for _, bad := range []string{"etcd://a:2379", "etcd://a:2379/", "http://a/p", "etcd://u@a/p", "etcd://a,,b/p", "etcd://a/p?x=1"} {
+		if _, _, _, err := etcdstore.ParseURL(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
