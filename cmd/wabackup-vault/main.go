@@ -174,7 +174,7 @@ func run(args []string) error {
 func openStore(storeURL, dataDir, caFile, certFile, keyFile string, timeout time.Duration) (vault.Store, error) {
 	if storeURL == "" || storeURL == "bbolt" {
 		if caFile != "" || certFile != "" || keyFile != "" {
-			return nil, errors.New("--etcd-cacert, --etcd-cert and --etcd-key need --store etcd://...")
+			return nil, errors.New("--etcd-cacert, --etcd-cert and --etcd-key need --store etcd://HOSTS/PREFIX")
 		}
 		return vault.OpenBolt(filepath.Join(dataDir, "vault.db"))
 	}
