@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -155,7 +156,14 @@ func randomTree(t testing.TB, root string, seed uint64) {
 }
 
 func TestRoundTripRandomTrees(t *testing.T) {
-	for seed := uint64(1); seed <= 3; seed++ {
+	// Three fixed trees and one new each run (its seed is logged, and
+	// WABACKUP_TREE_SEED replays it).
+	seeds := []uint64{1, 2, 3, uint64(time.Now().UnixNano())}
+	if s, err := strconv.ParseUint(os.Getenv("WABACKUP_TREE_SEED"), 10, 64); err == nil {
+		seeds = []uint64{s}
+	}
+	for _, seed := range seeds {
+		t.Logf("tree seed %d", seed)
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			ctx := context.Background()
 			tr := newTestRepo(t)
