@@ -95,3 +95,22 @@ func TestStoreFlags(t *testing.T) {
 		}
 	}
 }
+
+// --etcd-cacert/--etcd-cert/--etcd-key reach members that require client
+// certificates.
+func TestVaultEtcdTLSFlags(t *testing.T) {
+	c := testservers.StartEtcd(t, 3, testservers.EtcdOptions{TLS: true})
+	v := vaulttest.Start(t, vaulttest.Options{Args: []string{
+		"--store", "etcd://" + strings.Join(c.Endpoints(), ",") + "/vault-tls",
+		"--etcd-cacert", c.CAFile, "--etcd-cert", c.CertFile, "--etcd-key", c.KeyFile,
+	}})
+	cl := client(t, v)
+	ctx := context.Background()
+	id := api.CredentialID("repo", "")
+	if _, _, err := cl.Register(ctx, id, []byte("pw"), make([]byte, 32), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Recover(ctx, id, []byte("pw")); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -3,8 +3,17 @@
 package testservers
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,11 +29,19 @@ import (
 // with its own data directory. Members can be killed and started again
 // (with the same data directory) to test failures.
 type EtcdCluster struct {
+	// With EtcdOptions.TLS: the CA that signed the members' and the
+	// client's certificates, and the client certificate and key that the
+	// members require (--client-cert-auth).
+	CAFile, CertFile, KeyFile string
+
 	t       testing.TB
+	tls     *tls.Config
 	bin     string
 	token   string
 	initial string
 	members []*etcdMember
+
+	serverCert, serverKey string
 }
 
 type etcdMember struct {
@@ -35,11 +52,24 @@ type etcdMember struct {
 	proc         *process
 }
 
+// EtcdOptions varies the cluster StartEtcd runs.
+type EtcdOptions struct {
+	// TLS serves clients over HTTPS and requires a client certificate
+	// signed by a fresh CA (EtcdCluster.CAFile/CertFile/KeyFile).
+	TLS bool
+}
+
 // Etcd starts an n-member etcd cluster (Debian's etcd-server) on loopback
 // and waits until every member reports healthy. The members are killed
 // when the test ends. If etcd is not installed the test is skipped, or
 // fails when WABACKUP_REQUIRE_SERVERS=1.
 func Etcd(t testing.TB, n int) *EtcdCluster {
+	t.Helper()
+	return StartEtcd(t, n, EtcdOptions{})
+}
+
+// StartEtcd is Etcd with options.
+func StartEtcd(t testing.TB, n int, opt EtcdOptions) *EtcdCluster {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
@@ -51,6 +81,11 @@ func Etcd(t testing.TB, n int) *EtcdCluster {
 	}
 	c := &EtcdCluster{t: t, bin: bin, token: "wabackup-test-" + randHex(6)}
 	root := t.TempDir()
+	if opt.TLS {
+		if c.tls, err = c.makePKI(t.TempDir()); err != nil {
+			t.Fatalf("etcd: making certificates: %v", err)
+		}
+	}
 	var peers []string
 	for i := range n {
 		m := &etcdMember{name: fmt.Sprintf("e%d", i+1), dir: filepath.Join(root, fmt.Sprintf("e%d", i+1))}
@@ -99,12 +134,17 @@ func (c *EtcdCluster) start(i int, state string) {
 			c.t.Fatalf("etcd member %s is running", m.name)
 		}
 	}
-	cmd := exec.Command(c.bin,
+	scheme, tlsArgs := "http://", []string(nil)
+	if c.tls != nil {
+		scheme = "https://"
+		tlsArgs = []string{"--cert-file", c.serverCert, "--key-file", c.serverKey, "--trusted-ca-file", c.CAFile, "--client-cert-auth"}
+	}
+	cmd := exec.Command(c.bin, append([]string{
 		"--name", m.name, "--data-dir", m.dir, "--logger=zap", "--log-level=error",
-		"--listen-client-urls", "http://"+m.client, "--advertise-client-urls", "http://"+m.client,
-		"--listen-peer-urls", "http://"+m.peer, "--initial-advertise-peer-urls", "http://"+m.peer,
+		"--listen-client-urls", scheme + m.client, "--advertise-client-urls", scheme + m.client,
+		"--listen-peer-urls", "http://" + m.peer, "--initial-advertise-peer-urls", "http://" + m.peer,
 		"--initial-cluster", c.initial, "--initial-cluster-token", c.token,
-		"--initial-cluster-state", state, "--listen-metrics-urls", "http://"+m.metrics)
+		"--initial-cluster-state", state, "--listen-metrics-urls", "http://" + m.metrics}, tlsArgs...)...)
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "ETCD") { // keep the caller's etcd configuration out
@@ -162,7 +202,14 @@ func (c *EtcdCluster) Restart(i int) {
 // Healthy reports whether member i answers /health with a leader.
 func (c *EtcdCluster) Healthy(i int) bool {
 	client := &http.Client{Timeout: time.Second}
-	resp, err := client.Get("http://" + c.members[i].client + "/health")
+	scheme := "http://"
+	if c.tls != nil {
+		scheme = "https://"
+		tr := &http.Transport{TLSClientConfig: c.tls, DisableKeepAlives: true}
+		defer tr.CloseIdleConnections()
+		client.Transport = tr
+	}
+	resp, err := client.Get(scheme + c.members[i].client + "/health")
 	if err != nil {
 		return false
 	}
@@ -191,4 +238,73 @@ func (c *EtcdCluster) WaitHealthy(limit time.Duration) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+}
+
+// makePKI writes a CA, a server certificate for the loopback addresses and
+// a client certificate into dir, and returns a client TLS configuration.
+func (c *EtcdCluster) makePKI(dir string) (*tls.Config, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "wabackup test etcd CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, err
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	issue := func(name string, serial int64, usage x509.ExtKeyUsage) (certFile, keyFile string, err error) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return "", "", err
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial),
+			Subject:      pkix.Name{CommonName: name},
+			NotBefore:    time.Now().Add(-time.Hour),
+			NotAfter:     time.Now().Add(24 * time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+			IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+			DNSNames:     []string{"localhost"},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		if err != nil {
+			return "", "", err
+		}
+		kder, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return "", "", err
+		}
+		certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
+		if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+			return "", "", err
+		}
+		return certFile, keyFile, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
+	}
+	c.CAFile = filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(c.CAFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
+		return nil, err
+	}
+	if c.serverCert, c.serverKey, err = issue("server", 2, x509.ExtKeyUsageServerAuth); err != nil {
+		return nil, err
+	}
+	if c.CertFile, c.KeyFile, err = issue("client", 3, x509.ExtKeyUsageClientAuth); err != nil {
+		return nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }

@@ -447,3 +447,37 @@ func TestParseURL(t *testing.T) {
 		}
 	}
 }
+
+// Client TLS: members that require a client certificate accept the
+// store with one and refuse it without one (fail closed, ErrUnavailable).
+func TestEtcdStoreTLS(t *testing.T) {
+	c := testservers.StartEtcd(t, 3, testservers.EtcdOptions{TLS: true})
+	tc, err := etcdstore.TLSConfig(c.CAFile, c.CertFile, c.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := etcdstore.Open(etcdstore.Config{Endpoints: c.Endpoints(), Prefix: "tls", TLS: tc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	v, err := st.CompareAndSwap([]byte("k"), 0, []byte("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if val, ver, err := st.Get([]byte("k")); err != nil || ver != v || string(val) != "v" {
+		t.Fatalf("%q %d %v", val, ver, err)
+	}
+	noCert, err := etcdstore.TLSConfig(c.CAFile, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, err := etcdstore.Open(etcdstore.Config{Endpoints: c.Endpoints(), Prefix: "tls", TLS: noCert, RequestTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if _, _, err := bad.Get([]byte("k")); !errors.Is(err, vault.ErrUnavailable) {
+		t.Fatalf("without a client certificate: %v", err)
+	}
+}
