@@ -86,28 +86,75 @@ func StartEtcd(t testing.TB, n int, opt EtcdOptions) *EtcdCluster {
 			t.Fatalf("etcd: making certificates: %v", err)
 		}
 	}
-	var peers []string
-	for i := range n {
-		m := &etcdMember{name: fmt.Sprintf("e%d", i+1), dir: filepath.Join(root, fmt.Sprintf("e%d", i+1))}
-		for _, p := range []*string{&m.client, &m.peer, &m.metrics} {
-			if *p, err = freePort(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		peers = append(peers, m.name+"=http://"+m.peer)
-		c.members = append(c.members, m)
-	}
-	c.initial = strings.Join(peers, ",")
 	t.Cleanup(func() {
 		for i := range c.members {
 			c.Kill(i)
 		}
 	})
-	for i := range c.members {
-		c.start(i, "new")
+	for attempt := 1; ; attempt++ {
+		c.members = nil
+		var peers []string
+		dir := filepath.Join(root, fmt.Sprint(attempt))
+		for i := range n {
+			m := &etcdMember{name: fmt.Sprintf("e%d", i+1), dir: filepath.Join(dir, fmt.Sprintf("e%d", i+1))}
+			for _, p := range []*string{&m.client, &m.peer, &m.metrics} {
+				if *p, err = etcdPort(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			peers = append(peers, m.name+"=http://"+m.peer)
+			c.members = append(c.members, m)
+		}
+		c.initial = strings.Join(peers, ",")
+		for i := range c.members {
+			c.start(i, "new")
+		}
+		err := c.waitHealthy(30 * time.Second)
+		if err == nil {
+			return c
+		}
+		for i := range c.members {
+			c.Kill(i)
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+		// Another process took a port between our probe and etcd's bind.
 	}
-	c.WaitHealthy(30 * time.Second)
-	return c
+}
+
+var (
+	etcdPortsMu sync.Mutex
+	etcdPorts   = map[int]bool{}
+)
+
+// etcdPort returns a free loopback address whose port lies below the
+// kernel's ephemeral range (32768 and up on Linux), so that the outgoing
+// connections of other tests cannot take it before etcd binds it, as they
+// can with a port the kernel chose. A port is never handed out twice in
+// one process: a killed member keeps its ports for its restart.
+func etcdPort() (string, error) {
+	etcdPortsMu.Lock()
+	defer etcdPortsMu.Unlock()
+	var lastErr error
+	for range 200 {
+		b := make([]byte, 2)
+		_, _ = rand.Read(b)
+		port := 20000 + (int(b[0])<<8|int(b[1]))%12000
+		if etcdPorts[port] {
+			continue
+		}
+		addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		l.Close()
+		etcdPorts[port] = true
+		return addr, nil
+	}
+	return "", fmt.Errorf("no free port for etcd: %v", lastErr)
 }
 
 // Endpoints returns the members' client addresses (host:port).
@@ -221,6 +268,12 @@ func (c *EtcdCluster) Healthy(i int) bool {
 // WaitHealthy waits until every running member is healthy.
 func (c *EtcdCluster) WaitHealthy(limit time.Duration) {
 	c.t.Helper()
+	if err := c.waitHealthy(limit); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *EtcdCluster) waitHealthy(limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for i, m := range c.members {
 		for !c.Healthy(i) {
@@ -229,15 +282,16 @@ func (c *EtcdCluster) WaitHealthy(limit time.Duration) {
 			m.mu.Unlock()
 			select {
 			case <-p.exited:
-				c.t.Fatalf("etcd member %s exited:\n%s", m.name, p.out.String())
+				return fmt.Errorf("etcd member %s exited:\n%s", m.name, p.out.String())
 			default:
 			}
 			if time.Now().After(deadline) {
-				c.t.Fatalf("etcd member %s not healthy after %v:\n%s", m.name, limit, p.out.String())
+				return fmt.Errorf("etcd member %s not healthy after %v:\n%s", m.name, limit, p.out.String())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	return nil
 }
 
 // makePKI writes a CA, a server certificate for the loopback addresses and
