@@ -169,6 +169,9 @@ func (s *Store) CompareAndSwap(key []byte, old uint64, val []byte) (uint64, erro
 		if err != nil {
 			return err
 		}
+		if loseReply != nil && loseReply() {
+			return errReplyLost
+		}
 		if resp.Succeeded {
 			ver = uint64(resp.Header.Revision)
 			return nil
@@ -201,12 +204,21 @@ func (s *Store) Delete(key []byte, old uint64) error {
 		if err != nil {
 			return err
 		}
+		if loseReply != nil && loseReply() {
+			return errReplyLost
+		}
 		if resp.Succeeded || (retry && len(resp.Responses[0].GetResponseRange().Kvs) == 0) {
 			return nil
 		}
 		return vault.ErrConflict
 	})
 }
+
+// loseReply, set by tests, makes a transaction's answer look lost after
+// etcd executed it when it returns true: the unknown-outcome case.
+var loseReply func() bool
+
+var errReplyLost = errors.New("etcdstore test: reply lost")
 
 // Close implements vault.Store.
 func (s *Store) Close() error { return s.cli.Close() }

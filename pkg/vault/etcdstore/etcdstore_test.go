@@ -481,3 +481,63 @@ func TestEtcdStoreTLS(t *testing.T) {
 		t.Fatalf("without a client certificate: %v", err)
 	}
 }
+
+// A transaction whose answer is lost after it committed is sent again and
+// recognised as ours: reported once, with its version; a change by
+// someone else in between is a conflict; a lost delete answer is a
+// success when the key is gone.
+func TestLostReplies(t *testing.T) {
+	c := testservers.Etcd(t, 3)
+	st := openStore(t, c, "lost-"+randHex(4), 5*time.Second)
+	defer st.Close()
+	var lose atomic.Int64 // answers to drop
+	var between func()    // runs when an answer is dropped
+	etcdstore.SetLoseReply(func() bool {
+		if lose.Add(-1) >= 0 {
+			if between != nil {
+				between()
+			}
+			return true
+		}
+		return false
+	})
+	defer etcdstore.SetLoseReply(nil)
+	k := []byte("k")
+	lose.Store(1)
+	v1, err := st.CompareAndSwap(k, 0, []byte("one"))
+	if err != nil {
+		t.Fatalf("create with a lost answer: %v", err)
+	}
+	if val, ver, _ := st.Get(k); string(val) != "one" || ver != v1 {
+		t.Fatalf("after a lost answer: %q %d, reported %d", val, ver, v1)
+	}
+	lose.Store(2) // lost twice: the second try's "conflict" is recognised too
+	v2, err := st.CompareAndSwap(k, v1, []byte("two"))
+	if err != nil || v2 <= v1 {
+		t.Fatalf("swap with two lost answers: %d %v", v2, err)
+	}
+	if val, ver, _ := st.Get(k); string(val) != "two" || ver != v2 {
+		t.Fatalf("%q %d, reported %d", val, ver, v2)
+	}
+	// Someone else writes after our (committed) swap whose answer we lost:
+	// we cannot tell, and must not claim their write: conflict.
+	lose.Store(1)
+	between = func() {
+		between = nil
+		_, ver, _ := st.Get(k)
+		if _, err := st.CompareAndSwap(k, ver, []byte("theirs")); err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := st.CompareAndSwap(k, v2, []byte("three")); !errors.Is(err, vault.ErrConflict) {
+		t.Fatalf("lost answer, then another write: %v, want ErrConflict", err)
+	}
+	_, v4, _ := st.Get(k)
+	lose.Store(1)
+	if err := st.Delete(k, v4); err != nil {
+		t.Fatalf("delete with a lost answer: %v", err)
+	}
+	if _, ver, _ := st.Get(k); ver != 0 {
+		t.Fatal("not deleted")
+	}
+}
