@@ -14,6 +14,8 @@ import (
 	"github.com/wabackup/wabackup/pkg/opaque"
 	"github.com/wabackup/wabackup/pkg/vault"
 	"github.com/wabackup/wabackup/pkg/vault/api"
+	"github.com/wabackup/wabackup/pkg/vault/hsm"
+	"github.com/wabackup/wabackup/pkg/vault/vaulttest"
 )
 
 // The benchmarks mirror pkg/vault's: the vault's own cost, with the
@@ -27,10 +29,21 @@ import (
 
 const workers = 64
 
-func benchInstances(b *testing.B) []http.Handler {
+func benchInstances(b *testing.B, withHSM bool) []http.Handler {
 	c := testservers.Etcd(b, 3)
 	s := newSite(b, c, vault.Config{MaxGuesses: 10, LoginTimeout: time.Hour})
 	s.timeout = 10 * time.Second
+	if withHSM {
+		// One SoftHSM2 token, one sealer shared by the three instances (in
+		// production each site has its own HSM with the same key).
+		h := vaulttest.SoftHSM(b)
+		hs, err := hsm.Open(hsm.Config{Module: h.Module, TokenLabel: h.Token, PIN: h.PIN, CreateKey: true, Sessions: 8})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { hs.Close() })
+		s.sealer = hs
+	}
 	var hs []http.Handler
 	for _, in := range s.instances(b, 3) {
 		hs = append(hs, in.srv.Handler())
@@ -122,56 +135,71 @@ func register(b *testing.B, hs []http.Handler, n int, prefix string, timed bool)
 	}
 }
 
+func sealerName(withHSM bool) string {
+	if withHSM {
+		return "softhsm"
+	}
+	return "filekey"
+}
+
 func BenchmarkRegister(b *testing.B) {
-	hs := benchInstances(b)
-	b.StopTimer()
-	b.ResetTimer()
-	register(b, hs, b.N, "reg-", true)
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
+	for _, withHSM := range []bool{false, true} {
+		b.Run(sealerName(withHSM), func(b *testing.B) {
+			hs := benchInstances(b, withHSM)
+			b.StopTimer()
+			b.ResetTimer()
+			register(b, hs, b.N, "reg-", true)
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
+		})
+	}
 }
 
 // BenchmarkLogin measures full logins (KE1 → KE2 with a count committed by
 // a majority, KE3 → release with a committed reset), server side only.
 func BenchmarkLogin(b *testing.B) {
-	hs := benchInstances(b)
-	b.StopTimer()
-	nrec := b.N/5 + 1
-	register(b, hs, nrec, "login-", false)
-	ke1s := make([][]byte, b.N)
-	sts := make([]*opaque.ClientLoginState, b.N)
-	parallel(b.N, func(i int) {
-		k, st, err := benchClient.KE1([]byte("password"))
-		if err != nil {
-			b.Error(err)
-		}
-		ke1s[i], _ = k.MarshalBinary()
-		sts[i] = st
-	})
-	replies := make([]api.LoginStartReply, b.N)
-	b.ResetTimer()
-	b.StartTimer()
-	parallel(b.N, func(i int) {
-		call(b, hs[i%len(hs)], api.PathLoginStart, api.LoginStart{CredentialID: []byte(fmt.Sprint("login-", i%nrec)), KE1: ke1s[i]}, &replies[i])
-	})
-	b.StopTimer()
-	ke3s := make([][]byte, b.N)
-	parallel(b.N, func(i int) {
-		ke2, err := api.Suite.UnmarshalKE2(replies[i].KE2)
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		ke3, _, _, err := benchClient.KE3(sts[i], ke2)
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		ke3s[i], _ = ke3.MarshalBinary()
-	})
-	b.StartTimer()
-	parallel(b.N, func(i int) {
-		call(b, hs[i%len(hs)], api.PathLoginFinish, api.LoginFinish{LoginID: replies[i].LoginID, KE3: ke3s[i]}, &api.LoginFinishReply{})
-	})
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "logins/s")
+	for _, withHSM := range []bool{false, true} {
+		b.Run(sealerName(withHSM), func(b *testing.B) {
+			hs := benchInstances(b, withHSM)
+			b.StopTimer()
+			nrec := b.N/5 + 1
+			register(b, hs, nrec, "login-", false)
+			ke1s := make([][]byte, b.N)
+			sts := make([]*opaque.ClientLoginState, b.N)
+			parallel(b.N, func(i int) {
+				k, st, err := benchClient.KE1([]byte("password"))
+				if err != nil {
+					b.Error(err)
+				}
+				ke1s[i], _ = k.MarshalBinary()
+				sts[i] = st
+			})
+			replies := make([]api.LoginStartReply, b.N)
+			b.ResetTimer()
+			b.StartTimer()
+			parallel(b.N, func(i int) {
+				call(b, hs[i%len(hs)], api.PathLoginStart, api.LoginStart{CredentialID: []byte(fmt.Sprint("login-", i%nrec)), KE1: ke1s[i]}, &replies[i])
+			})
+			b.StopTimer()
+			ke3s := make([][]byte, b.N)
+			parallel(b.N, func(i int) {
+				ke2, err := api.Suite.UnmarshalKE2(replies[i].KE2)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				ke3, _, _, err := benchClient.KE3(sts[i], ke2)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				ke3s[i], _ = ke3.MarshalBinary()
+			})
+			b.StartTimer()
+			parallel(b.N, func(i int) {
+				call(b, hs[i%len(hs)], api.PathLoginFinish, api.LoginFinish{LoginID: replies[i].LoginID, KE3: ke3s[i]}, &api.LoginFinishReply{})
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "logins/s")
+		})
+	}
 }

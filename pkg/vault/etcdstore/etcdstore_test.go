@@ -65,6 +65,7 @@ type site struct {
 	cluster *testservers.EtcdCluster
 	prefix  string
 	sealKey []byte
+	sealer  vault.Sealer // if set, used instead of sealKey (shared by the instances)
 	cfg     vault.Config
 	timeout time.Duration
 }
@@ -77,10 +78,15 @@ func newSite(t testing.TB, c *testservers.EtcdCluster, cfg vault.Config) *site {
 
 func (s *site) start(t testing.TB) (*instance, error) {
 	t.Helper()
-	sealer, err := vault.NewKeySealer(s.sealKey)
-	if err != nil {
-		t.Fatal(err)
+	var sealer vault.Sealer = s.sealer
+	if sealer == nil {
+		ks, err := vault.NewKeySealer(s.sealKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sealer = ks
 	}
+	var err error
 	in := &instance{store: openStore(t, s.cluster, s.prefix, s.timeout)}
 	cfg := s.cfg
 	cfg.Store, cfg.Sealer = in.store, sealer
