@@ -68,7 +68,7 @@ and restores them on any machine with the 64-digit key or a password.`,
 	root.SetOut(a.out.stdout)
 	root.SetErr(a.out.stderr)
 	pf := root.PersistentFlags()
-	pf.StringVarP(&a.repo, "repo", "r", "", "repository: a path, file:///path (env WABACKUP_REPO)")
+	pf.StringVarP(&a.repo, "repo", "r", "", "repository: a path, file:///path, s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX], s3://HOST/BUCKET[/PREFIX], gdrive://appdata/NAME or gdrive://folder/PATH (env WABACKUP_REPO)")
 	pf.StringVar(&a.configFile, "config", "", "config file (default $XDG_CONFIG_HOME/wabackup/config)")
 	pf.StringVar(&a.keyFile, "key-file", "", "read the 64-digit key from this file (env WABACKUP_KEY_FILE)")
 	pf.StringVar(&a.passwordFile, "password-file", "", "read the password from this file (env WABACKUP_PASSWORD_FILE)")
@@ -247,7 +247,7 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 	r.SetCacheDir(a.cachePath())
 	if err := r.Unlock(ctx, cred); err != nil {
 		if errors.Is(err, keys.ErrWrongKey) {
-			return nil, fmt.Errorf("wrong key or password for %s: %w", st.Location(), keys.ErrWrongKey)
+			return nil, fmt.Errorf("%w for %s", keys.ErrWrongKey, st.Location())
 		}
 		return nil, err
 	}

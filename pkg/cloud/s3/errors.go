@@ -151,6 +151,8 @@ func classify(err error, host, bucket, region string) failure {
 		return unreachable("connection closed by the server (broken pipe)", true)
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.ETIMEDOUT):
 		return unreachable(errors.Unwrap(err).Error(), true)
+	case errors.Is(err, net.ErrClosed):
+		return unreachable("connection closed unexpectedly", true)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return unreachable("no data for too long (idle timeout)", true)
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF),

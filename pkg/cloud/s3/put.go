@@ -144,7 +144,7 @@ func (s *Store) putMultipart(ctx context.Context, name, key string, r io.Reader,
 		if err != nil {
 			if aerr := s.abort(ctx, name, key, uploadID); aerr != nil {
 				err = &opError{op: "put", name: name, err: err,
-					msg: fmt.Sprintf("%s; the incomplete upload could not be aborted either (%s); `wabackup cleanup` removes it", innerMsg(err), innerMsg(aerr))}
+					msg: fmt.Sprintf("%s; the incomplete upload could not be aborted either (%s); the next prune, or `wabackup cleanup --older-than 0s` while no backup runs, removes it", innerMsg(err), innerMsg(aerr))}
 			}
 		}
 	}()
