@@ -254,6 +254,17 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 	return r, nil
 }
 
+// withRepo opens and unlocks the repository, runs fn with it, and closes
+// it.
+func (a *app) withRepo(ctx context.Context, fn func(*archive.Repository) error) error {
+	r, err := a.openRepo(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return fn(r)
+}
+
 // withLock runs fn holding a repository lock. A command that only reads
 // (check, restore) goes on without one when the store takes no uploads
 // (Google Drive's daily upload cap, a full account): a restore must not

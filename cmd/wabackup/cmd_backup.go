@@ -26,52 +26,50 @@ since the last snapshot (same size, mtime and inode) are not read again.`,
 			if opt.DB == "" && opt.Media == "" {
 				return fmt.Errorf("nothing to back up: give --db and/or --media (or set them in the config file)")
 			}
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			var warnings []string
-			opt.Warn = func(path string, err error) {
-				msg := err.Error()
-				if path != "" {
-					msg = path + ": " + msg
+			return a.withRepo(ctx, func(r *archive.Repository) error {
+				var warnings []string
+				opt.Warn = func(path string, err error) {
+					msg := err.Error()
+					if path != "" {
+						msg = path + ": " + msg
+					}
+					warnings = append(warnings, msg)
+					a.out.Warnf("%s", msg)
 				}
-				warnings = append(warnings, msg)
-				a.out.Warnf("%s", msg)
-			}
-			bar := a.out.progress("backup", -1)
-			if bar != nil {
-				opt.Progress = func(p archive.BackupProgress) { bar.Set64(p.ReadBytes) }
-			}
-			start := time.Now()
-			var snap *archive.Snapshot
-			err = a.withLock(ctx, r, false, "backup", func() error {
-				snap, err = r.Backup(ctx, opt)
-				return err
+				bar := a.out.progress("backup", -1)
+				if bar != nil {
+					opt.Progress = func(p archive.BackupProgress) { bar.Set64(p.ReadBytes) }
+				}
+				start := time.Now()
+				var snap *archive.Snapshot
+				err := a.withLock(ctx, r, false, "backup", func() error {
+					var err error
+					snap, err = r.Backup(ctx, opt)
+					return err
+				})
+				if bar != nil {
+					bar.Finish()
+				}
+				if err != nil {
+					return err
+				}
+				s := snap.Stats
+				a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
+					"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
+					"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "warnings": snap.Warnings,
+					"duration_seconds": time.Since(start).Seconds()})
+				a.out.Printf("snapshot %s saved: %d files, %s (%d unchanged); read %s, added %s to the repository in %s\n",
+					snap.ID.Short(), s.Files, humanBytes(s.Bytes), s.Unchanged, humanBytes(s.ReadBytes), humanBytes(s.AddedBytes),
+					time.Since(start).Round(time.Millisecond))
+				if snap.Partial {
+					first := ""
+					if len(warnings) > 0 {
+						first = " (first: " + warnings[0] + ")"
+					}
+					return &partialError{fmt.Sprintf("snapshot %s is partial: %d file(s) could not be read%s", snap.ID.Short(), len(warnings), first)}
+				}
+				return nil
 			})
-			if bar != nil {
-				bar.Finish()
-			}
-			if err != nil {
-				return err
-			}
-			s := snap.Stats
-			a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
-				"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
-				"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "warnings": snap.Warnings,
-				"duration_seconds": time.Since(start).Seconds()})
-			a.out.Printf("snapshot %s saved: %d files, %s (%d unchanged); read %s, added %s to the repository in %s\n",
-				snap.ID.Short(), s.Files, humanBytes(s.Bytes), s.Unchanged, humanBytes(s.ReadBytes), humanBytes(s.AddedBytes),
-				time.Since(start).Round(time.Millisecond))
-			if snap.Partial {
-				first := ""
-				if len(warnings) > 0 {
-					first = " (first: " + warnings[0] + ")"
-				}
-				return &partialError{fmt.Sprintf("snapshot %s is partial: %d file(s) could not be read%s", snap.ID.Short(), len(warnings), first)}
-			}
-			return nil
 		},
 	}
 	f := cmd.Flags()

@@ -51,41 +51,38 @@ every chunk; --read-data-subset 10% a random tenth of the packs.`,
 				}
 				opt.ReadData, opt.Subset = true, f
 			}
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			var res *archive.CheckResult
-			err = a.withLock(ctx, r, false, "check", func() error {
-				var err error
-				bar := a.out.progress("check", -1)
-				if bar != nil {
-					opt.Progress = func(done, total int) { bar.ChangeMax(total); bar.Set(done) }
-					defer bar.Finish()
+			return a.withRepo(ctx, func(r *archive.Repository) error {
+				var res *archive.CheckResult
+				err := a.withLock(ctx, r, false, "check", func() error {
+					var err error
+					bar := a.out.progress("check", -1)
+					if bar != nil {
+						opt.Progress = func(done, total int) { bar.ChangeMax(total); bar.Set(done) }
+						defer bar.Finish()
+					}
+					res, err = r.Check(ctx, opt)
+					return err
+				})
+				if res == nil {
+					return err
 				}
-				res, err = r.Check(ctx, opt)
-				return err
+				for _, w := range res.Warnings {
+					a.out.Warnf("%s", w)
+				}
+				for _, e := range res.Errors {
+					if a.out.json {
+						a.out.JSON(map[string]any{"message_type": "error", "message": e})
+					} else {
+						fmt.Fprintln(a.out.stderr, "error: "+oneLine(e))
+					}
+				}
+				a.out.JSON(map[string]any{"message_type": "summary", "snapshots": res.Snapshots, "packs": res.Packs, "packs_read": res.PacksRead, "chunks": res.Chunks, "errors": len(res.Errors), "warnings": len(res.Warnings)})
+				if err != nil {
+					return fmt.Errorf("check found %d error(s); first: %s", len(res.Errors), res.Errors[0])
+				}
+				a.out.Printf("no errors: %d snapshots, %d packs (%d read), %d chunks\n", res.Snapshots, res.Packs, res.PacksRead, res.Chunks)
+				return nil
 			})
-			if res == nil {
-				return err
-			}
-			for _, w := range res.Warnings {
-				a.out.Warnf("%s", w)
-			}
-			for _, e := range res.Errors {
-				if a.out.json {
-					a.out.JSON(map[string]any{"message_type": "error", "message": e})
-				} else {
-					fmt.Fprintln(a.out.stderr, "error: "+oneLine(e))
-				}
-			}
-			a.out.JSON(map[string]any{"message_type": "summary", "snapshots": res.Snapshots, "packs": res.Packs, "packs_read": res.PacksRead, "chunks": res.Chunks, "errors": len(res.Errors), "warnings": len(res.Warnings)})
-			if err != nil {
-				return fmt.Errorf("check found %d error(s); first: %s", len(res.Errors), res.Errors[0])
-			}
-			a.out.Printf("no errors: %d snapshots, %d packs (%d read), %d chunks\n", res.Snapshots, res.Packs, res.PacksRead, res.Chunks)
-			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&readData, "read-data", false, "download and verify every chunk")

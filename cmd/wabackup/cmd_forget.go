@@ -19,35 +19,32 @@ func (a *app) forgetCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			return a.withLock(ctx, r, true, "forget", func() error {
-				ds, err := r.Forget(ctx, p, dryRun)
-				if err != nil {
-					return err
-				}
-				removed := 0
-				for _, d := range ds {
-					action := "keep"
-					if !d.Keep {
-						action = "remove"
-						removed++
+			return a.withRepo(ctx, func(r *archive.Repository) error {
+				return a.withLock(ctx, r, true, "forget", func() error {
+					ds, err := r.Forget(ctx, p, dryRun)
+					if err != nil {
+						return err
 					}
-					a.out.JSON(map[string]any{"message_type": "forget", "snapshot_id": d.Snapshot.ID.String(), "time": d.Snapshot.Time, "keep": d.Keep, "reasons": d.Reasons})
-					a.out.Printf("%-6s %s  %s  %s\n", action, d.Snapshot.ID.Short(), d.Snapshot.Time.Local().Format("2006-01-02 15:04:05"), strings.Join(d.Reasons, ","))
-				}
-				verb := "removed"
-				if dryRun {
-					verb = "would remove"
-				}
-				a.out.Printf("%s %d of %d snapshot(s)\n", verb, removed, len(ds))
-				if prune {
-					return a.doPrune(ctx, r, dryRun)
-				}
-				return nil
+					removed := 0
+					for _, d := range ds {
+						action := "keep"
+						if !d.Keep {
+							action = "remove"
+							removed++
+						}
+						a.out.JSON(map[string]any{"message_type": "forget", "snapshot_id": d.Snapshot.ID.String(), "time": d.Snapshot.Time, "keep": d.Keep, "reasons": d.Reasons})
+						a.out.Printf("%-6s %s  %s  %s\n", action, d.Snapshot.ID.Short(), d.Snapshot.Time.Local().Format("2006-01-02 15:04:05"), strings.Join(d.Reasons, ","))
+					}
+					verb := "removed"
+					if dryRun {
+						verb = "would remove"
+					}
+					a.out.Printf("%s %d of %d snapshot(s)\n", verb, removed, len(ds))
+					if prune {
+						return a.doPrune(ctx, r, dryRun)
+					}
+					return nil
+				})
 			})
 		},
 	}
@@ -94,12 +91,9 @@ func (a *app) pruneCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			return a.withLock(ctx, r, true, "prune", func() error { return a.doPrune(ctx, r, dryRun) })
+			return a.withRepo(ctx, func(r *archive.Repository) error {
+				return a.withLock(ctx, r, true, "prune", func() error { return a.doPrune(ctx, r, dryRun) })
+			})
 		},
 	}
 	cmd.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "only say what would be done")

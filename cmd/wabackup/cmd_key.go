@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/wabackup/wabackup/pkg/archive"
 	"os"
 	"text/tabwriter"
 
@@ -33,30 +34,27 @@ func (a *app) keyCommand() *cobra.Command {
 		Short: "List key slots",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			r, err := a.openRepo(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			slots, err := r.Slots(cmd.Context())
-			if err != nil {
-				return err
-			}
-			tw := tabwriter.NewWriter(a.out.stdout, 0, 2, 2, ' ', 0)
-			if !a.out.json && !a.out.quiet {
-				fmt.Fprintln(tw, " ID\tKIND\tLABEL\tCREATED")
-			}
-			for _, s := range slots {
-				cur := " "
-				if s.ID == r.UnlockedWith() {
-					cur = "*"
+			return a.withRepo(cmd.Context(), func(r *archive.Repository) error {
+				slots, err := r.Slots(cmd.Context())
+				if err != nil {
+					return err
 				}
-				a.out.JSON(map[string]any{"id": s.ID, "kind": s.Kind, "label": s.Label, "created": s.Created, "current": cur == "*"})
+				tw := tabwriter.NewWriter(a.out.stdout, 0, 2, 2, ' ', 0)
 				if !a.out.json && !a.out.quiet {
-					fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\n", cur, s.ID[:8], s.Kind, s.Label, s.Created.Local().Format("2006-01-02 15:04"))
+					fmt.Fprintln(tw, " ID\tKIND\tLABEL\tCREATED")
 				}
-			}
-			return tw.Flush()
+				for _, s := range slots {
+					cur := " "
+					if s.ID == r.UnlockedWith() {
+						cur = "*"
+					}
+					a.out.JSON(map[string]any{"id": s.ID, "kind": s.Kind, "label": s.Label, "created": s.Created, "current": cur == "*"})
+					if !a.out.json && !a.out.quiet {
+						fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\n", cur, s.ID[:8], s.Kind, s.Label, s.Created.Local().Format("2006-01-02 15:04"))
+					}
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	var recovery bool
@@ -65,37 +63,34 @@ func (a *app) keyCommand() *cobra.Command {
 		Short: "Add a password (or, with --recovery, a new 64-digit key)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			r, err := a.openRepo(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			if label == "" {
-				label = hostLabel()
-			}
-			if recovery {
-				k, s, err := r.AddRecoveryKey(cmd.Context(), label)
+			return a.withRepo(cmd.Context(), func(r *archive.Repository) error {
+				if label == "" {
+					label = hostLabel()
+				}
+				if recovery {
+					k, s, err := r.AddRecoveryKey(cmd.Context(), label)
+					if err != nil {
+						return err
+					}
+					f := keys.FormatRecoveryKey(k)
+					a.out.JSON(map[string]any{"message_type": "key_added", "id": s.ID, "kind": s.Kind, "key": f})
+					if !a.out.json {
+						fmt.Fprintf(a.out.stdout, "added key %s. The new 64-digit key:\n\n    %s\n\nKeep it safe: it opens the repository.\n", s.ID[:8], f)
+					}
+					return nil
+				}
+				pw, err := readNew()
 				if err != nil {
 					return err
 				}
-				f := keys.FormatRecoveryKey(k)
-				a.out.JSON(map[string]any{"message_type": "key_added", "id": s.ID, "kind": s.Kind, "key": f})
-				if !a.out.json {
-					fmt.Fprintf(a.out.stdout, "added key %s. The new 64-digit key:\n\n    %s\n\nKeep it safe: it opens the repository.\n", s.ID[:8], f)
+				s, err := r.AddPassword(cmd.Context(), pw, nil, label)
+				if err != nil {
+					return err
 				}
+				a.out.JSON(map[string]any{"message_type": "key_added", "id": s.ID, "kind": s.Kind})
+				a.out.Printf("added password %s\n", s.ID[:8])
 				return nil
-			}
-			pw, err := readNew()
-			if err != nil {
-				return err
-			}
-			s, err := r.AddPassword(cmd.Context(), pw, nil, label)
-			if err != nil {
-				return err
-			}
-			a.out.JSON(map[string]any{"message_type": "key_added", "id": s.ID, "kind": s.Kind})
-			a.out.Printf("added password %s\n", s.ID[:8])
-			return nil
+			})
 		},
 	}
 	add.Flags().BoolVar(&recovery, "recovery", false, "add a new 64-digit key instead of a password")
@@ -106,18 +101,15 @@ func (a *app) keyCommand() *cobra.Command {
 		Short: "Remove a key slot (never the last one)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := a.openRepo(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			s, err := r.RemoveSlot(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			a.out.JSON(map[string]any{"message_type": "key_removed", "id": s.ID, "kind": s.Kind})
-			a.out.Printf("removed %s %s\n", s.Kind, s.ID[:8])
-			return nil
+			return a.withRepo(cmd.Context(), func(r *archive.Repository) error {
+				s, err := r.RemoveSlot(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				a.out.JSON(map[string]any{"message_type": "key_removed", "id": s.ID, "kind": s.Kind})
+				a.out.Printf("removed %s %s\n", s.Kind, s.ID[:8])
+				return nil
+			})
 		},
 	}
 	var slotID string
@@ -129,49 +121,46 @@ password's slot (the one used to open the repository, or --id).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			slots, err := r.Slots(ctx)
-			if err != nil {
-				return err
-			}
-			old := slotID
-			if old == "" {
-				for _, s := range slots {
-					if s.ID == r.UnlockedWith() && s.Kind == keys.KindPassword {
-						old = s.ID
+			return a.withRepo(ctx, func(r *archive.Repository) error {
+				slots, err := r.Slots(ctx)
+				if err != nil {
+					return err
+				}
+				old := slotID
+				if old == "" {
+					for _, s := range slots {
+						if s.ID == r.UnlockedWith() && s.Kind == keys.KindPassword {
+							old = s.ID
+						}
 					}
 				}
-			}
-			if old == "" {
-				var pws []string
-				for _, s := range slots {
-					if s.Kind == keys.KindPassword {
-						pws = append(pws, s.ID)
+				if old == "" {
+					var pws []string
+					for _, s := range slots {
+						if s.Kind == keys.KindPassword {
+							pws = append(pws, s.ID)
+						}
 					}
+					if len(pws) != 1 {
+						return fmt.Errorf("there are %d password slots: say which to replace with --id", len(pws))
+					}
+					old = pws[0]
 				}
-				if len(pws) != 1 {
-					return fmt.Errorf("there are %d password slots: say which to replace with --id", len(pws))
+				pw, err := readNew()
+				if err != nil {
+					return err
 				}
-				old = pws[0]
-			}
-			pw, err := readNew()
-			if err != nil {
-				return err
-			}
-			s, err := r.AddPassword(ctx, pw, nil, hostLabel())
-			if err != nil {
-				return err
-			}
-			if _, err := r.RemoveSlot(ctx, old); err != nil {
-				return fmt.Errorf("new password added (%s) but the old slot was not removed: %w", s.ID[:8], err)
-			}
-			a.out.JSON(map[string]any{"message_type": "password_changed", "id": s.ID, "removed": old})
-			a.out.Printf("password changed (new slot %s, removed %s)\n", s.ID[:8], old[:min(8, len(old))])
-			return nil
+				s, err := r.AddPassword(ctx, pw, nil, hostLabel())
+				if err != nil {
+					return err
+				}
+				if _, err := r.RemoveSlot(ctx, old); err != nil {
+					return fmt.Errorf("new password added (%s) but the old slot was not removed: %w", s.ID[:8], err)
+				}
+				a.out.JSON(map[string]any{"message_type": "password_changed", "id": s.ID, "removed": old})
+				a.out.Printf("password changed (new slot %s, removed %s)\n", s.ID[:8], old[:min(8, len(old))])
+				return nil
+			})
 		},
 	}
 	passwd.Flags().StringVar(&newPwFile, "new-password-file", "", "read the new password from this file")

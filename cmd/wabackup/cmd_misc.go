@@ -39,18 +39,15 @@ func (a *app) unlockCommand() *cobra.Command {
 		Short: "Remove stale locks (or all locks with --remove-all)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			r, err := a.openRepo(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			n, err := r.RemoveLocks(cmd.Context(), all)
-			if err != nil {
-				return err
-			}
-			a.out.JSON(map[string]any{"message_type": "unlock", "removed": n})
-			a.out.Printf("removed %d lock(s)\n", n)
-			return nil
+			return a.withRepo(cmd.Context(), func(r *archive.Repository) error {
+				n, err := r.RemoveLocks(cmd.Context(), all)
+				if err != nil {
+					return err
+				}
+				a.out.JSON(map[string]any{"message_type": "unlock", "removed": n})
+				a.out.Printf("removed %d lock(s)\n", n)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&all, "remove-all", false, "remove every lock, not only stale ones")

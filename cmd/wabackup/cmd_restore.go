@@ -27,31 +27,27 @@ renamed, and existing files are never replaced unless --overwrite is given.`,
 			if len(args) == 1 {
 				ref = args[0]
 			}
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			start := time.Now()
-			var total archive.RestoreProgress
-			err = a.withLock(ctx, r, false, "restore", func() error {
-				snap, err := r.FindSnapshot(ctx, ref)
-				if err != nil {
+			return a.withRepo(ctx, func(r *archive.Repository) error {
+				start := time.Now()
+				var total archive.RestoreProgress
+				return a.withLock(ctx, r, false, "restore", func() error {
+					snap, err := r.FindSnapshot(ctx, ref)
+					if err != nil {
+						return err
+					}
+					bar := a.out.progress("restore", snap.Stats.Bytes)
+					if bar != nil {
+						opt.Progress = func(p archive.RestoreProgress) { bar.Set64(p.Bytes) }
+						defer bar.Finish()
+					}
+					total, err = r.Restore(ctx, snap, opt)
+					if err == nil {
+						a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "files": total.Files, "bytes": total.Bytes, "target": opt.Target, "duration_seconds": time.Since(start).Seconds()})
+						a.out.Printf("restored %d files, %s from snapshot %s to %s in %s\n", total.Files, humanBytes(total.Bytes), snap.ID.Short(), opt.Target, time.Since(start).Round(time.Millisecond))
+					}
 					return err
-				}
-				bar := a.out.progress("restore", snap.Stats.Bytes)
-				if bar != nil {
-					opt.Progress = func(p archive.RestoreProgress) { bar.Set64(p.Bytes) }
-					defer bar.Finish()
-				}
-				total, err = r.Restore(ctx, snap, opt)
-				if err == nil {
-					a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "files": total.Files, "bytes": total.Bytes, "target": opt.Target, "duration_seconds": time.Since(start).Seconds()})
-					a.out.Printf("restored %d files, %s from snapshot %s to %s in %s\n", total.Files, humanBytes(total.Bytes), snap.ID.Short(), opt.Target, time.Since(start).Round(time.Millisecond))
-				}
-				return err
+				})
 			})
-			return err
 		},
 	}
 	f := cmd.Flags()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/wabackup/wabackup/pkg/archive"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -14,40 +15,37 @@ func (a *app) snapshotsCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			snaps, err := r.Snapshots(ctx)
-			if err != nil {
-				return err
-			}
-			if a.out.json {
-				list := make([]map[string]any, 0, len(snaps))
-				for _, s := range snaps {
-					list = append(list, map[string]any{"id": s.ID.String(), "time": s.Time, "host": s.Host, "db": s.DB, "media": s.Media,
-						"tags": s.Tags, "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes})
+			return a.withRepo(ctx, func(r *archive.Repository) error {
+				snaps, err := r.Snapshots(ctx)
+				if err != nil {
+					return err
 				}
-				a.out.JSON(list)
-				return nil
-			}
-			tw := tabwriter.NewWriter(a.out.stdout, 0, 2, 2, ' ', 0)
-			if !a.out.quiet {
-				fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tNOTE")
-			}
-			for _, s := range snaps {
-				note := ""
-				if s.Partial {
-					note = "partial"
+				if a.out.json {
+					list := make([]map[string]any, 0, len(snaps))
+					for _, s := range snaps {
+						list = append(list, map[string]any{"id": s.ID.String(), "time": s.Time, "host": s.Host, "db": s.DB, "media": s.Media,
+							"tags": s.Tags, "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes})
+					}
+					a.out.JSON(list)
+					return nil
 				}
+				tw := tabwriter.NewWriter(a.out.stdout, 0, 2, 2, ' ', 0)
 				if !a.out.quiet {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Host, s.Stats.Files, humanBytes(s.Stats.Bytes), note)
+					fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tNOTE")
 				}
-			}
-			tw.Flush()
-			a.out.Printf("%d snapshot(s)\n", len(snaps))
-			return nil
+				for _, s := range snaps {
+					note := ""
+					if s.Partial {
+						note = "partial"
+					}
+					if !a.out.quiet {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Host, s.Stats.Files, humanBytes(s.Stats.Bytes), note)
+					}
+				}
+				tw.Flush()
+				a.out.Printf("%d snapshot(s)\n", len(snaps))
+				return nil
+			})
 		},
 	}
 }

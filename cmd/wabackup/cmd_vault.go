@@ -185,21 +185,18 @@ password), then add and print a new 64-digit key.`,
 				return errors.New("give --vault URL")
 			}
 			ctx := cmd.Context()
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			k, s, err := r.AddRecoveryKey(ctx, hostLabel())
-			if err != nil {
-				return err
-			}
-			f := keys.FormatRecoveryKey(k)
-			a.out.JSON(map[string]any{"message_type": "key_added", "id": s.ID, "kind": s.Kind, "key": f})
-			if !a.out.json {
-				fmt.Fprintf(a.out.stdout, "recovered through vault %s. A new 64-digit key (slot %s):\n\n    %s\n\nKeep it safe: it opens the repository.\n", a.vaultURL, s.ID[:8], f)
-			}
-			return nil
+			return a.withRepo(ctx, func(r *archive.Repository) error {
+				k, s, err := r.AddRecoveryKey(ctx, hostLabel())
+				if err != nil {
+					return err
+				}
+				f := keys.FormatRecoveryKey(k)
+				a.out.JSON(map[string]any{"message_type": "key_added", "id": s.ID, "kind": s.Kind, "key": f})
+				if !a.out.json {
+					fmt.Fprintf(a.out.stdout, "recovered through vault %s. A new 64-digit key (slot %s):\n\n    %s\n\nKeep it safe: it opens the repository.\n", a.vaultURL, s.ID[:8], f)
+				}
+				return nil
+			})
 		},
 	}
 	return cmd
