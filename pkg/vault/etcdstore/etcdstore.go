@@ -9,17 +9,20 @@
 package etcdstore
 
 import (
-	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -49,6 +52,68 @@ type Store struct {
 	cli     *clientv3.Client
 	prefix  string
 	timeout time.Duration
+
+	mu     sync.Mutex
+	lease  clientv3.LeaseID // for the write markers; 0: none yet
+	stopKA context.CancelFunc
+}
+
+// markerTTL is how long a write marker outlives its transaction: far
+// longer than any retry of it.
+const markerTTL = 60
+
+// leaseID returns the lease the write markers hang on, granting one (and
+// keeping it alive) if there is none.
+func (s *Store) leaseID(ctx context.Context) (clientv3.LeaseID, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lease != 0 {
+		return s.lease, nil
+	}
+	g, err := s.cli.Grant(ctx, markerTTL)
+	if err != nil {
+		return 0, err
+	}
+	kctx, cancel := context.WithCancel(context.Background())
+	ch, err := s.cli.KeepAlive(kctx, g.ID)
+	if err != nil {
+		cancel()
+		return 0, err
+	}
+	s.lease, s.stopKA = g.ID, cancel
+	go func(id clientv3.LeaseID) {
+		for range ch {
+		}
+		// The lease lapsed (or Close): the next write grants a new one.
+		s.mu.Lock()
+		if s.lease == id {
+			s.lease = 0
+		}
+		s.mu.Unlock()
+	}(g.ID)
+	return g.ID, nil
+}
+
+// dropLease forgets a lease etcd no longer knows.
+func (s *Store) dropLease(id clientv3.LeaseID) {
+	s.mu.Lock()
+	if s.lease == id {
+		s.lease = 0
+		if s.stopKA != nil {
+			s.stopKA()
+		}
+	}
+	s.mu.Unlock()
+}
+
+// newMarker names a write marker: a key written in the same transaction
+// as a compare-and-swap or delete, so that a retry after an unknown
+// outcome can tell whether that transaction committed, even if the value
+// was overwritten by someone else in between.
+func (s *Store) newMarker() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return s.prefix + "_txn/" + hex.EncodeToString(b[:])
 }
 
 // Open connects to the cluster. It does not wait for a quorum: a cluster
@@ -150,23 +215,30 @@ func (s *Store) Get(key []byte) (val []byte, version uint64, err error) {
 // of that transaction.
 //
 // A transaction that fails without an answer (its member died, the leader
-// changed) may or may not have been committed. It is sent again: both
-// compare on the same revision, so at most one of them commits. If the
-// second finds the revision changed and the key holding exactly val, the
-// first one committed and that is reported as success, so a caller's
-// read-modify-write is neither lost nor applied twice. This relies on
-// values being unique, which the vault's are (sealed under a random
-// nonce).
+// changed) may or may not have been committed, and may still commit later.
+// It is sent again, with the same write marker: both compare on the same
+// revision, so at most one of them commits, and the marker (written in the
+// same transaction, expiring after a minute) exists if and only if one
+// did. So a caller's read-modify-write is neither lost nor applied twice,
+// even when another instance has overwritten the value in between.
 func (s *Store) CompareAndSwap(key []byte, old uint64, val []byte) (uint64, error) {
 	k := s.Key(key)
+	marker := s.newMarker()
 	var ver uint64
 	err := s.do("transaction", func(ctx context.Context, retry bool) error {
+		lease, err := s.leaseID(ctx)
+		if err != nil {
+			return err
+		}
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(old))).
-			Then(clientv3.OpPut(k, string(val))).
-			Else(clientv3.OpGet(k)).
+			Then(clientv3.OpPut(k, string(val)), clientv3.OpPut(marker, "", clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(marker)).
 			Commit()
 		if err != nil {
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				s.dropLease(lease)
+			}
 			return err
 		}
 		if loseReply != nil && loseReply() {
@@ -177,8 +249,8 @@ func (s *Store) CompareAndSwap(key []byte, old uint64, val []byte) (uint64, erro
 			return nil
 		}
 		if retry {
-			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && bytes.Equal(kvs[0].Value, val) {
-				ver = uint64(kvs[0].ModRevision)
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
+				ver = uint64(kvs[0].CreateRevision) // our earlier attempt committed
 				return nil
 			}
 		}
@@ -188,26 +260,33 @@ func (s *Store) CompareAndSwap(key []byte, old uint64, val []byte) (uint64, erro
 }
 
 // Delete implements vault.Store: one transaction "if the key's mod
-// revision is old then delete". Sent again after a failure without an
-// answer, it reports success if the key is gone.
+// revision is old then delete", with a write marker as in CompareAndSwap.
 func (s *Store) Delete(key []byte, old uint64) error {
 	if old == 0 {
 		return vault.ErrConflict
 	}
 	k := s.Key(key)
+	marker := s.newMarker()
 	return s.do("transaction", func(ctx context.Context, retry bool) error {
+		lease, err := s.leaseID(ctx)
+		if err != nil {
+			return err
+		}
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(old))).
-			Then(clientv3.OpDelete(k)).
-			Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
+			Then(clientv3.OpDelete(k), clientv3.OpPut(marker, "", clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(marker, clientv3.WithKeysOnly())).
 			Commit()
 		if err != nil {
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				s.dropLease(lease)
+			}
 			return err
 		}
 		if loseReply != nil && loseReply() {
 			return errReplyLost
 		}
-		if resp.Succeeded || (retry && len(resp.Responses[0].GetResponseRange().Kvs) == 0) {
+		if resp.Succeeded || (retry && len(resp.Responses[0].GetResponseRange().Kvs) == 1) {
 			return nil
 		}
 		return vault.ErrConflict
@@ -221,7 +300,14 @@ var loseReply func() bool
 var errReplyLost = errors.New("etcdstore test: reply lost")
 
 // Close implements vault.Store.
-func (s *Store) Close() error { return s.cli.Close() }
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.stopKA != nil {
+		s.stopKA()
+	}
+	s.mu.Unlock()
+	return s.cli.Close()
+}
 
 // ParseURL parses a store URL etcd://HOST1:2379,HOST2:2379,HOST3:2379/PREFIX
 // into endpoints and a prefix. The scheme etcds:// (or certificates given
