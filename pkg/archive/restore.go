@@ -71,6 +71,7 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 	if err := os.MkdirAll(target, 0o700); err != nil {
 		return total, err
 	}
+	removeRestoreTemps(target)
 	includes := make([]string, 0, len(opt.Include))
 	for _, inc := range opt.Include {
 		inc = strings.Trim(filepath.ToSlash(inc), "/")
@@ -145,6 +146,7 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 				if err := os.MkdirAll(dst, 0o700); err != nil {
 					return err
 				}
+				removeRestoreTemps(dst)
 				dirs = append(dirs, dirMeta{dst, n.FileMode(), n.ModTime()})
 			case TypeSymlink:
 				if _, err := os.Lstat(dst); err == nil {
@@ -281,4 +283,15 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 		return err
 	}
 	return os.Rename(tmp, dst)
+}
+
+// removeRestoreTemps deletes the temporary files an interrupted restore
+// left in dir (only restore makes names of this form).
+func removeRestoreTemps(dir string) {
+	left, _ := filepath.Glob(filepath.Join(dir, ".wabackup-*.tmp"))
+	for _, p := range left {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() {
+			os.Remove(p)
+		}
+	}
 }
