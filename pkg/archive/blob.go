@@ -37,6 +37,9 @@ func (b *blobReader) close() { b.zd.Close() }
 func (b *blobReader) chunk(ctx context.Context, id ID) ([]byte, error) {
 	loc, pack, ok := b.r.idx.lookup(id)
 	if !ok {
+		loc, pack, ok = b.r.orphanLookup(ctx, id)
+	}
+	if !ok {
 		return nil, fmt.Errorf("chunk %s is not in the index: %w", id.Short(), ErrCorrupt)
 	}
 	name := packName(pack.id)
@@ -86,4 +89,30 @@ func (b *blobReader) open(packID ID, e blobEntry, sealed []byte) ([]byte, error)
 		return nil, fmt.Errorf("%s: chunk %s: content does not match its id: %w", shortName(name), e.ID.Short(), ErrCorrupt)
 	}
 	return plain, nil
+}
+
+// orphanLookup finds a chunk in a stored pack that no index object lists
+// (an interrupted backup's, or one whose index object was lost): the
+// trailers of such packs are read once per process. Their chunks are
+// authenticated like any other, so a restore can use them.
+func (r *Repository) orphanLookup(ctx context.Context, id ID) (blobLoc, packInfo, bool) {
+	r.orphanOnce.Do(func() {
+		packs, _, err := r.adoptPacks(ctx)
+		if err != nil {
+			return
+		}
+		r.orphans = map[ID]orphanLoc{}
+		for _, p := range packs {
+			for _, e := range p.entries {
+				r.orphans[e.ID] = orphanLoc{blobLoc{counter: e.Counter, offset: e.Offset, length: e.Length, rawLen: e.RawLen, flags: e.Flags}, packInfo{id: p.id, size: p.size}}
+			}
+		}
+	})
+	o, ok := r.orphans[id]
+	return o.loc, o.pack, ok
+}
+
+type orphanLoc struct {
+	loc  blobLoc
+	pack packInfo
 }

@@ -111,9 +111,12 @@ type Repository struct {
 
 	slotID string // the key slot Unlock used
 
-	cacheDir  string
-	idxMu     sync.Mutex
-	idxLoaded bool
+	cacheDir string
+
+	orphanOnce sync.Once
+	orphans    map[ID]orphanLoc // chunks of unindexed packs (restore)
+	idxMu      sync.Mutex
+	idxLoaded  bool
 }
 
 // SetCacheDir sets the directory of the local index cache (FORMAT.md §6);
