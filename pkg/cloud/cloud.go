@@ -137,3 +137,20 @@ func ValidName(name string) bool {
 	}
 	return true
 }
+
+// ContextReader returns a reader of r that stops with ctx's error once ctx
+// is done, so a Put reading the caller's data ends promptly on
+// cancellation.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return &ctxReader{ctx: ctx, r: r} }
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

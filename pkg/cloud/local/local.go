@@ -121,7 +121,7 @@ func (s *Store) Put(ctx context.Context, name string, r io.Reader, size int64) (
 		}
 	}()
 	// io.Copy into an *os.File uses copy_file_range/splice where it can.
-	n, err := io.Copy(f, &ctxReader{ctx: ctx, r: io.LimitReader(r, size+1)})
+	n, err := io.Copy(f, cloud.ContextReader(ctx, io.LimitReader(r, size+1)))
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
@@ -159,18 +159,6 @@ func syncDir(dir string) error {
 		return err
 	}
 	return nil
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // StagingDir implements cloud.FileStore: a directory on the same file

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+
+	"github.com/wabackup/wabackup/pkg/cloud"
 )
 
 func randDuration(d time.Duration) time.Duration {
@@ -52,7 +54,7 @@ func (s *Store) Put(ctx context.Context, name string, r io.Reader, size int64) e
 	if err := ctx.Err(); err != nil {
 		return &opError{op: "put", name: name, msg: err.Error(), err: err}
 	}
-	r = &ctxReader{ctx: ctx, r: r}
+	r = cloud.ContextReader(ctx, r)
 	partSize := int64(s.cfg.PartSize)
 	if size <= partSize {
 		return s.putSingle(ctx, name, key, r, size)
@@ -207,19 +209,6 @@ func (s *Store) abort(ctx context.Context, name, key, uploadID string) error {
 		}
 		return err
 	})
-}
-
-// ctxReader stops reading the caller's data once ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // innerMsg is an error's message without the "s3 OP NAME: " lead.
