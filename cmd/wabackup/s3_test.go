@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -359,31 +357,10 @@ func faultData(t *testing.T, dir string, mediaMiB int) (db, media string) {
 // treeDigest describes every file under root (path, mode, SHA-256, mtime).
 func treeDigest(t *testing.T, root string) string {
 	t.Helper()
-	var out []string
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		desc := fmt.Sprintf("%s %v", rel, fi.Mode())
-		if fi.Mode().IsRegular() {
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			desc += fmt.Sprintf(" %x %d", sha256.Sum256(data), fi.ModTime().UnixNano())
-		}
-		out = append(out, desc)
-		return nil
-	})
+	out, err := describeTree(root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sort.Strings(out)
 	return strings.Join(out, "\n")
 }
 
