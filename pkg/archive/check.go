@@ -154,7 +154,7 @@ func (r *Repository) checkTree(ctx context.Context, s *Snapshot, errf func(strin
 		if ctx.Err() != nil {
 			return err
 		}
-		errf("snapshot %s: %v", s.ID.Short(), err)
+		errf("%v", err) // OpenTree names the snapshot
 		return nil
 	}
 	defer tr.Close()
