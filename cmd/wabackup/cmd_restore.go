@@ -54,6 +54,6 @@ renamed, and existing files are never replaced unless --overwrite is given.`,
 	f.StringVarP(&opt.Target, "target", "t", "", "directory to restore into")
 	f.StringSliceVar(&opt.Include, "include", nil, "restore only this path of the snapshot (repeatable)")
 	f.BoolVar(&opt.Overwrite, "overwrite", false, "replace files that already exist")
-	f.BoolVar(&opt.NoSync, "no-sync", false, "do not fsync each restored file before it gets its name (faster, like restic; a machine crash during the restore may then leave empty files)")
+	f.BoolVar(&opt.NoSync, "no-sync", false, "do not make restored files durable before they get their names (faster, like restic; a machine crash during the restore may then leave empty files)")
 	return cmd
 }

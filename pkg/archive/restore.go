@@ -72,6 +72,16 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 		return total, err
 	}
 	removeRestoreTemps(target)
+	var com *committer
+	if !opt.NoSync {
+		com = newCommitter(target)
+	}
+	committed := false
+	defer func() {
+		if com != nil && !committed {
+			com.close(true)
+		}
+	}()
 	includes := make([]string, 0, len(opt.Include))
 	for _, inc := range opt.Include {
 		inc = strings.Trim(filepath.ToSlash(inc), "/")
@@ -99,7 +109,7 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 				if ctx.Err() != nil {
 					continue
 				}
-				if err := r.restoreFile(ctx, readers, target, n, opt); err != nil {
+				if err := r.restoreFile(ctx, readers, com, target, n, opt); err != nil {
 					cancel(err)
 					continue
 				}
@@ -183,6 +193,15 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 	if !matched {
 		return total, fmt.Errorf("--include matched nothing in snapshot %s", snap.ID.Short())
 	}
+	if com != nil {
+		// Every file has its name before directories get their modes
+		// and times.
+		committed = true
+		if err := com.close(false); err != nil {
+			return total, err
+		}
+		defer com.finish() // closes its handle if a directory fails below
+	}
 	// Directories last, deepest first, so adding files does not change
 	// their times.
 	for i := len(dirs) - 1; i >= 0; i-- {
@@ -191,6 +210,11 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 			return total, err
 		}
 		if err := os.Chtimes(d.path, d.mtime, d.mtime); err != nil {
+			return total, err
+		}
+	}
+	if com != nil {
+		if err := com.finish(); err != nil {
 			return total, err
 		}
 	}
@@ -212,7 +236,10 @@ func included(p string, includes []string) bool {
 	return false
 }
 
-func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, target string, n *Node, opt RestoreOptions) (err error) {
+// restoreFile writes one file under a temporary name and renames it into
+// place: at once with NoSync, after an fsync of the file when com is nil,
+// else through the committer once a file-system sync has covered it.
+func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, com *committer, target string, n *Node, opt RestoreOptions) (err error) {
 	dst := filepath.Join(target, filepath.FromSlash(n.Path))
 	if fi, err := os.Lstat(dst); err == nil {
 		if !opt.Overwrite {
@@ -270,7 +297,7 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 	if err := f.Chmod(n.FileMode()); err != nil {
 		return err
 	}
-	if !opt.NoSync {
+	if !opt.NoSync && com == nil {
 		if err := f.Sync(); err != nil {
 			return fmt.Errorf("writing %s: %w", dst, err)
 		}
@@ -281,6 +308,9 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 	mt := n.ModTime()
 	if err := os.Chtimes(tmp, mt, mt); err != nil {
 		return err
+	}
+	if com != nil {
+		return com.add(tmp, dst, n.Size)
 	}
 	return os.Rename(tmp, dst)
 }

@@ -1,0 +1,165 @@
+package archive
+
+import (
+	"fmt"
+	"os"
+	"sync"
+)
+
+// A committer gives restored files their real names only once their data
+// is durable, in batches: restore workers hand it finished temporary
+// files, and one goroutine makes everything handed over so far durable
+// with a single syncfs(2) of the target's file system, then renames that
+// batch into place. One file-system sync per batch costs far less than an
+// fsync per file (each of which commits the journal and flushes the disk
+// cache), and it runs while the workers write the next batch.
+//
+// Where syncfs is not available the committer falls back to fsyncing each
+// file before it is renamed, which gives the same guarantee: no file ever
+// gets its real name before its contents are on disk.
+type committer struct {
+	dir  *os.File // any file on the target's file system, for syncfs
+	mu   sync.Mutex
+	cond *sync.Cond
+	// pending are closed temporary files waiting for the next sync;
+	// pendingBytes their total size.
+	pending      []rename
+	pendingBytes int64
+	closing      bool
+	err          error
+	done         chan struct{}
+	finished     bool
+}
+
+type rename struct {
+	tmp, dst string
+	size     int64
+}
+
+// Batch limits: a sync starts once this much is pending, and a worker
+// waits (memory stays bounded) while twice as much is.
+const (
+	commitBatchFiles = 256
+	commitBatchBytes = 128 << 20
+)
+
+// newCommitter starts a committer for files below dir, or returns nil
+// when the file system cannot be synced as a whole (the caller then
+// fsyncs each file itself).
+func newCommitter(dir string) *committer {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil
+	}
+	if syncFS(d) != nil {
+		d.Close()
+		return nil
+	}
+	c := &committer{dir: d, done: make(chan struct{})}
+	c.cond = sync.NewCond(&c.mu)
+	go c.run()
+	return c
+}
+
+// add hands over a closed temporary file that is to become dst. It blocks
+// while too much is pending, and returns the error that stopped the
+// committer, if any.
+func (c *committer) add(tmp, dst string, size int64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.err == nil && (len(c.pending) >= 2*commitBatchFiles || c.pendingBytes >= 2*commitBatchBytes) {
+		c.cond.Wait()
+	}
+	if c.err != nil {
+		return c.err
+	}
+	c.pending = append(c.pending, rename{tmp, dst, size})
+	c.pendingBytes += size
+	c.cond.Broadcast()
+	return nil
+}
+
+func (c *committer) run() {
+	defer close(c.done)
+	for {
+		c.mu.Lock()
+		for c.err == nil && !c.closing && len(c.pending) < commitBatchFiles && c.pendingBytes < commitBatchBytes {
+			c.cond.Wait()
+		}
+		if c.err != nil || (c.closing && len(c.pending) == 0) {
+			c.mu.Unlock()
+			return
+		}
+		batch := c.pending
+		c.pending, c.pendingBytes = nil, 0
+		c.cond.Broadcast()
+		c.mu.Unlock()
+
+		err := syncFS(c.dir)
+		if err != nil {
+			err = fmt.Errorf("syncing restored files: %w", err)
+		}
+		for i, r := range batch {
+			if err == nil {
+				err = os.Rename(r.tmp, r.dst)
+			}
+			if err != nil {
+				for _, left := range batch[i:] {
+					os.Remove(left.tmp)
+				}
+				break
+			}
+		}
+		if err != nil {
+			c.mu.Lock()
+			c.err = err
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			return
+		}
+	}
+}
+
+// close renames everything still pending once it is durable, and stops
+// the committer; with abort set it only removes the temporary files not
+// yet renamed. The renames themselves become durable with finish.
+func (c *committer) close(abort bool) error {
+	c.mu.Lock()
+	if abort && c.err == nil {
+		c.err = errRestoreAborted
+	}
+	c.closing = true
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	<-c.done
+	for _, r := range c.pending {
+		os.Remove(r.tmp)
+	}
+	c.pending = nil
+	if abort {
+		c.dir.Close()
+		return nil
+	}
+	if c.err != nil {
+		c.dir.Close()
+		return c.err
+	}
+	return nil
+}
+
+// finish makes the renames, and whatever the caller changed since close
+// (directory modes and times), durable.
+// Calls after the first do nothing.
+func (c *committer) finish() error {
+	if c.finished {
+		return nil
+	}
+	c.finished = true
+	defer c.dir.Close()
+	if err := syncFS(c.dir); err != nil {
+		return fmt.Errorf("syncing restored files: %w", err)
+	}
+	return nil
+}
+
+var errRestoreAborted = fmt.Errorf("restore aborted")

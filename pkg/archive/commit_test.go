@@ -1,0 +1,123 @@
+package archive
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// watchSync replaces syncFS for one test: each call records which
+// temporary files existed when the sync started (those are the files it
+// made durable); fail makes the calls fail.
+type syncWatch struct {
+	mu     sync.Mutex
+	calls  int
+	synced map[string]bool
+	fail   error
+}
+
+func watchSync(t *testing.T) *syncWatch {
+	w := &syncWatch{synced: map[string]bool{}}
+	old := syncFS
+	syncFS = func(f *os.File) error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.calls++
+		if w.fail != nil {
+			return w.fail
+		}
+		ents, err := os.ReadDir(f.Name())
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			w.synced[e.Name()] = true
+		}
+		return nil
+	}
+	t.Cleanup(func() { syncFS = old })
+	return w
+}
+
+// TestCommitterNamesOnlySyncedFiles: a file gets its real name only after
+// a file-system sync that started after it was handed over, syncs are
+// batched, and what was never synced never gets a name.
+func TestCommitterNamesOnlySyncedFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		files     int
+		size      int64
+		abort     bool
+		syncErr   error
+		wantNamed bool
+		maxSyncs  int
+	}{
+		{name: "many small files, batched", files: 3*commitBatchFiles + 7, size: 10, wantNamed: true, maxSyncs: 8},
+		{name: "few big files, batched by bytes", files: 9, size: commitBatchBytes / 2, wantNamed: true, maxSyncs: 8},
+		{name: "aborted restore names nothing", files: 5, size: 10, abort: true},
+		{name: "failed sync names nothing", files: 300, size: 10, syncErr: errors.New("EIO"), maxSyncs: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := watchSync(t)
+			dir := t.TempDir()
+			c := newCommitter(dir)
+			if c == nil {
+				t.Fatal("no committer on a Linux file system")
+			}
+			w.mu.Lock()
+			w.fail = tc.syncErr
+			w.mu.Unlock()
+			var addErr error
+			for i := 0; i < tc.files; i++ {
+				tmp := filepath.Join(dir, fmt.Sprintf(".wabackup-%d.tmp", i))
+				if err := os.WriteFile(tmp, []byte("x"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.add(tmp, filepath.Join(dir, fmt.Sprint(i)), tc.size); err != nil {
+					addErr = err
+					os.Remove(tmp)
+					break
+				}
+			}
+			err := c.close(tc.abort)
+			if err == nil && !tc.abort {
+				err = c.finish()
+			}
+			switch {
+			case tc.syncErr != nil:
+				if err == nil && addErr == nil {
+					t.Fatal("sync failure not reported")
+				}
+			case err != nil || addErr != nil:
+				t.Fatal(err, addErr)
+			}
+			named, temps := 0, 0
+			ents, _ := os.ReadDir(dir)
+			for _, e := range ents {
+				if filepath.Ext(e.Name()) == ".tmp" {
+					temps++
+					continue
+				}
+				named++
+				if !w.synced[".wabackup-"+e.Name()+".tmp"] {
+					t.Errorf("file %s got its name before a sync covered it", e.Name())
+				}
+			}
+			if temps != 0 {
+				t.Errorf("%d temporary files left behind", temps)
+			}
+			if tc.wantNamed && named != tc.files {
+				t.Errorf("%d of %d files named", named, tc.files)
+			}
+			if !tc.wantNamed && named != 0 {
+				t.Errorf("%d files named that were never synced", named)
+			}
+			if tc.maxSyncs > 0 && w.calls > tc.maxSyncs {
+				t.Errorf("%d syncs for %d files, want at most %d", w.calls, tc.files, tc.maxSyncs)
+			}
+		})
+	}
+}
