@@ -121,6 +121,9 @@ type backup struct {
 	bufs chan []byte
 
 	workersAuto bool
+
+	// dbReady delivers the result of the database copy, once.
+	dbReady chan error
 }
 
 func (b *backup) warn(p string, err error, partial bool) {
@@ -183,11 +186,14 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 		ptree = &parentTree{tr: tr}
 	}
 
-	// The database snapshot is taken before anything else: it is the
-	// piece that must be consistent. Its integrity check then runs beside
-	// the rest of the backup; the snapshot is only written if it passes.
-	// A database unchanged since the parent (same stamp) is not copied or
-	// checked again: the parent's verified copy is reused.
+	// The database's state is pinned before anything else is read, so
+	// every media file its messages name is at least as old as the walk
+	// that follows. Its pages are then copied, and the copy checked,
+	// beside the rest of the backup; the producer waits for the copy only
+	// when it reaches the database, and the snapshot is only written if
+	// the check passes. A database unchanged since the parent (same
+	// stamp) is not copied or checked again: the parent's verified copy
+	// is reused.
 	var dbCopy string
 	var dbReuse *Node
 	checkDone := make(chan error, 1)
@@ -221,16 +227,30 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 		}
 		defer os.RemoveAll(dir)
 		dbCopy = filepath.Join(dir, "snapshot.db")
-		if err := gather.CopyDB(ctx, s.abs, dbCopy); err != nil {
-			return nil, err
-		}
-		if stamp1, err := stampDB(s.abs); err == nil && stamp1 == stamp0 {
-			snap.DBStamp = &stamp0 // nothing was written during the copy
-		}
 		<-checkDone
-		go func(path, label string) {
-			checkDone <- gather.CheckDB(checkCtx, path, label, b.opt.DBCheck == "quick")
-		}(dbCopy, s.abs)
+		pinned := make(chan struct{})
+		b.dbReady = make(chan error, 1)
+		go func(src string) {
+			err := gather.CopyDB(checkCtx, src, dbCopy, func() { close(pinned) })
+			b.dbReady <- err
+			if err != nil {
+				checkDone <- nil // reported by the producer, or by the wait below
+				return
+			}
+			if stamp1, err := stampDB(src); err == nil && stamp1 == stamp0 {
+				snap.DBStamp = &stamp0 // nothing was written during the copy
+			}
+			checkDone <- gather.CheckDB(checkCtx, dbCopy, src, b.opt.DBCheck == "quick")
+		}(s.abs)
+		select {
+		case <-pinned:
+		case err := <-b.dbReady:
+			if err != nil {
+				<-checkDone
+				return nil, err
+			}
+			b.dbReady <- nil
+		}
 		if b.opt.DBCheck != "quick" && b.workersAuto && b.opt.Workers > 1 {
 			// The full check is one long single-threaded job: leave it
 			// a core, or it ends up last and alone.
@@ -504,6 +524,15 @@ func (b *backup) produce(ctx context.Context, srcs []source, dbCopy string, dbRe
 			continue
 		}
 		if s.db {
+			// The copy runs beside the media walk; wait for it here.
+			select {
+			case err := <-b.dbReady:
+				if err != nil {
+					return err
+				}
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
 			fi, err := os.Stat(s.abs)
 			if err != nil {
 				return err

@@ -41,6 +41,9 @@ type snapOpts struct {
 	onStep func(copied, total int)
 	// noCheck skips integrity_check, noSync the fsync (CopyDB).
 	noCheck, noSync bool
+	// pinned, if set, is called once the read transaction has pinned the
+	// state being copied.
+	pinned func()
 }
 
 // SnapshotDB writes a transaction-consistent copy of the SQLite database at
@@ -77,8 +80,12 @@ func SnapshotDB(ctx context.Context, src, dst string) error {
 // CopyDB is SnapshotDB without the integrity check and without the fsync:
 // for callers that verify the copy with CheckDB while they read it, and
 // that do not keep it. The copy is a self-contained DELETE-mode database.
-func CopyDB(ctx context.Context, src, dst string) error {
-	return snapshotDB(ctx, src, dst, snapOpts{stepPages: defaultStepPages, noCheck: true, noSync: true})
+//
+// pinned, if not nil, is called as soon as the state being copied is
+// fixed (the read transaction has started), before the pages are copied:
+// whatever the caller reads from then on is at least as new as the copy.
+func CopyDB(ctx context.Context, src, dst string, pinned func()) error {
+	return snapshotDB(ctx, src, dst, snapOpts{stepPages: defaultStepPages, noCheck: true, noSync: true, pinned: pinned})
 }
 
 // CheckDB runs PRAGMA integrity_check (or, with quick, PRAGMA quick_check,
@@ -190,6 +197,9 @@ func backup(ctx context.Context, src, srcURI, dstURI string, o snapOpts) error {
 	var n int
 	if err := conn.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema").Scan(&n); err != nil {
 		return dbError(src, err)
+	}
+	if o.pinned != nil {
+		o.pinned()
 	}
 
 	err = conn.Raw(func(dc any) error {

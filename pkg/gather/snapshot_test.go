@@ -742,3 +742,44 @@ func TestHelperWriter(t *testing.T) {
 		}
 	}
 }
+
+// TestCopyDBPinnedCallback: CopyDB reports the moment the copied state is
+// fixed, before the pages are copied; commits made from then on are not
+// in the copy. The backup starts its media walk at that moment.
+func TestCopyDBPinnedCallback(t *testing.T) {
+	for _, journal := range []string{"WAL", "DELETE"} {
+		t.Run(journal, func(t *testing.T) {
+			dir := t.TempDir()
+			src := filepath.Join(dir, "msgstore.db")
+			db := createDB(t, src, journal, 3000)
+			defer db.Close()
+			r := rand.New(rand.NewPCG(3, 4))
+			start := appendMessages(t, db, r, 1)
+			dst := filepath.Join(dir, "copy.db")
+			calls := 0
+			committed := make(chan error, 1)
+			err := CopyDB(context.Background(), src, dst, func() {
+				calls++
+				if journal == "DELETE" {
+					// A writer waits for the copy's read lock: it commits
+					// after the copy, so check from another goroutine.
+					go func() { committed <- commitMessage(db, r, start+1) }()
+					return
+				}
+				committed <- commitMessage(db, r, start+1)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := <-committed; err != nil {
+				t.Fatal(err)
+			}
+			if calls != 1 {
+				t.Fatalf("pinned called %d times, want 1", calls)
+			}
+			if got := checkSnapshot(t, dst); got != start {
+				t.Errorf("copy holds counter %d, want %d (the state when pinned was called)", got, start)
+			}
+		})
+	}
+}
