@@ -25,7 +25,7 @@ const FormatVersion = 1
 
 // Chunk size bounds (FORMAT.md §Chunking).
 const (
-	DefaultMinChunk = 256 << 10
+	DefaultMinChunk = 512 << 10
 	DefaultAvgChunk = 1 << 20
 	DefaultMaxChunk = 4 << 20
 	maxChunkSize    = 8 << 20 // the largest max a config may set
