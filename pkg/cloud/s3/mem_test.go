@@ -5,8 +5,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"runtime/metrics"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -135,6 +137,72 @@ func BenchmarkPut(b *testing.B) {
 					<-sem
 				}
 			})
+		})
+	}
+}
+
+// TestPutFromFile: a Put from a file (how packs are sent) reads the parts
+// in place from the file's current offset, holds no part buffer, leaves
+// the offset past the object, and refuses a file that is shorter or
+// longer than announced.
+func TestPutFromFile(t *testing.T) {
+	srv := testservers.StartVersityGW(t, testservers.VersityGWOptions{})
+	cfg := config(srv, "", freshBucket())
+	cfg.CreateBucket = true
+	st := open(t, cfg)
+	ctx := context.Background()
+
+	const head, size = 1000, 40 << 20 // three parts, the last one short
+	f, err := os.CreateTemp(t.TempDir(), "pack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want := mustRead(&patternReader{n: head + size})
+	if _, err := f.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		size    int64
+		wantErr string
+	}{
+		{"exact", size, ""},
+		{"shorter", size + 1, "data ended after"},
+		{"longer", size - 1, "longer than the announced"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := f.Seek(head, io.SeekStart); err != nil {
+				t.Fatal(err)
+			}
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			err := st.Put(ctx, "data/ff/"+tc.name, f, tc.size)
+			runtime.ReadMemStats(&after)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Put: %v, want an error saying %q", err, tc.wantErr)
+				}
+				if _, serr := st.Stat(ctx, "data/ff/"+tc.name); serr == nil {
+					t.Error("a refused Put left an object behind")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			alloc := after.TotalAlloc - before.TotalAlloc
+			t.Logf("Put of a %d MiB file allocated %.2f MiB", size>>20, float64(alloc)/(1<<20))
+			if alloc > 2<<20 {
+				t.Errorf("Put from a file allocated %d bytes; want no part buffer", alloc)
+			}
+			if off, _ := f.Seek(0, io.SeekCurrent); off != head+size {
+				t.Errorf("file offset after Put %d, want %d", off, head+size)
+			}
+			if got := readAll(t, st, "data/ff/"+tc.name); !bytes.Equal(got, want[head:]) {
+				t.Error("object content differs from the file's bytes after the offset")
+			}
 		})
 	}
 }

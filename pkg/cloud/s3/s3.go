@@ -13,20 +13,25 @@
 // MINIO_SECRET_KEY. EC2/ECS instance roles are not consulted.
 //
 // Integrity: every PutObject and UploadPart carries Content-MD5, computed
-// from the buffered bytes before they are sent, so the server rejects a
-// body damaged in transit (BadDigest) and the request is retried. MD5 was
+// from the part's bytes before they are sent, so the server rejects a body
+// damaged in transit (BadDigest) and the request is retried. MD5 was
 // chosen over x-amz-checksum-crc32c because every S3 implementation
 // verifies it (versitygw does, in its checksum middleware), while the
-// newer checksum headers are ignored or rejected by some servers. Over
-// plain HTTP the payload's SHA-256 is also signed (x-amz-content-sha256,
-// which the server checks too); over HTTPS it is UNSIGNED-PAYLOAD and TLS
-// guards the wire. minio-go's aws-chunked streaming signature is not used:
-// for an empty object it sent bytes versitygw took for a second, malformed
-// request, and hashing the buffered part up front costs the same.
+// newer checksum headers are ignored or rejected by some servers; servers
+// compute it anyway for the ETag. Content-MD5 is one of the signed
+// headers, so the payload itself is not hashed a second time for the
+// signature: requests say UNSIGNED-PAYLOAD, over HTTPS and plain HTTP
+// alike. (A body swapped on the wire would need an MD5 second preimage;
+// and what is stored is authenticated by the repository format anyway.)
+// minio-go's aws-chunked streaming signature is not used: for an empty
+// object it sent bytes versitygw took for a second, malformed request.
 //
-// Memory: a Put holds at most one part, min(size, PartSize) bytes, in
-// memory (from a pool for sizes near PartSize); parts of one object are
-// sent one after another, concurrency comes from several Puts in flight.
+// Memory: a reader that is also an io.ReaderAt and io.Seeker (the staged
+// pack files are *os.File) is sent in place, a section at a time, and
+// costs no buffer. Any other reader is buffered a part at a time,
+// min(size, PartSize) bytes (from a pool for sizes near PartSize). Parts
+// of one object are sent one after another; concurrency comes from
+// several Puts in flight.
 //
 // Retries: minio-go's own retry is switched off (MaxRetries 1); each
 // request is retried here, from the buffered data, with exponential
