@@ -19,6 +19,10 @@ type blobReader struct {
 	ct  []byte
 	out []byte
 	sum []byte
+
+	// streams, if set, serves reads from open pack streams (restore
+	// from a remote store).
+	streams *packStreams
 }
 
 func (r *Repository) newBlobReader() *blobReader {
@@ -43,21 +47,33 @@ func (b *blobReader) chunk(ctx context.Context, id ID) ([]byte, error) {
 		return nil, fmt.Errorf("chunk %s is not in the index: %w", id.Short(), ErrCorrupt)
 	}
 	name := packName(pack.id)
-	rc, err := b.r.store.Get(ctx, name, int64(loc.offset), int64(loc.length))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", shortName(name), err)
-	}
 	if cap(b.ct) < int(loc.length) {
 		b.ct = make([]byte, loc.length)
 	}
 	b.ct = b.ct[:loc.length]
-	_, err = io.ReadFull(rc, b.ct)
-	rc.Close()
-	if truncated(err) {
-		return nil, fmt.Errorf("%s: chunk %s: short read (%v): %w", shortName(name), id.Short(), err, ErrCorrupt)
+	direct := func() error {
+		rc, err := b.r.store.Get(ctx, name, int64(loc.offset), int64(loc.length))
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", shortName(name), err)
+		}
+		_, err = io.ReadFull(rc, b.ct)
+		rc.Close()
+		if truncated(err) {
+			return fmt.Errorf("%s: chunk %s: short read (%v): %w", shortName(name), id.Short(), err, ErrCorrupt)
+		}
+		if err != nil {
+			return fmt.Errorf("reading %s: chunk %s: %w", shortName(name), id.Short(), err)
+		}
+		return nil
+	}
+	var err error
+	if b.streams != nil {
+		err = b.streams.read(ctx, name, int64(loc.offset), b.ct, direct)
+	} else {
+		err = direct()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading %s: chunk %s: %w", shortName(name), id.Short(), err)
+		return nil, err
 	}
 	e := blobEntry{ID: id, Flags: loc.flags, Counter: loc.counter, RawLen: loc.rawLen}
 	return b.open(pack.id, e, b.ct)

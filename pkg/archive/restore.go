@@ -98,6 +98,10 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	streams := newPackStreams(ctx, r.store, cap(readers))
+	if streams != nil {
+		defer streams.close()
+	}
 	files := make(chan *Node, opt.Workers)
 	var wg sync.WaitGroup
 	var nfiles, nbytes atomic.Int64
@@ -109,7 +113,7 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 				if ctx.Err() != nil {
 					continue
 				}
-				if err := r.restoreFile(ctx, readers, com, target, n, opt); err != nil {
+				if err := r.restoreFile(ctx, readers, streams, com, target, n, opt); err != nil {
 					cancel(err)
 					continue
 				}
@@ -239,7 +243,7 @@ func included(p string, includes []string) bool {
 // restoreFile writes one file under a temporary name and renames it into
 // place: at once with NoSync, after an fsync of the file when com is nil,
 // else through the committer once a file-system sync has covered it.
-func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, com *committer, target string, n *Node, opt RestoreOptions) (err error) {
+func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, streams *packStreams, com *committer, target string, n *Node, opt RestoreOptions) (err error) {
 	dst := filepath.Join(target, filepath.FromSlash(n.Path))
 	if fi, err := os.Lstat(dst); err == nil {
 		if !opt.Overwrite {
@@ -275,6 +279,7 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 		br := <-readers
 		if br == nil {
 			br = r.newBlobReader()
+			br.streams = streams
 		}
 		data, err := br.chunk(ctx, id)
 		if err == nil {

@@ -75,6 +75,15 @@ type FileStore interface {
 	PutFile(ctx context.Context, name string, f *os.File, size int64) error
 }
 
+// ConnectionLimited is implemented by stores whose requests share a fixed
+// number of connections, each held from the request until its response
+// body is closed. A caller that keeps responses open (a reader streaming
+// several parts of an object) must keep fewer than Connections of them,
+// or its other requests wait for ever.
+type ConnectionLimited interface {
+	Connections() int
+}
+
 // Opener creates a Store for a parsed location. create asks the backend to
 // create the container (directory, bucket, folder) if it is missing;
 // otherwise a missing container yields ErrNoRepository.

@@ -237,6 +237,10 @@ func splitPath(p string) ([]string, error) {
 // Location implements cloud.Store.
 func (s *Store) Location() string { return s.loc }
 
+// Connections implements cloud.ConnectionLimited: the HTTP transport opens
+// at most this many connections to Drive.
+func (s *Store) Connections() int { return s.cfg.Connections }
+
 // Close implements cloud.Store.
 func (s *Store) Close() error {
 	s.hc.CloseIdleConnections()

@@ -1,0 +1,229 @@
+package archive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wabackup/wabackup/pkg/cloud"
+	"github.com/wabackup/wabackup/pkg/cloud/local"
+)
+
+// remoteStore is a local store seen as a remote one (it hides PutFile, so
+// restore reads through pack streams). It counts Gets and can break every
+// read to the end of an object after breakAfter bytes, as a reset
+// connection would.
+type remoteStore struct {
+	cloud.Store
+	gets, streams atomic.Int64
+	breakAfter    int64
+}
+
+func (s *remoteStore) Get(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	s.gets.Add(1)
+	rc, err := s.Store.Get(ctx, name, off, length)
+	if err != nil || length >= 0 {
+		return rc, err
+	}
+	s.streams.Add(1)
+	if s.breakAfter > 0 {
+		return &breakingReader{ReadCloser: rc, left: s.breakAfter}, nil
+	}
+	return rc, nil
+}
+
+type breakingReader struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *breakingReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, errors.New("connection reset by peer")
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+// limitedStore lets at most cap(conns) responses be open at once, as an
+// HTTP transport with MaxConnsPerHost does (the Drive store's): a Get
+// waits for a connection until another response is closed.
+type limitedStore struct {
+	*remoteStore
+	conns chan struct{}
+}
+
+func (s *limitedStore) Connections() int { return cap(s.conns) }
+
+func (s *limitedStore) Get(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	select {
+	case s.conns <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	rc, err := s.remoteStore.Get(ctx, name, off, length)
+	if err != nil {
+		<-s.conns
+		return nil, err
+	}
+	return &releasing{ReadCloser: rc, conns: s.conns}, nil
+}
+
+type releasing struct {
+	io.ReadCloser
+	conns chan struct{}
+	done  atomic.Bool
+}
+
+func (r *releasing) Close() error {
+	if r.done.CompareAndSwap(false, true) {
+		<-r.conns
+	}
+	return r.ReadCloser.Close()
+}
+
+// streamTree writes files of 100 KiB to 3 MiB of incompressible data,
+// about 60 MiB in all: several packs, many chunks.
+func streamTree(t *testing.T, root string) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	var seed [32]byte
+	src := rand.NewChaCha8(seed)
+	for i := range 40 {
+		data := make([]byte, 100<<10+rng.IntN(3<<20))
+		src.Read(data)
+		p := filepath.Join(root, fmt.Sprintf("d%d", i%4), fmt.Sprintf("IMG-%03d.jpg", i))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRestoreThroughPackStreams: a restore from a remote store reads each
+// pack through a few streams instead of a request per chunk, gives the
+// same bytes, falls back to ranged reads when streams break, and still
+// detects a damaged pack.
+func TestRestoreThroughPackStreams(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	src := filepath.Join(t.TempDir(), "Media")
+	streamTree(t, src)
+	want := treeDigest(t, src)
+	if _, err := tr.Backup(ctx, BackupOptions{Media: src}); err != nil {
+		t.Fatal(err)
+	}
+	var chunks, packs int
+	if err := tr.store.List(ctx, "data/", func(cloud.ObjectInfo) error { packs++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name       string
+		breakAfter int64
+		conns      int // the store's connection limit (0: none)
+		damage     bool
+	}{
+		{name: "healthy"},
+		{name: "streams break midway", breakAfter: 700 << 10},
+		{name: "as many connections as streams", conns: maxStreams},
+		{name: "too few connections for streams", conns: 3},
+		{name: "damaged pack", damage: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.damage {
+				var victim string
+				tr.store.List(ctx, "data/", func(o cloud.ObjectInfo) error { victim = o.Name; return nil })
+				p := filepath.Join(tr.dir, filepath.FromSlash(victim))
+				b, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b[len(b)/3] ^= 0x40
+				os.Chmod(p, 0o644)
+				if err := os.WriteFile(p, b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			st, err := local.Open(tr.dir, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs := &remoteStore{Store: st, breakAfter: tc.breakAfter}
+			var store cloud.Store = rs
+			if tc.conns > 0 {
+				store = &limitedStore{remoteStore: rs, conns: make(chan struct{}, tc.conns)}
+			}
+			r, err := Open(ctx, store)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Unlock(ctx, Credentials{RecoveryKey: &tr.recovery}); err != nil {
+				t.Fatal(err)
+			}
+			r.SetTempDir(t.TempDir())
+			snap, err := r.FindSnapshot(ctx, "latest")
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := rs.gets.Load()
+			out := t.TempDir()
+			// Streams holding every connection would make the restore
+			// wait for ever: give it a deadline.
+			rctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			_, err = r.Restore(rctx, snap, RestoreOptions{Target: out})
+			gets := rs.gets.Load() - before
+			if tc.damage {
+				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "does not authenticate") {
+					t.Fatalf("restore of a damaged pack: %v, want a chunk that does not authenticate", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			compareTrees(t, want, treeDigest(t, filepath.Join(out, "Media")))
+			if chunks == 0 {
+				for _, n := range treeNodes(t, r, snap) {
+					chunks += len(n.Chunks)
+				}
+			}
+			t.Logf("%d chunks in %d packs: %d Gets, %d of them streams", chunks, packs, gets, rs.streams.Load())
+			if tc.breakAfter == 0 && tc.conns != 3 && gets > int64(chunks)/3 {
+				t.Errorf("%d Gets for %d chunks: streams are not being reused", gets, chunks)
+			}
+		})
+	}
+}
+
+func treeNodes(t *testing.T, r *Repository, s *Snapshot) []*Node {
+	t.Helper()
+	tr, err := r.OpenTree(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	var nodes []*Node
+	for {
+		n, err := tr.Next()
+		if err == io.EOF {
+			return nodes
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+}
