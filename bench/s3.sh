@@ -124,6 +124,8 @@ measure wabackup-rerun "$W" backup --repo "$WREPO" --key-file "$S3OUT/key.txt" -
 measure restic-rerun restic -r "$RREPO" backup -q "$DB" "$MEDIA"
 measure wabackup-restore "$W" restore latest --repo "$WREPO" --key-file "$S3OUT/key.txt" --target "$S3OUT/restore-wabackup" -q
 measure restic-restore restic -r "$RREPO" restore latest --target "$S3OUT/restore-restic" -q
+# Like-for-like with restic, whose restore does not make files durable.
+measure wabackupns-restore "$W" restore latest --repo "$WREPO" --key-file "$S3OUT/key.txt" --target "$S3OUT/restore-wabackup-nosync" --no-sync -q
 measure wabackupq-backup "$W" backup --repo "$QREPO" --key-file "$S3OUT/key-quick.txt" --db "$DB" --media "$MEDIA" --db-check quick -q
 
 # Sanity: the media restored by each tool equals the source.
@@ -146,6 +148,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
   done
   w=$(get wabackupq-backup 2); r=$(get restic-backup 2)
   echo "| backup time, --db-check quick (s) | $w | $r | $(ratio "$w" "$r") |"
+  w=$(get wabackupns-restore 2); r=$(get restic-restore 2)
+  echo "| restore time, --no-sync (s) | $w | $r | $(ratio "$w" "$r") |"
   for m in backup rerun restore; do
     w=$(cpu wabackup-$m); r=$(cpu restic-$m)
     echo "| $m CPU user+sys (s) | $w | $r | $(ratio "$w" "$r") |"
@@ -158,6 +162,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
   done
   w=$(get wabackupq-backup 3); r=$(get restic-backup 3)
   echo "| backup peak RSS, --db-check quick (MB) | $(mb "$w") | $(mb "$r") | $(ratio "$w" "$r") |"
-  echo "| bucket size (MB) | $(awk -v b="$WSIZE" 'BEGIN{printf "%.1f", b/1048576}') | $(awk -v b="$RSIZE" 'BEGIN{printf "%.1f", b/1048576}') | $(ratio "$WSIZE" "$RSIZE") |"
+  echo "| bucket size (MiB) | $(awk -v b="$WSIZE" 'BEGIN{printf "%.1f", b/1048576}') | $(awk -v b="$RSIZE" 'BEGIN{printf "%.1f", b/1048576}') | $(ratio "$WSIZE" "$RSIZE") |"
 } | tee "$S3OUT/results.md"
 echo "dataset: $DB_MB MB database + $MEDIA_MB MB media ($(du -sh "$DATA" | cut -f1)); S3: versitygw on 127.0.0.1, plain HTTP; $(nproc) cores; load average before: $LOAD0; $(date -u +%F)"
