@@ -61,3 +61,13 @@ func rawClient(t testing.TB, srv *testservers.Server) minio.Core {
 	}
 	return *c
 }
+
+// freshStore starts a versitygw server of its own and opens a store on a
+// new bucket there.
+func freshStore(t testing.TB) *s3.Store {
+	t.Helper()
+	srv := testservers.StartVersityGW(t, testservers.VersityGWOptions{})
+	cfg := config(srv, "", freshBucket())
+	cfg.CreateBucket = true
+	return open(t, cfg)
+}

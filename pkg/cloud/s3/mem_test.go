@@ -36,10 +36,7 @@ func (p *patternReader) Read(b []byte) (int, error) {
 // TestPutMemory measures what a Put allocates: about one part, whatever
 // the object's size.
 func TestPutMemory(t *testing.T) {
-	srv := testservers.StartVersityGW(t, testservers.VersityGWOptions{})
-	cfg := config(srv, "", freshBucket())
-	cfg.CreateBucket = true
-	st := open(t, cfg)
+	st := freshStore(t)
 	ctx := context.Background()
 	const partSize = s3.DefaultPartSize
 
@@ -146,10 +143,7 @@ func BenchmarkPut(b *testing.B) {
 // the offset past the object, and refuses a file that is shorter or
 // longer than announced.
 func TestPutFromFile(t *testing.T) {
-	srv := testservers.StartVersityGW(t, testservers.VersityGWOptions{})
-	cfg := config(srv, "", freshBucket())
-	cfg.CreateBucket = true
-	st := open(t, cfg)
+	st := freshStore(t)
 	ctx := context.Background()
 
 	const head, size = 1000, 40 << 20 // three parts, the last one short

@@ -63,10 +63,7 @@ func itoa(n int) string {
 // TestDirectoryLikeNames: on a file-system backed server, "data/ab" is a
 // directory once "data/ab/x" exists; it must still not look like an object.
 func TestDirectoryLikeNames(t *testing.T) {
-	srv := testservers.StartVersityGW(t, testservers.VersityGWOptions{})
-	cfg := config(srv, "", freshBucket())
-	cfg.CreateBucket = true
-	st := open(t, cfg)
+	st := freshStore(t)
 	ctx := t.Context()
 	if err := st.Put(ctx, "data/ab/x", strings.NewReader("x"), 1); err != nil {
 		t.Fatal(err)
