@@ -11,47 +11,14 @@
 # generated/read); each measurement is one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DB_MB=200 MEDIA_MB=800 KEEP=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --db-mb) DB_MB=$2; shift 2 ;;
-    --media-mb) MEDIA_MB=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    *) echo "usage: $0 [--db-mb N] [--media-mb N] [--keep]" >&2; exit 2 ;;
-  esac
-done
-command -v restic >/dev/null || { echo "restic missing: apt-get install -y restic" >&2; exit 1; }
-[ -x /usr/bin/time ] || { echo "GNU time missing: apt-get install -y time" >&2; exit 1; }
-
+. bench/lib.sh
 OUT=bench/out
-mkdir -p "$OUT/bin"
-go build -o "$OUT/bin/wabackup" ./cmd/wabackup
-DATA="$OUT/data-${DB_MB}-${MEDIA_MB}"
-if [ ! -f "$DATA/.done" ]; then
-  rm -rf "$DATA"
-  go run ./testdata/gen --out "$DATA" --db-mb "$DB_MB" --media-mb "$MEDIA_MB" --seed 1
-  touch "$DATA/.done"
-fi
-DB="$DATA/msgstore.db"
-MEDIA="$DATA/Media"
-W="$OUT/bin/wabackup"
+bench_setup "$OUT" "$@"
 REPOS="$OUT/repos"
 rm -rf "$REPOS" "$OUT/restore-"*
 mkdir -p "$REPOS"
 export RESTIC_PASSWORD=bench-password
 export TMPDIR="$OUT/tmp"; mkdir -p "$TMPDIR"
-
-# measure NAME CMD...: appends "NAME seconds maxrss_kb cpu_seconds" to $OUT/times
-# BENCH_NICE=-10 runs both tools at a higher priority than anything else
-# on the machine (root only), for a fairer figure on a shared machine.
-: > "$OUT/times"
-NICE=()
-[ -n "${BENCH_NICE:-}" ] && NICE=(nice -n "$BENCH_NICE")
-measure() {
-  local name=$1; shift
-  sync
-  "${NICE[@]}" /usr/bin/time -f "$name %e %M %U %S" -a -o "$OUT/times" "$@" > "$OUT/$name.log" 2>&1 || { echo "$name failed:"; cat "$OUT/$name.log"; exit 1; }
-}
 
 "$W" init --repo "$REPOS/wabackup" --key-out "$OUT/key.txt" -q
 "$W" init --repo "$REPOS/wabackup-quick" --key-out "$OUT/key-quick.txt" -q
@@ -72,10 +39,7 @@ measure wabackupns-restore "$W" restore latest --repo "$REPOS/wabackup" --key-fi
 # Sanity: the media restored by each tool equals the source.
 diff -r "$MEDIA" "$OUT/restore-wabackup/Media" >/dev/null || { echo "wabackup restore differs" >&2; exit 1; }
 
-size() { du -sb "$1" | cut -f1; }
 WSIZE=$(size "$REPOS/wabackup"); RSIZE=$(size "$REPOS/restic")
-get() { awk -v n="$1" '$1==n {print $'"$2"'}' "$OUT/times"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
 {
   echo "| measure | wabackup | restic $(restic version | awk '{print $2}') | wabackup / restic |"
   echo "|---|---|---|---|"
@@ -88,14 +52,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
   w=$(get wabackupns-restore 2); r=$(get restic-restore 2)
   echo "| restore time, --no-sync (s) | $w | $r | $(ratio "$w" "$r") |"
   for m in backup rerun restore; do
-    w=$(awk -v n=wabackup-$m '$1==n {printf "%.2f", $4+$5}' "$OUT/times"); r=$(awk -v n=restic-$m '$1==n {printf "%.2f", $4+$5}' "$OUT/times")
+    w=$(cpu wabackup-$m); r=$(cpu restic-$m)
     echo "| $m CPU user+sys (s) | $w | $r | $(ratio "$w" "$r") |"
   done
   for m in backup rerun restore; do
     w=$(get wabackup-$m 3); r=$(get restic-$m 3)
-    echo "| $m peak RSS (MB) | $(awk -v k="$w" 'BEGIN{printf "%.0f", k/1024}') | $(awk -v k="$r" 'BEGIN{printf "%.0f", k/1024}') | $(ratio "$w" "$r") |"
+    echo "| $m peak RSS (MB) | $(mb "$w") | $(mb "$r") | $(ratio "$w" "$r") |"
   done
-  echo "| repository size (MiB) | $(awk -v b="$WSIZE" 'BEGIN{printf "%.1f", b/1048576}') | $(awk -v b="$RSIZE" 'BEGIN{printf "%.1f", b/1048576}') | $(ratio "$WSIZE" "$RSIZE") |"
+  echo "| repository size (MiB) | $(mib "$WSIZE") | $(mib "$RSIZE") | $(ratio "$WSIZE" "$RSIZE") |"
 } | tee "$OUT/results.md"
 echo "dataset: $DB_MB MB database + $MEDIA_MB MB media ($(du -sh "$DATA" | cut -f1)); $(nproc) cores; $(date -u +%F)"
 if [ "$KEEP" = 0 ]; then rm -rf "$REPOS" "$OUT/restore-"* "$TMPDIR"; fi

@@ -16,18 +16,11 @@
 # as the tool measured; its CPU time is not in the numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DB_MB=200 MEDIA_MB=800 KEEP=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --db-mb) DB_MB=$2; shift 2 ;;
-    --media-mb) MEDIA_MB=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    *) echo "usage: $0 [--db-mb N] [--media-mb N] [--keep]" >&2; exit 2 ;;
-  esac
-done
+. bench/lib.sh
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-command -v restic >/dev/null || { echo "restic missing: apt-get install -y restic" >&2; exit 1; }
-[ -x /usr/bin/time ] || { echo "GNU time missing: apt-get install -y time" >&2; exit 1; }
+OUT=bench/out            # the dataset is shared with bench/run.sh
+S3OUT=$OUT/s3            # everything else of this script
+bench_setup "$S3OUT" "$@"
 
 VGW=$(command -v versitygw || true)
 if [ -z "$VGW" ]; then
@@ -35,19 +28,6 @@ if [ -z "$VGW" ]; then
   [ -x "$VGW" ] || go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 fi
 
-OUT=bench/out            # the dataset is shared with bench/run.sh
-S3OUT=$OUT/s3            # everything else of this script
-mkdir -p "$S3OUT/bin"
-go build -o "$S3OUT/bin/wabackup" ./cmd/wabackup
-DATA="$OUT/data-${DB_MB}-${MEDIA_MB}"
-if [ ! -f "$DATA/.done" ]; then
-  rm -rf "$DATA"
-  go run ./testdata/gen --out "$DATA" --db-mb "$DB_MB" --media-mb "$MEDIA_MB" --seed 1
-  touch "$DATA/.done"
-fi
-DB="$DATA/msgstore.db"
-MEDIA="$DATA/Media"
-W="$S3OUT/bin/wabackup"
 ROOT="$S3OUT/vgw-root"
 rm -rf "$ROOT" "$S3OUT/restore-"* "$S3OUT/cache" "$S3OUT/tmp" "$S3OUT/sidecar"
 mkdir -p "$ROOT" "$S3OUT/cache" "$S3OUT/tmp"
@@ -106,14 +86,6 @@ WREPO="s3:http://$EP/wabackup"
 QREPO="s3:http://$EP/wabackup-quick"
 RREPO="s3:http://$EP/restic"
 
-# measure NAME CMD...: appends "NAME seconds maxrss_kb user_s sys_s" to $S3OUT/times
-: > "$S3OUT/times"
-measure() {
-  local name=$1; shift
-  sync
-  /usr/bin/time -f "$name %e %M %U %S" -a -o "$S3OUT/times" "$@" > "$S3OUT/$name.log" 2>&1 || { echo "$name failed:"; cat "$S3OUT/$name.log"; exit 1; }
-}
-
 "$W" init --repo "$WREPO" --s3-create-bucket --key-out "$S3OUT/key.txt" -q
 "$W" init --repo "$QREPO" --s3-create-bucket --key-out "$S3OUT/key-quick.txt" -q
 restic init -r "$RREPO" -q
@@ -133,12 +105,7 @@ diff -r "$MEDIA" "$S3OUT/restore-wabackup/Media" >/dev/null || { echo "wabackup 
 RMEDIA=$(find "$S3OUT/restore-restic" -type d -name Media -print -quit)
 [ -n "$RMEDIA" ] && diff -r "$MEDIA" "$RMEDIA" >/dev/null || { echo "restic restore differs" >&2; exit 1; }
 
-size() { du -sb "$1" | cut -f1; }
 WSIZE=$(size "$ROOT/wabackup"); RSIZE=$(size "$ROOT/restic")
-get() { awk -v n="$1" '$1==n {print $'"$2"'}' "$S3OUT/times"; }
-cpu() { awk -v n="$1" '$1==n {printf "%.2f", $4+$5}' "$S3OUT/times"; }
-mb() { awk -v k="$1" 'BEGIN{printf "%.0f", k/1024}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
 {
   echo "| measure (S3, versitygw on loopback) | wabackup | restic $(restic version | awk '{print $2}') | wabackup / restic |"
   echo "|---|---|---|---|"
@@ -162,6 +129,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
   done
   w=$(get wabackupq-backup 3); r=$(get restic-backup 3)
   echo "| backup peak RSS, --db-check quick (MB) | $(mb "$w") | $(mb "$r") | $(ratio "$w" "$r") |"
-  echo "| bucket size (MiB) | $(awk -v b="$WSIZE" 'BEGIN{printf "%.1f", b/1048576}') | $(awk -v b="$RSIZE" 'BEGIN{printf "%.1f", b/1048576}') | $(ratio "$WSIZE" "$RSIZE") |"
+  echo "| bucket size (MiB) | $(mib "$WSIZE") | $(mib "$RSIZE") | $(ratio "$WSIZE" "$RSIZE") |"
 } | tee "$S3OUT/results.md"
 echo "dataset: $DB_MB MB database + $MEDIA_MB MB media ($(du -sh "$DATA" | cut -f1)); S3: versitygw on 127.0.0.1, plain HTTP; $(nproc) cores; load average before: $LOAD0; $(date -u +%F)"
