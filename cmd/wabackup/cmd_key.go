@@ -165,6 +165,6 @@ password's slot (the one used to open the repository, or --id).`,
 	}
 	passwd.Flags().StringVar(&newPwFile, "new-password-file", "", "read the new password from this file")
 	passwd.Flags().StringVar(&slotID, "id", "", "the password slot to replace")
-	cmd.AddCommand(list, add, remove, passwd, a.keyEscrowCommand(), a.keyRecoverCommand(), a.keyVaultPasswdCommand(), a.keyVaultStatusCommand())
+	cmd.AddCommand(list, add, remove, passwd, a.keyEscrowCommand(), a.keyRecoverCommand(), a.keyVaultPasswdCommand(), a.keyVaultStatusCommand(), a.keyVaultDeleteCommand())
 	return cmd
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -101,7 +102,7 @@ func (a *app) vaultCredentials(ctx context.Context, r *archive.Repository) (arch
 		}
 	}
 	if len(vs) == 0 {
-		return cred, errors.New("the repository has no vault key slot: escrow the key first with wabackup key escrow --vault URL")
+		return cred, errors.New("the repository has no vault key slot, so it does not open through a vault (the key was never escrowed, or was deleted with key vault-delete): use the 64-digit key or a password, or escrow the key with wabackup key escrow --vault URL")
 	}
 	if chosen == nil && len(vs) == 1 {
 		chosen = vs[0]
@@ -202,40 +203,99 @@ password), then add and print a new 64-digit key.`,
 	return cmd
 }
 
-// vaultTarget finds, without unlocking, the credential and pin that
-// --vault names for the repository.
-func (a *app) vaultTarget(ctx context.Context) (c *vaultclient.Client, credID []byte, err error) {
+// slotVaultName is the name a vault slot's key has in its vault.
+func slotVaultName(s *keys.Slot) string {
+	if n := s.Extra[vaultExtraName]; n != "" {
+		return n
+	}
+	return api.DefaultName
+}
+
+// vaultSlot picks the repository's vault slot that --vault (and
+// --vault-name) name: the one for this URL or else, as opening through
+// the vault does, the only vault slot (the same vault may be reached under
+// another address; the slot's pin tells). Of several for the same URL and
+// name it takes the newest. It fails if no slot fits, or if slots for the
+// URL name several keys and --vault-name does not pick one.
+func (a *app) vaultSlot(slots []*keys.Slot) (*keys.Slot, error) {
+	var byURL, all []*keys.Slot
+	for _, s := range slots {
+		if s.Kind != keys.KindVault || (a.vaultName != "" && slotVaultName(s) != a.vaultName) {
+			continue
+		}
+		all = append(all, s)
+		if strings.TrimRight(s.Extra[vaultExtraURL], "/") == strings.TrimRight(a.vaultURL, "/") {
+			byURL = append(byURL, s)
+		}
+	}
+	if len(byURL) == 0 && len(all) == 1 {
+		byURL = all
+	}
+	if len(byURL) == 0 {
+		return nil, fmt.Errorf("the repository has no vault key slot for %s, so it does not open through that vault (the key was never escrowed there, or was deleted with key vault-delete)", a.vaultURL)
+	}
+	chosen, names := byURL[0], map[string]bool{}
+	for _, s := range byURL {
+		names[slotVaultName(s)] = true
+		if s.Created.After(chosen.Created) {
+			chosen = s
+		}
+	}
+	if len(names) > 1 {
+		var l []string
+		for n := range names {
+			l = append(l, n)
+		}
+		slices.Sort(l)
+		return nil, fmt.Errorf("the repository has keys escrowed in %s under several names (%s): pick one with --vault-name", a.vaultURL, strings.Join(l, ", "))
+	}
+	return chosen, nil
+}
+
+// vaultTarget is what --vault names for a repository, found without
+// unlocking it.
+type vaultTarget struct {
+	repo   *archive.Repository // opened, not unlocked; the caller closes it
+	slots  []*keys.Slot        // all its key slots
+	slot   *keys.Slot          // its vault slot for --vault
+	name   string              // the key's name in the vault
+	client *vaultclient.Client // pinned to the slot's fingerprint
+	credID []byte
+}
+
+// openVaultTarget opens the repository, without unlocking it, and finds
+// its vault slot for --vault, the credential and the pin.
+func (a *app) openVaultTarget(ctx context.Context) (_ *vaultTarget, err error) {
 	if a.vaultURL == "" {
-		return nil, nil, errors.New("give --vault URL")
+		return nil, errors.New("give --vault URL")
 	}
 	st, err := a.openStore(ctx, false)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	r, err := archive.Open(ctx, st)
 	if err != nil {
 		st.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	defer r.Close()
-	slots, err := r.Slots(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	pin, name := "", a.vaultName
-	for _, s := range slots {
-		if s.Kind == keys.KindVault && strings.TrimRight(s.Extra[vaultExtraURL], "/") == strings.TrimRight(a.vaultURL, "/") {
-			pin = s.Extra[vaultExtraFingerprint]
-			if name == "" {
-				name = s.Extra[vaultExtraName]
-			}
-			break
+	defer func() {
+		if err != nil {
+			r.Close()
 		}
+	}()
+	t := &vaultTarget{repo: r}
+	if t.slots, err = r.Slots(ctx); err != nil {
+		return nil, err
 	}
-	if c, err = a.vaultClient(pin); err != nil {
-		return nil, nil, err
+	if t.slot, err = a.vaultSlot(t.slots); err != nil {
+		return nil, err
 	}
-	return c, api.CredentialID(r.Config().ID, name), nil
+	if t.client, err = a.vaultClient(t.slot.Extra[vaultExtraFingerprint]); err != nil {
+		return nil, err
+	}
+	t.name = slotVaultName(t.slot)
+	t.credID = api.CredentialID(r.Config().ID, t.name)
+	return t, nil
 }
 
 func (a *app) keyVaultStatusCommand() *cobra.Command {
@@ -244,11 +304,13 @@ func (a *app) keyVaultStatusCommand() *cobra.Command {
 		Short: "Show how many wrong vault passwords are left",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, id, err := a.vaultTarget(cmd.Context())
+			t, err := a.openVaultTarget(cmd.Context())
 			if err != nil {
 				return err
 			}
-			left, limit, err := c.Status(cmd.Context(), id)
+			defer t.repo.Close()
+			c := t.client
+			left, limit, err := c.Status(cmd.Context(), t.credID)
 			if err != nil {
 				return err
 			}
@@ -271,10 +333,12 @@ twice). The attempt counter starts afresh.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			c, id, err := a.vaultTarget(ctx)
+			t, err := a.openVaultTarget(ctx)
 			if err != nil {
 				return err
 			}
+			defer t.repo.Close()
+			c := t.client
 			if _, err := c.Info(ctx); err != nil {
 				return err
 			}
@@ -286,7 +350,7 @@ twice). The attempt counter starts afresh.`,
 			if err != nil {
 				return err
 			}
-			if err := c.ChangePassword(ctx, id, old, pw); err != nil {
+			if err := c.ChangePassword(ctx, t.credID, old, pw); err != nil {
 				return err
 			}
 			a.out.JSON(map[string]any{"message_type": "vault_password_changed", "vault": c.URL()})
@@ -296,4 +360,72 @@ twice). The attempt counter starts afresh.`,
 	}
 	cmd.Flags().StringVar(&newPwFile, "new-password-file", "", "read the new vault password from this file")
 	return cmd
+}
+
+func (a *app) keyVaultDeleteCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "vault-delete --vault URL",
+		Short: "Delete the key escrowed in the vault, and the repository's vault slot",
+		Long: `Delete the key escrowed in --vault for this repository: log in with the vault
+password (--password-file, --password-command or a prompt) and have the
+vault destroy the record for good, then remove the repository's vault slot
+for it, so the repository no longer opens through that vault. The 64-digit
+key and the other slots still open it. Refused when that vault slot is the
+repository's only key slot: get a 64-digit key first with
+wabackup key recover --vault URL.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			t, err := a.openVaultTarget(ctx)
+			if err != nil {
+				return err
+			}
+			defer t.repo.Close()
+			c := t.client
+			info, err := c.Info(ctx)
+			if err != nil {
+				return err
+			}
+			// Every vault slot of this credential (this vault's key, this
+			// name: the same record, under any address) dies with it.
+			doomed, others := []*keys.Slot{t.slot}, 0
+			for _, s := range t.slots {
+				switch {
+				case s.ID == t.slot.ID:
+				case s.Kind == keys.KindVault && s.Extra[vaultExtraFingerprint] == info.Fingerprint && slotVaultName(s) == t.name:
+					doomed = append(doomed, s)
+				default:
+					others++
+				}
+			}
+			if others == 0 {
+				return fmt.Errorf("refusing to delete the key escrowed in vault %s: its vault slot is the repository's only key slot, so nothing would open the repository any more; get a 64-digit key first with wabackup key recover --vault %s", c.URL(), c.URL())
+			}
+			pw, err := a.vaultPassword(false, "")
+			if err != nil {
+				return err
+			}
+			if err := c.Delete(ctx, t.credID, pw); err != nil {
+				return err
+			}
+			var removed []string
+			for _, s := range doomed {
+				if _, err := t.repo.RemoveSlot(ctx, s.ID); err != nil {
+					return fmt.Errorf("the key was deleted from vault %s, but the repository's vault slot %s was not removed (remove it with wabackup key remove %s): %w", c.URL(), s.ID[:8], s.ID[:8], err)
+				}
+				removed = append(removed, s.ID)
+			}
+			a.out.JSON(map[string]any{"message_type": "vault_deleted", "vault": c.URL(), "name": t.name, "removed": removed})
+			a.out.Printf("deleted the key escrowed in vault %s and removed the repository's vault slot %s: the repository no longer opens through this vault (the 64-digit key and its other slots still open it)\n", c.URL(), strings.Join(shortIDs(removed), ", "))
+			return nil
+		},
+	}
+}
+
+func shortIDs(ids []string) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = id[:min(8, len(id))]
+	}
+	return out
 }

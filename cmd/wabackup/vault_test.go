@@ -176,3 +176,154 @@ func TestVaultKeyEscrow(t *testing.T) {
 		t.Fatalf("new vault password: %d %s %s", code, out, errs)
 	}
 }
+
+// jsonLines decodes wabackup's --json output, one object per line.
+func jsonLines(t *testing.T, out string) []map[string]any {
+	t.Helper()
+	var l []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not JSON: %q: %v", line, err)
+		}
+		l = append(l, m)
+	}
+	return l
+}
+
+// vaultSlots lists the ids of the repository's vault slots, opened with
+// the given credential flags.
+func vaultSlots(t *testing.T, home string, args ...string) []string {
+	t.Helper()
+	code, out, errs := wabIn(t, home, append([]string{"key", "list", "--json"}, args...)...)
+	if code != 0 {
+		t.Fatalf("key list: %d %s %s", code, out, errs)
+	}
+	var ids []string
+	for _, m := range jsonLines(t, out) {
+		if m["kind"] == "vault" {
+			ids = append(ids, m["id"].(string))
+		}
+	}
+	return ids
+}
+
+// oneErrorLine checks that stderr is one line holding want.
+func oneErrorLine(t *testing.T, what, errs, want string) {
+	t.Helper()
+	if strings.Count(errs, "\n") != 1 || !strings.Contains(errs, want) {
+		t.Fatalf("%s: want one line with %q, got %q", what, want, errs)
+	}
+}
+
+// key vault-delete destroys the escrowed record and the repository's vault
+// slot, after a login with the vault password; it never leaves the
+// repository without a slot.
+func TestVaultKeyDelete(t *testing.T) {
+	v := vaulttest.Start(t, vaulttest.Options{})
+	work := t.TempDir()
+	repo := filepath.Join(work, "repo")
+	key1 := filepath.Join(work, "key1.txt")
+	pw := filepath.Join(work, "pw.txt")
+	bad := filepath.Join(work, "bad.txt")
+	for f, s := range map[string]string{pw: "delete me later", bad: "not the password"} {
+		if err := os.WriteFile(f, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	home := filepath.Join(work, "home")
+	vflags := []string{"--vault", v.URL, "--vault-cacert", v.CACert}
+	viaVault := append([]string{"--repo", repo, "--password-file", pw}, vflags...)
+	if code, out, errs := wabIn(t, home, "init", "--repo", repo, "--key-out", key1); code != 0 {
+		t.Fatalf("init: %d %s %s", code, out, errs)
+	}
+	if code, out, errs := wabIn(t, home, append([]string{"key", "escrow", "--repo", repo, "--key-file", key1, "--new-password-file", pw}, vflags...)...); code != 0 {
+		t.Fatalf("key escrow: %d %s %s", code, out, errs)
+	}
+	vs := vaultSlots(t, home, viaVault...)
+	if len(vs) != 1 {
+		t.Fatalf("vault slots after escrow: %v", vs)
+	}
+
+	// With the vault slot as the only slot, vault-delete refuses before it
+	// asks the vault anything, and everything stays as it was.
+	code, out, errs := wabIn(t, home, "key", "list", "--json", "--repo", repo, "--key-file", key1)
+	if code != 0 {
+		t.Fatalf("key list: %d %s %s", code, out, errs)
+	}
+	for _, m := range jsonLines(t, out) {
+		if m["kind"] != "vault" {
+			if code, out, errs := wabIn(t, home, append([]string{"key", "remove", m["id"].(string)}, viaVault...)...); code != 0 {
+				t.Fatalf("key remove: %d %s %s", code, out, errs)
+			}
+		}
+	}
+	code, out, errs = wabIn(t, home, append([]string{"key", "vault-delete"}, viaVault...)...)
+	if code != exitFatal {
+		t.Fatalf("vault-delete of the only slot: exit %d %s %s", code, out, errs)
+	}
+	oneErrorLine(t, "vault-delete of the only slot", errs, "refusing to delete the key escrowed in vault "+v.URL+": its vault slot is the repository's only key slot")
+	if code, out, errs := wabIn(t, home, append([]string{"key", "vault-status", "--repo", repo}, vflags...)...); code != 0 || !strings.Contains(out, "10 of 10 attempts left") {
+		t.Fatalf("vault-status after the refusal: %d %s %s", code, out, errs)
+	}
+	// A new 64-digit key: now the vault slot is not the only way in.
+	code, out, errs = wabIn(t, home, append([]string{"key", "recover", "--json"}, viaVault...)...)
+	if code != 0 {
+		t.Fatalf("key recover: %d %s %s", code, out, errs)
+	}
+	key2 := filepath.Join(work, "key2.txt")
+	if err := os.WriteFile(key2, []byte(jsonLines(t, out)[0]["key"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// A wrong vault password: exit 12, one line, and nothing deleted.
+	code, out, errs = wabIn(t, home, "key", "vault-delete", "--repo", repo, "--password-file", bad, "--vault", v.URL, "--vault-cacert", v.CACert)
+	if code != exitWrongKey {
+		t.Fatalf("vault-delete with a wrong password: exit %d %s %s", code, out, errs)
+	}
+	oneErrorLine(t, "vault-delete with a wrong password", errs, "wrong password — 9 attempts left before the key is destroyed")
+	if code, out, errs := wabIn(t, home, append([]string{"key", "vault-status", "--repo", repo}, vflags...)...); code != 0 || !strings.Contains(out, "9 of 10 attempts left") {
+		t.Fatalf("vault-status after a wrong password: %d %s %s", code, out, errs)
+	}
+	if code, out, errs := wabIn(t, home, append([]string{"key", "recover"}, viaVault...)...); code != 0 || !strings.Contains(out, "recovered through vault") {
+		t.Fatalf("key recover after a wrong vault-delete: %d %s %s", code, out, errs)
+	}
+	if got := vaultSlots(t, home, "--repo", repo, "--key-file", key2); len(got) != 1 || got[0] != vs[0] {
+		t.Fatalf("vault slots after a wrong vault-delete: %v, want %v", got, vs)
+	}
+
+	// The right password: the record and the vault slot go.
+	code, out, errs = wabIn(t, home, append([]string{"key", "vault-delete", "--json"}, viaVault...)...)
+	if code != 0 {
+		t.Fatalf("vault-delete: %d %s %s", code, out, errs)
+	}
+	msgs := jsonLines(t, out)
+	if len(msgs) != 1 || msgs[0]["message_type"] != "vault_deleted" || msgs[0]["vault"] != v.URL || msgs[0]["name"] != "default" ||
+		len(msgs[0]["removed"].([]any)) != 1 || msgs[0]["removed"].([]any)[0] != vs[0] {
+		t.Fatalf("vault-delete --json: %s", out)
+	}
+	if got := vaultSlots(t, home, "--repo", repo, "--key-file", key2); len(got) != 0 {
+		t.Fatalf("vault slots left after vault-delete: %v", got)
+	}
+	// The repository no longer opens through the vault, and says so.
+	code, out, errs = wabIn(t, home, append([]string{"key", "recover"}, viaVault...)...)
+	if code != exitFatal {
+		t.Fatalf("key recover after vault-delete: exit %d %s %s", code, out, errs)
+	}
+	oneErrorLine(t, "key recover after vault-delete", errs, "the repository has no vault key slot, so it does not open through a vault")
+	code, out, errs = wabIn(t, home, append([]string{"key", "vault-status", "--repo", repo}, vflags...)...)
+	if code != exitFatal {
+		t.Fatalf("vault-status after vault-delete: exit %d %s %s", code, out, errs)
+	}
+	oneErrorLine(t, "vault-status after vault-delete", errs, "the repository has no vault key slot for "+v.URL+", so it does not open through that vault")
+	// The 64-digit key still opens it.
+	if code, out, errs := wabIn(t, home, "snapshots", "--repo", repo, "--key-file", key2); code != 0 {
+		t.Fatalf("snapshots with the 64-digit key: %d %s %s", code, out, errs)
+	}
+	// The vault holds no record any more: the same name can be escrowed
+	// again (it is refused while a record exists).
+	code, out, errs = wabIn(t, home, append([]string{"key", "escrow", "--repo", repo, "--key-file", key2, "--new-password-file", bad}, vflags...)...)
+	if code != 0 || !strings.Contains(out, "escrowed the key in vault") {
+		t.Fatalf("key escrow after vault-delete: %d %s %s", code, out, errs)
+	}
+}
