@@ -3,13 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
-	"github.com/wabackup/wabackup/pkg/archive"
 	"os"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/wabackup/wabackup/internal/secret"
+	"github.com/wabackup/wabackup/pkg/archive"
 	"github.com/wabackup/wabackup/pkg/keys"
 )
 
