@@ -133,9 +133,9 @@ func NewRecoverySlot(master, recovery Key, label string) (*Slot, error) {
 }
 
 // NewPasswordSlot wraps master under a password, stretched with Argon2id
-// using p (normally DefaultArgon2). The password is used as given, byte for
-// byte. Changing a password means creating a new slot this way and deleting
-// the old one.
+// using p (normally DefaultArgon2). The password is first normalized with
+// NormalizePassword. Changing a password means creating a new slot this
+// way and deleting the old one.
 func NewPasswordSlot(master Key, password []byte, p Argon2Params, label string) (*Slot, error) {
 	if len(password) == 0 {
 		return nil, errors.New("keys: empty password")
@@ -143,7 +143,7 @@ func NewPasswordSlot(master Key, password []byte, p Argon2Params, label string) 
 	if err := p.Check(); err != nil {
 		return nil, err
 	}
-	return newSlot(KindPassword, master, password, &p, label, nil)
+	return newSlot(KindPassword, master, NormalizePassword(password), &p, label, nil)
 }
 
 // NewVaultSlot wraps master under a 32-byte secret held by a key vault.
@@ -198,10 +198,26 @@ func newSlot(kind SlotKind, master Key, secret []byte, p *Argon2Params, label st
 // slot is checked first (including the Argon2 caps, before Argon2 runs);
 // a structural problem gives an error wrapping ErrBadSlot. A secret that
 // does not open the slot gives an error wrapping ErrWrongKey.
+//
+// A password is tried normalized (NormalizePassword) and, if that differs
+// from what was typed and does not open the slot, as typed: slots made
+// before passwords were normalized still open.
 func (s *Slot) Unwrap(secret []byte) (Key, error) {
 	if err := s.check(); err != nil {
 		return Key{}, err
 	}
+	if s.Kind == KindPassword {
+		n := NormalizePassword(secret)
+		master, err := s.unwrap(n)
+		if errors.Is(err, ErrWrongKey) && !bytes.Equal(n, secret) {
+			return s.unwrap(secret)
+		}
+		return master, err
+	}
+	return s.unwrap(secret)
+}
+
+func (s *Slot) unwrap(secret []byte) (Key, error) {
 	if s.Kind != KindPassword && len(secret) != KeySize {
 		return Key{}, fmt.Errorf("%w: a %s slot takes a %d-byte key, got %d bytes", ErrWrongKey, s.Kind, KeySize, len(secret))
 	}

@@ -414,3 +414,26 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("fourth request: %v", err)
 	}
 }
+
+// TestPasswordNormalized: the client normalizes the vault password
+// (keys.NormalizePassword) before OPAQUE sees it, so the escrowed key
+// comes back however the password's accents and spaces were typed.
+func TestPasswordNormalized(t *testing.T) {
+	e := newEnv(t, vault.Config{})
+	c := e.client(t)
+	ctx := context.Background()
+	id := api.CredentialID("repo-nfc", "")
+	sec := secret32(t)
+	if _, _, err := c.Register(ctx, id, []byte("cafe\u0301\u00a0cre\u0300me"), sec, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, typed := range []string{"caf\u00e9 cr\u00e8me", "cafe\u0301 cre\u0300me", "caf\u00e9\u00a0cr\u00e8me"} {
+		got, err := c.Recover(ctx, id, []byte(typed))
+		if err != nil || !bytes.Equal(got, sec) {
+			t.Fatalf("recover with %q: %v", typed, err)
+		}
+	}
+	if _, err := c.Recover(ctx, id, []byte("cafe creme")); !errors.Is(err, keys.ErrWrongKey) {
+		t.Fatalf("another password: %v", err)
+	}
+}

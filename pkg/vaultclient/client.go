@@ -266,6 +266,7 @@ func escrowAAD(credID []byte) []byte { return append([]byte("wabackup vault escr
 // register runs an OPAQUE registration; with a token it replaces the
 // record (password change).
 func (c *Client) register(ctx context.Context, credID, tok, password, secret []byte, guesses int) (int, error) {
+	password = keys.NormalizePassword(password)
 	info, err := c.Info(ctx)
 	if err != nil {
 		return 0, err
@@ -330,6 +331,7 @@ func (c *Client) Register(ctx context.Context, credID, password, secret []byte, 
 
 // login runs an OPAQUE login and returns the escrowed secret and a token.
 func (c *Client) login(ctx context.Context, credID, password []byte) (secret, tok []byte, err error) {
+	password = keys.NormalizePassword(password)
 	if _, err := c.Info(ctx); err != nil {
 		return nil, nil, err
 	}
