@@ -298,25 +298,33 @@ func (a *app) openVaultTarget(ctx context.Context) (_ *vaultTarget, err error) {
 	return t, nil
 }
 
+// withVaultTarget runs fn with what --vault names for the repository,
+// which it closes afterwards.
+func (a *app) withVaultTarget(ctx context.Context, fn func(t *vaultTarget) error) error {
+	t, err := a.openVaultTarget(ctx)
+	if err != nil {
+		return err
+	}
+	defer t.repo.Close()
+	return fn(t)
+}
+
 func (a *app) keyVaultStatusCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "vault-status --vault URL",
 		Short: "Show how many wrong vault passwords are left",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			t, err := a.openVaultTarget(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer t.repo.Close()
-			c := t.client
-			left, limit, err := c.Status(cmd.Context(), t.credID)
-			if err != nil {
-				return err
-			}
-			a.out.JSON(map[string]any{"message_type": "vault_status", "vault": c.URL(), "attempts_left": left, "limit": limit})
-			a.out.Printf("vault %s: %d of %d attempts left\n", c.URL(), left, limit)
-			return nil
+			return a.withVaultTarget(cmd.Context(), func(t *vaultTarget) error {
+				c := t.client
+				left, limit, err := c.Status(cmd.Context(), t.credID)
+				if err != nil {
+					return err
+				}
+				a.out.JSON(map[string]any{"message_type": "vault_status", "vault": c.URL(), "attempts_left": left, "limit": limit})
+				a.out.Printf("vault %s: %d of %d attempts left\n", c.URL(), left, limit)
+				return nil
+			})
 		},
 	}
 }
@@ -333,29 +341,26 @@ twice). The attempt counter starts afresh.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			t, err := a.openVaultTarget(ctx)
-			if err != nil {
-				return err
-			}
-			defer t.repo.Close()
-			c := t.client
-			if _, err := c.Info(ctx); err != nil {
-				return err
-			}
-			old, err := a.vaultPassword(false, "")
-			if err != nil {
-				return err
-			}
-			pw, err := a.vaultPassword(true, newPwFile)
-			if err != nil {
-				return err
-			}
-			if err := c.ChangePassword(ctx, t.credID, old, pw); err != nil {
-				return err
-			}
-			a.out.JSON(map[string]any{"message_type": "vault_password_changed", "vault": c.URL()})
-			a.out.Printf("vault password changed at %s\n", c.URL())
-			return nil
+			return a.withVaultTarget(ctx, func(t *vaultTarget) error {
+				c := t.client
+				if _, err := c.Info(ctx); err != nil {
+					return err
+				}
+				old, err := a.vaultPassword(false, "")
+				if err != nil {
+					return err
+				}
+				pw, err := a.vaultPassword(true, newPwFile)
+				if err != nil {
+					return err
+				}
+				if err := c.ChangePassword(ctx, t.credID, old, pw); err != nil {
+					return err
+				}
+				a.out.JSON(map[string]any{"message_type": "vault_password_changed", "vault": c.URL()})
+				a.out.Printf("vault password changed at %s\n", c.URL())
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&newPwFile, "new-password-file", "", "read the new vault password from this file")
@@ -376,48 +381,45 @@ wabackup key recover --vault URL.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			t, err := a.openVaultTarget(ctx)
-			if err != nil {
-				return err
-			}
-			defer t.repo.Close()
-			c := t.client
-			info, err := c.Info(ctx)
-			if err != nil {
-				return err
-			}
-			// Every vault slot of this credential (this vault's key, this
-			// name: the same record, under any address) dies with it.
-			doomed, others := []*keys.Slot{t.slot}, 0
-			for _, s := range t.slots {
-				switch {
-				case s.ID == t.slot.ID:
-				case s.Kind == keys.KindVault && s.Extra[vaultExtraFingerprint] == info.Fingerprint && slotVaultName(s) == t.name:
-					doomed = append(doomed, s)
-				default:
-					others++
+			return a.withVaultTarget(ctx, func(t *vaultTarget) error {
+				c := t.client
+				info, err := c.Info(ctx)
+				if err != nil {
+					return err
 				}
-			}
-			if others == 0 {
-				return fmt.Errorf("refusing to delete the key escrowed in vault %s: its vault slot is the repository's only key slot, so nothing would open the repository any more; get a 64-digit key first with wabackup key recover --vault %s", c.URL(), c.URL())
-			}
-			pw, err := a.vaultPassword(false, "")
-			if err != nil {
-				return err
-			}
-			if err := c.Delete(ctx, t.credID, pw); err != nil {
-				return err
-			}
-			var removed []string
-			for _, s := range doomed {
-				if _, err := t.repo.RemoveSlot(ctx, s.ID); err != nil {
-					return fmt.Errorf("the key was deleted from vault %s, but the repository's vault slot %s was not removed (remove it with wabackup key remove %s): %w", c.URL(), s.ID[:8], s.ID[:8], err)
+				// Every vault slot of this credential (this vault's key, this
+				// name: the same record, under any address) dies with it.
+				doomed, others := []*keys.Slot{t.slot}, 0
+				for _, s := range t.slots {
+					switch {
+					case s.ID == t.slot.ID:
+					case s.Kind == keys.KindVault && s.Extra[vaultExtraFingerprint] == info.Fingerprint && slotVaultName(s) == t.name:
+						doomed = append(doomed, s)
+					default:
+						others++
+					}
 				}
-				removed = append(removed, s.ID)
-			}
-			a.out.JSON(map[string]any{"message_type": "vault_deleted", "vault": c.URL(), "name": t.name, "removed": removed})
-			a.out.Printf("deleted the key escrowed in vault %s and removed the repository's vault slot %s: the repository no longer opens through this vault (the 64-digit key and its other slots still open it)\n", c.URL(), strings.Join(shortIDs(removed), ", "))
-			return nil
+				if others == 0 {
+					return fmt.Errorf("refusing to delete the key escrowed in vault %s: its vault slot is the repository's only key slot, so nothing would open the repository any more; get a 64-digit key first with wabackup key recover --vault %s", c.URL(), c.URL())
+				}
+				pw, err := a.vaultPassword(false, "")
+				if err != nil {
+					return err
+				}
+				if err := c.Delete(ctx, t.credID, pw); err != nil {
+					return err
+				}
+				var removed []string
+				for _, s := range doomed {
+					if _, err := t.repo.RemoveSlot(ctx, s.ID); err != nil {
+						return fmt.Errorf("the key was deleted from vault %s, but the repository's vault slot %s was not removed (remove it with wabackup key remove %s): %w", c.URL(), s.ID[:8], s.ID[:8], err)
+					}
+					removed = append(removed, s.ID)
+				}
+				a.out.JSON(map[string]any{"message_type": "vault_deleted", "vault": c.URL(), "name": t.name, "removed": removed})
+				a.out.Printf("deleted the key escrowed in vault %s and removed the repository's vault slot %s: the repository no longer opens through this vault (the 64-digit key and its other slots still open it)\n", c.URL(), strings.Join(shortIDs(removed), ", "))
+				return nil
+			})
 		},
 	}
 }
