@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // CheckOptions select how deep Check looks.
@@ -203,26 +205,72 @@ func (r *Repository) readData(ctx context.Context, opt CheckOptions, stored map[
 		n := int(float64(len(ids))*opt.Subset + 0.999)
 		ids = ids[:min(n, len(ids))]
 	}
-	br := r.newBlobReader()
-	defer br.close()
-	for i, id := range ids {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		indexed, err := r.idx.packEntries(id)
-		if err != nil {
-			return err
-		}
-		if err := r.verifyPack(ctx, br, id, stored[id], indexed); err != nil {
-			if !errors.Is(err, ErrCorrupt) && ctx.Err() != nil {
-				return err
+	// Packs are verified a few at a time (each by its own reader: the
+	// work is decryption and hashing, and, on a remote store, waiting);
+	// their findings are reported in the order above whatever the order
+	// they finish in.
+	workers := min(max(runtime.GOMAXPROCS(0), 2), 4, len(ids))
+	found := make([]error, len(ids))
+	next := make(chan int)
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		done     int
+		fatal    error
+		fatalIdx = len(ids)
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			br := r.newBlobReader()
+			defer br.close()
+			for i := range next {
+				id := ids[i]
+				indexed, err := r.idx.packEntries(id)
+				if err == nil {
+					err = r.verifyPack(ctx, br, id, stored[id], indexed)
+					if err != nil && (errors.Is(err, ErrCorrupt) || ctx.Err() == nil) {
+						found[i], err = err, nil
+					}
+				}
+				mu.Lock()
+				if err != nil && i < fatalIdx {
+					fatal, fatalIdx = err, i
+				}
+				done++
+				if opt.Progress != nil {
+					opt.Progress(done, len(ids))
+				}
+				mu.Unlock()
 			}
+		}()
+	}
+	for i := range ids {
+		if ctx.Err() != nil {
+			break
+		}
+		mu.Lock()
+		stop := fatal != nil
+		mu.Unlock()
+		if stop {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if fatal != nil {
+		return fatal
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for _, err := range found {
+		if err != nil {
 			errf("%v", err)
 		}
 		res.PacksRead++
-		if opt.Progress != nil {
-			opt.Progress(i+1, len(ids))
-		}
 	}
 	return nil
 }
