@@ -21,6 +21,7 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 OUT=bench/out            # the dataset is shared with bench/run.sh
 S3OUT=$OUT/s3            # everything else of this script
 bench_setup "$S3OUT" "$@"
+[ "$RUNS" = 1 ] || { echo "--runs: only bench/run.sh repeats its series" >&2; exit 2; }
 
 VGW=$(command -v versitygw || true)
 if [ -z "$VGW" ]; then
