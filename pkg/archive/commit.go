@@ -14,9 +14,13 @@ import (
 // fsync per file (each of which commits the journal and flushes the disk
 // cache), and it runs while the workers write the next batch.
 //
-// Where syncfs is not available the committer falls back to fsyncing each
-// file before it is renamed, which gives the same guarantee: no file ever
-// gets its real name before its contents are on disk.
+// Where syncfs is not available there is no committer: restore fsyncs
+// each file before it is renamed, which gives the same guarantee: no file
+// ever gets its real name before its contents are on disk.
+//
+// Its life: add for every file, then flush (every file renamed), sync
+// once the caller is done (the renames durable); stop, deferred, ends it
+// whatever happened and removes the temporary files never renamed.
 type committer struct {
 	dir  *os.File // any file on the target's file system, for syncfs
 	mu   sync.Mutex
@@ -28,7 +32,6 @@ type committer struct {
 	closing      bool
 	err          error
 	done         chan struct{}
-	finished     bool
 }
 
 type rename struct {
@@ -120,12 +123,31 @@ func (c *committer) run() {
 	}
 }
 
-// close renames everything still pending once it is durable, and stops
-// the committer; with abort set it only removes the temporary files not
-// yet renamed. The renames themselves become durable with finish.
-func (c *committer) close(abort bool) error {
+// flush waits until every file handed over is synced and renamed, and
+// stops taking files.
+func (c *committer) flush() error {
 	c.mu.Lock()
-	if abort && c.err == nil {
+	c.closing = true
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	<-c.done
+	return c.err
+}
+
+// sync makes the renames, and whatever the caller changed since flush
+// (directory modes and times), durable.
+func (c *committer) sync() error {
+	if err := syncFS(c.dir); err != nil {
+		return fmt.Errorf("syncing restored files: %w", err)
+	}
+	return nil
+}
+
+// stop ends the committer: a restore that failed renames nothing more,
+// and the temporary files not renamed are removed.
+func (c *committer) stop() {
+	c.mu.Lock()
+	if c.err == nil && !c.closing {
 		c.err = errRestoreAborted
 	}
 	c.closing = true
@@ -136,30 +158,7 @@ func (c *committer) close(abort bool) error {
 		os.Remove(r.tmp)
 	}
 	c.pending = nil
-	if abort {
-		c.dir.Close()
-		return nil
-	}
-	if c.err != nil {
-		c.dir.Close()
-		return c.err
-	}
-	return nil
-}
-
-// finish makes the renames, and whatever the caller changed since close
-// (directory modes and times), durable.
-// Calls after the first do nothing.
-func (c *committer) finish() error {
-	if c.finished {
-		return nil
-	}
-	c.finished = true
-	defer c.dir.Close()
-	if err := syncFS(c.dir); err != nil {
-		return fmt.Errorf("syncing restored files: %w", err)
-	}
-	return nil
+	c.dir.Close()
 }
 
 var errRestoreAborted = fmt.Errorf("restore aborted")

@@ -82,10 +82,13 @@ func TestCommitterNamesOnlySyncedFiles(t *testing.T) {
 					break
 				}
 			}
-			err := c.close(tc.abort)
-			if err == nil && !tc.abort {
-				err = c.finish()
+			var err error
+			if !tc.abort {
+				if err = c.flush(); err == nil {
+					err = c.sync()
+				}
 			}
+			c.stop()
 			switch {
 			case tc.syncErr != nil:
 				if err == nil && addErr == nil {

@@ -74,14 +74,10 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 	removeRestoreTemps(target)
 	var com *committer
 	if !opt.NoSync {
-		com = newCommitter(target)
-	}
-	committed := false
-	defer func() {
-		if com != nil && !committed {
-			com.close(true)
+		if com = newCommitter(target); com != nil {
+			defer com.stop()
 		}
-	}()
+	}
 	includes := make([]string, 0, len(opt.Include))
 	for _, inc := range opt.Include {
 		inc = strings.Trim(filepath.ToSlash(inc), "/")
@@ -200,11 +196,9 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 	if com != nil {
 		// Every file has its name before directories get their modes
 		// and times.
-		committed = true
-		if err := com.close(false); err != nil {
+		if err := com.flush(); err != nil {
 			return total, err
 		}
-		defer com.finish() // closes its handle if a directory fails below
 	}
 	// Directories last, deepest first, so adding files does not change
 	// their times.
@@ -218,7 +212,7 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 		}
 	}
 	if com != nil {
-		if err := com.finish(); err != nil {
+		if err := com.sync(); err != nil {
 			return total, err
 		}
 	}
