@@ -270,8 +270,8 @@ func (r *Repository) readData(ctx context.Context, opt CheckOptions, stored map[
 		if err != nil {
 			errf("%v", err)
 		}
-		res.PacksRead++
 	}
+	res.PacksRead += len(ids)
 	return nil
 }
 
