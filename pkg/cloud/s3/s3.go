@@ -55,7 +55,6 @@ import (
 	"crypto/md5"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -541,12 +540,6 @@ func (s *Store) CleanupIncomplete(ctx context.Context, olderThan time.Duration) 
 		}
 		keyMarker, idMarker = res.NextKeyMarker, res.NextUploadIDMarker
 	}
-}
-
-// md5sum returns MD5 in base64 (for Content-MD5) and raw.
-func md5sum(b []byte) (string, [16]byte) {
-	sum := md5.Sum(b)
-	return base64.StdEncoding.EncodeToString(sum[:]), sum
 }
 
 // multipartETag is the ETag S3 gives an object assembled from parts with
