@@ -1,0 +1,173 @@
+package vaulttest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+
+	"github.com/wabackup/wabackup/pkg/opaque"
+	"github.com/wabackup/wabackup/pkg/vault/api"
+)
+
+// The vault benchmarks of pkg/vault (one instance on bbolt) and
+// pkg/vault/etcdstore (three instances on etcd) share their timed phases:
+// they measure the vault's own cost, with the client's side of OPAQUE
+// (opaque.IdentityKSF, so no Argon2id) computed outside the timer and the
+// handlers called directly (no TLS). Request i goes to handler i%len(hs)
+// (KE1 and KE3 of a login to the same one), from BenchWorkers goroutines,
+// so stores that batch commits can commit many counts at once.
+
+// BenchWorkers is how many requests the benchmarks keep in flight.
+const BenchWorkers = 64
+
+// SealerName names a benchmark's sealer.
+func SealerName(withHSM bool) string {
+	if withHSM {
+		return "softhsm"
+	}
+	return "filekey"
+}
+
+// BenchRegister times b.N registrations (both requests of each).
+func BenchRegister(b *testing.B, hs []http.Handler) {
+	b.StopTimer()
+	b.ResetTimer()
+	register(b, hs, b.N, "reg-", true)
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
+}
+
+// BenchLogin times b.N full logins (KE1 → KE2 with a durable count, KE3 →
+// release with a durable reset).
+func BenchLogin(b *testing.B, hs []http.Handler) {
+	b.StopTimer()
+	// Every record gets at most 5 logins in flight (limit 10).
+	nrec := b.N/5 + 1
+	register(b, hs, nrec, "login-", false)
+	ke1s := make([][]byte, b.N)
+	sts := make([]*opaque.ClientLoginState, b.N)
+	parallel(b.N, func(i int) {
+		k, st, err := benchClient.KE1([]byte("password"))
+		if err != nil {
+			b.Error(err)
+		}
+		ke1s[i], _ = k.MarshalBinary()
+		sts[i] = st
+	})
+	replies := make([]api.LoginStartReply, b.N)
+	b.ResetTimer()
+	b.StartTimer()
+	parallel(b.N, func(i int) {
+		call(b, hs[i%len(hs)], api.PathLoginStart, api.LoginStart{CredentialID: []byte(fmt.Sprint("login-", i%nrec)), KE1: ke1s[i]}, &replies[i])
+	})
+	b.StopTimer()
+	ke3s := make([][]byte, b.N)
+	parallel(b.N, func(i int) {
+		ke2, err := api.Suite.UnmarshalKE2(replies[i].KE2)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		ke3, _, _, err := benchClient.KE3(sts[i], ke2)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		ke3s[i], _ = ke3.MarshalBinary()
+	})
+	b.StartTimer()
+	parallel(b.N, func(i int) {
+		call(b, hs[i%len(hs)], api.PathLoginFinish, api.LoginFinish{LoginID: replies[i].LoginID, KE3: ke3s[i]}, &api.LoginFinishReply{})
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "logins/s")
+}
+
+func call(b *testing.B, h http.Handler, path string, in, out any) {
+	body, _ := json.Marshal(in)
+	req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+	req.RemoteAddr = "127.0.0.1:1"
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	if w.Code != 200 {
+		b.Errorf("%s: %d %s", path, w.Code, w.Body)
+		return
+	}
+	if out != nil {
+		if err := json.Unmarshal(w.Body.Bytes(), out); err != nil {
+			b.Error(err)
+		}
+	}
+}
+
+// parallel runs f(i) for i < n on BenchWorkers goroutines.
+func parallel(n int, f func(i int)) {
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range BenchWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				f(i)
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+var benchClient, _ = api.Suite.NewClient(opaque.IdentityKSF{}, opaque.Identities{}, api.Context)
+
+// register registers n credentials (untimed helper or timed phases).
+func register(b *testing.B, hs []http.Handler, n int, prefix string, timed bool) {
+	reqs := make([][]byte, n)
+	states := make([]*opaque.ClientRegistrationState, n)
+	parallel(n, func(i int) {
+		r, st, err := benchClient.RegistrationRequest([]byte("password"))
+		if err != nil {
+			b.Error(err)
+		}
+		reqs[i], _ = r.MarshalBinary()
+		states[i] = st
+	})
+	resps := make([]api.RegisterStartReply, n)
+	if timed {
+		b.StartTimer()
+	}
+	parallel(n, func(i int) {
+		call(b, hs[i%len(hs)], api.PathRegisterStart, api.RegisterStart{CredentialID: []byte(fmt.Sprint(prefix, i)), Request: reqs[i]}, &resps[i])
+	})
+	if timed {
+		b.StopTimer()
+	}
+	recs := make([][]byte, n)
+	parallel(n, func(i int) {
+		resp, err := api.Suite.UnmarshalRegistrationResponse(resps[i].Response)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		rec, _, err := benchClient.FinalizeRegistration(states[i], resp)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		recs[i], _ = rec.MarshalBinary()
+	})
+	if timed {
+		b.StartTimer()
+	}
+	parallel(n, func(i int) {
+		call(b, hs[i%len(hs)], api.PathRegisterFinish, api.RegisterFinish{CredentialID: []byte(fmt.Sprint(prefix, i)), Record: recs[i], Blob: make([]byte, 60)}, nil)
+	})
+	if timed {
+		b.StopTimer()
+	}
+}
