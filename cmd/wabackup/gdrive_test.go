@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -131,7 +130,7 @@ func TestGDriveScripts(t *testing.T) {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"wab":     cmdGDWab,
+			"wab":     cmdWab,
 			"gdlogin": cmdGDLogin,
 			"gdtoken": cmdGDToken,
 			"drive":   cmdDrive,
@@ -143,72 +142,14 @@ func TestGDriveScripts(t *testing.T) {
 	})
 }
 
-// gdCommand prepares the wabackup binary with the scripts' environment.
-func gdCommand(ts *testscript.TestScript, args []string) *exec.Cmd {
-	bin := ""
-	for _, dir := range filepath.SplitList(ts.Getenv("PATH")) {
-		if p := filepath.Join(dir, "wabackup"); fileExists(p) {
-			bin = p
-			break
-		}
-	}
-	if bin == "" {
-		ts.Fatalf("wabackup not found in the script's PATH")
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = ts.Getenv("WORK")
-	for _, n := range []string{"PATH", "HOME", "WORK", "TMPDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME",
-		"WABACKUP_GDRIVE_ENDPOINT", "WABACKUP_GDRIVE_CLIENT_SECRET", "WABACKUP_KEY_FILE", "WABACKUP_REPO",
-		"GOMAXPROCS", "GOCOVERDIR"} {
-		if v := ts.Getenv(n); v != "" {
-			cmd.Env = append(cmd.Env, n+"="+v)
-		}
-	}
-	return cmd
-}
-
-func gdCheckExit(ts *testscript.TestScript, neg bool, want int, args []string, err error, stderr string) {
-	got := 0
-	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
-			ts.Fatalf("running wabackup: %v", err)
-		}
-		got = ee.ExitCode()
-	}
-	if (got == want) == neg {
-		ts.Fatalf("wabackup %s: exit code %d, want %d\nstderr: %s", strings.Join(args, " "), got, want, stderr)
-	}
-}
-
-func cmdGDWab(ts *testscript.TestScript, neg bool, args []string) {
-	if len(args) < 1 {
-		ts.Fatalf("usage: wab CODE ARGS...")
-	}
-	want, err := strconv.Atoi(args[0])
-	if err != nil {
-		ts.Fatalf("bad exit code %q", args[0])
-	}
-	cmd := gdCommand(ts, args[1:])
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	fmt.Fprint(ts.Stdout(), stdout.String())
-	fmt.Fprint(ts.Stderr(), stderr.String())
-	gdCheckExit(ts, neg, want, args[1:], err, stderr.String())
-}
-
 // cmdGDLogin runs a login and plays the user's part in the browser.
 func cmdGDLogin(ts *testscript.TestScript, neg bool, args []string) {
 	if len(args) < 3 {
 		ts.Fatalf("usage: gdlogin paste|code|badstate|eof|appdataonly|loopback CODE ARGS...")
 	}
 	mode := args[0]
-	want, err := strconv.Atoi(args[1])
-	if err != nil {
-		ts.Fatalf("bad exit code %q", args[1])
-	}
-	cmd := gdCommand(ts, args[2:])
+	want := wantCode(ts, args[1])
+	cmd := scriptWab(ts, args[2:])
 	if mode == "loopback" {
 		// Only wabackup in PATH, so no real browser can be started.
 		for i, e := range cmd.Env {
@@ -268,7 +209,7 @@ func cmdGDLogin(ts *testscript.TestScript, neg bool, args []string) {
 	if actErr != nil {
 		ts.Fatalf("playing the browser (%s): %v", mode, actErr)
 	}
-	gdCheckExit(ts, neg, want, args[2:], err, errText)
+	checkExit(ts, neg, want, args[2:], err, 0, errText)
 }
 
 // gdBrowser does what the user and the browser do with the consent URL.

@@ -65,14 +65,17 @@ func TestScripts(t *testing.T) {
 	})
 }
 
-func cmdWab(ts *testscript.TestScript, neg bool, args []string) {
-	if len(args) < 1 {
-		ts.Fatalf("usage: wab CODE ARGS...")
-	}
-	want, err := strconv.Atoi(args[0])
-	if err != nil {
-		ts.Fatalf("bad exit code %q", args[0])
-	}
+// wabPassEnv is what the wabackup subprocess of a script inherits from
+// the script's environment.
+var wabPassEnv = []string{"PATH", "HOME", "WORK", "TMPDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "GOMAXPROCS", "GOCOVERDIR",
+	"WABACKUP_KEY", "WABACKUP_KEY_FILE", "WABACKUP_PASSWORD", "WABACKUP_PASSWORD_FILE", "WABACKUP_PASSWORD_COMMAND",
+	"WABACKUP_REPO", "WABACKUP_CONFIG", "WABACKUP_DB", "WABACKUP_MEDIA", "WABACKUP_VAULT", "WABACKUP_VAULT_CACERT", "SOFTHSM2_CONF",
+	"WABACKUP_GDRIVE_ENDPOINT", "WABACKUP_GDRIVE_CLIENT_SECRET",
+	"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"}
+
+// scriptWab prepares the wabackup binary of the script's PATH to run in
+// $WORK with the wabPassEnv variables of the script's environment.
+func scriptWab(ts *testscript.TestScript, args []string) *exec.Cmd {
 	bin := ""
 	for _, dir := range filepath.SplitList(ts.Getenv("PATH")) {
 		if p := filepath.Join(dir, "wabackup"); fileExists(p) {
@@ -83,30 +86,63 @@ func cmdWab(ts *testscript.TestScript, neg bool, args []string) {
 	if bin == "" {
 		ts.Fatalf("wabackup not found in the script's PATH")
 	}
-	cmd := exec.Command(bin, args[1:]...)
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = ts.Getenv("WORK")
-	for _, n := range []string{"PATH", "HOME", "WORK", "TMPDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "WABACKUP_GDRIVE_ENDPOINT", "WABACKUP_KEY", "WABACKUP_KEY_FILE", "WABACKUP_PASSWORD",
-		"WABACKUP_PASSWORD_FILE", "WABACKUP_PASSWORD_COMMAND", "WABACKUP_REPO", "WABACKUP_CONFIG", "WABACKUP_DB", "WABACKUP_MEDIA", "WABACKUP_VAULT", "WABACKUP_VAULT_CACERT", "SOFTHSM2_CONF", "GOCOVERDIR",
-		"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"} {
+	for _, n := range wabPassEnv {
 		if v := ts.Getenv(n); v != "" {
 			cmd.Env = append(cmd.Env, n+"="+v)
 		}
 	}
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	return cmd
+}
+
+// wantCode reads the CODE of "wab CODE ARGS...".
+func wantCode(ts *testscript.TestScript, code string) int {
+	want, err := strconv.Atoi(code)
+	if err != nil {
+		ts.Fatalf("bad exit code %q", code)
+	}
+	return want
+}
+
+// checkExit fails the script unless wabackup (run with args, finished
+// with err) exited with want, or, negated, with anything else.
+func checkExit(ts *testscript.TestScript, neg bool, want int, args []string, err error, took time.Duration, stderr string) int {
 	got := 0
-	if err := cmd.Run(); err != nil {
+	if err != nil {
 		ee, ok := err.(*exec.ExitError)
 		if !ok {
 			ts.Fatalf("running wabackup: %v", err)
 		}
 		got = ee.ExitCode()
 	}
-	fmt.Fprint(ts.Stdout(), stdout.String())
-	fmt.Fprint(ts.Stderr(), stderr.String())
 	if (got == want) == neg {
-		ts.Fatalf("wabackup %s: exit code %d, want %d\nstderr: %s", strings.Join(args[1:], " "), got, want, stderr.String())
+		ts.Fatalf("wabackup %s: exit code %d, want %d (%v)\nstderr: %s", strings.Join(args, " "), got, want, took.Round(time.Millisecond), stderr)
 	}
+	return got
+}
+
+// runScriptWab runs "wab CODE ARGS...": wabackup with ARGS must exit with
+// CODE (with !, with another code). Its output goes to the script's.
+func runScriptWab(ts *testscript.TestScript, neg bool, args []string) wabResult {
+	if len(args) < 1 {
+		ts.Fatalf("usage: wab CODE ARGS...")
+	}
+	want := wantCode(ts, args[0])
+	cmd := scriptWab(ts, args[1:])
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	res := wabResult{args: args[1:], stdout: stdout.String(), stderr: stderr.String(), took: time.Since(start)}
+	fmt.Fprint(ts.Stdout(), res.stdout)
+	fmt.Fprint(ts.Stderr(), res.stderr)
+	res.code = checkExit(ts, neg, want, res.args, err, res.took, res.stderr)
+	return res
+}
+
+func cmdWab(ts *testscript.TestScript, neg bool, args []string) {
+	runScriptWab(ts, neg, args)
 }
 
 func fileExists(p string) bool {

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -31,13 +30,6 @@ import (
 // WABACKUP_REQUIRE_SERVERS=1. Credentials reach the wabackup process the
 // way they reach it in real life: AWS_ACCESS_KEY_ID and
 // AWS_SECRET_ACCESS_KEY in its environment.
-
-// s3PassEnv is what the wabackup subprocess inherits from a script: the
-// variables cmdWab passes, and the AWS ones.
-var s3PassEnv = []string{"PATH", "HOME", "WORK", "TMPDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME",
-	"WABACKUP_KEY", "WABACKUP_KEY_FILE", "WABACKUP_PASSWORD", "WABACKUP_PASSWORD_FILE", "WABACKUP_PASSWORD_COMMAND",
-	"WABACKUP_REPO", "WABACKUP_CONFIG", "WABACKUP_DB", "WABACKUP_MEDIA", "GOCOVERDIR",
-	"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"}
 
 // TestS3Scripts runs the scripts in testdata/s3 against one versitygw.
 // Each script gets its own bucket name ($BUCKET, not yet created) and:
@@ -86,36 +78,14 @@ func TestS3Scripts(t *testing.T) {
 	})
 }
 
-// cmdWabS3 is cmdWab with the AWS variables passed on, and a check that a
-// failure (any code but 0 and 3) is one line: "wabackup: …" on stderr,
-// or with --json nothing on stderr and an exit_error object as the last
-// line of stdout.
+// cmdWabS3 is cmdWab with a check that a failure (any code but 0 and 3)
+// is one line: "wabackup: …" on stderr, or with --json nothing on stderr
+// and an exit_error object as the last line of stdout.
 func cmdWabS3(ts *testscript.TestScript, neg bool, args []string) {
-	if len(args) < 1 {
-		ts.Fatalf("usage: wab CODE ARGS...")
-	}
-	want, err := strconv.Atoi(args[0])
-	if err != nil {
-		ts.Fatalf("bad exit code %q", args[0])
-	}
-	var env []string
-	for _, n := range s3PassEnv {
-		if v := ts.Getenv(n); v != "" {
-			env = append(env, n+"="+v)
-		}
-	}
-	res := runWab(ts.Getenv("WORK"), env, 0, args[1:]...)
-	if res.err != nil {
-		ts.Fatalf("running wabackup: %v", res.err)
-	}
-	fmt.Fprint(ts.Stdout(), res.stdout)
-	fmt.Fprint(ts.Stderr(), res.stderr)
-	if (res.code == want) == neg {
-		ts.Fatalf("wabackup %s: exit code %d, want %d (%v)\nstderr: %s", strings.Join(args[1:], " "), res.code, want, res.took.Round(time.Millisecond), res.stderr)
-	}
+	res := runScriptWab(ts, neg, args)
 	if !neg {
 		if msg := res.failureShape(); msg != "" {
-			ts.Fatalf("wabackup %s: %s", strings.Join(args[1:], " "), msg)
+			ts.Fatalf("wabackup %s: %s", strings.Join(res.args, " "), msg)
 		}
 	}
 }
