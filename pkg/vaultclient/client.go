@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wabackup/wabackup/internal/atomicfile"
 	"github.com/wabackup/wabackup/pkg/keys"
 	"github.com/wabackup/wabackup/pkg/opaque"
 	"github.com/wabackup/wabackup/pkg/vault/api"
@@ -251,14 +252,7 @@ func (c *Client) checkPinFile(fp string) error {
 	}
 	pins[c.url] = fp
 	data, _ = json.MarshalIndent(pins, "", "  ")
-	if err := os.MkdirAll(filepath.Dir(c.opts.PinFile), 0o700); err != nil {
-		return err
-	}
-	tmp := c.opts.PinFile + ".tmp"
-	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, c.opts.PinFile)
+	return atomicfile.Write(c.opts.PinFile, append(data, '\n'), 0o600)
 }
 
 func escrowAAD(credID []byte) []byte { return append([]byte("wabackup vault escrow v1/"), credID...) }

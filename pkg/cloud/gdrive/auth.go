@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/wabackup/wabackup/internal/atomicfile"
 )
 
 // ErrNotLoggedIn means there is no usable Google login: no saved token, or
@@ -124,39 +126,7 @@ func saveCache(path string, c *tokenCache) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, ".gdrive-token-*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.Write(path, b, 0o600)
 }
 
 func (c *tokenCache) config() *oauth2.Config {

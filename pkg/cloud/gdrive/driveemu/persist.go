@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/wabackup/wabackup/internal/atomicfile"
 )
 
 // persister snapshots the emulator's state to a directory: state.json for
@@ -176,7 +178,7 @@ func (p *persister) flush() error {
 		if f.isFolder() || p.written[f.ID] == f.MD5 {
 			continue
 		}
-		if err := writeAtomic(filepath.Join(p.dir, "blobs", f.ID), f.content); err != nil {
+		if err := atomicfile.Write(filepath.Join(p.dir, "blobs", f.ID), f.content, 0o600); err != nil {
 			return err
 		}
 		p.written[f.ID] = f.MD5
@@ -185,7 +187,7 @@ func (p *persister) flush() error {
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(filepath.Join(p.dir, "state.json"), b); err != nil {
+	if err := atomicfile.Write(filepath.Join(p.dir, "state.json"), b, 0o600); err != nil {
 		return err
 	}
 	live := map[string]bool{}
@@ -199,24 +201,4 @@ func (p *persister) flush() error {
 		}
 	}
 	return nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
