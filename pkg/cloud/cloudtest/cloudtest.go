@@ -89,7 +89,7 @@ func Run(t *testing.T, newStore func(t *testing.T) cloud.Store, opt Options) {
 		if got := get(t, s, "locks/x", 0, -1); string(got) != "second" {
 			t.Fatalf("after overwrite got %q", got)
 		}
-		if n := len(list(t, s, "locks/")); n != 1 {
+		if n := len(Names(t, s, "locks/")); n != 1 {
 			t.Fatalf("overwrite left %d objects", n)
 		}
 	})
@@ -101,7 +101,7 @@ func Run(t *testing.T, newStore func(t *testing.T) cloud.Store, opt Options) {
 		}
 		check := func(prefix string, want ...string) {
 			t.Helper()
-			got := list(t, s, prefix)
+			got := Names(t, s, prefix)
 			sort.Strings(want)
 			if strings.Join(got, ",") != strings.Join(want, ",") {
 				t.Errorf("list %q = %v, want %v", prefix, got, want)
@@ -151,7 +151,7 @@ func Run(t *testing.T, newStore func(t *testing.T) cloud.Store, opt Options) {
 				t.Fatal(err)
 			}
 		}
-		if got := list(t, s, "index/"); len(got) != opt.ManyObjects {
+		if got := Names(t, s, "index/"); len(got) != opt.ManyObjects {
 			t.Fatalf("listed %d objects, want %d", len(got), opt.ManyObjects)
 		}
 	})
@@ -162,7 +162,7 @@ func Run(t *testing.T, newStore func(t *testing.T) cloud.Store, opt Options) {
 		if err := s.Delete(ctx, "snapshots/a"); err != nil {
 			t.Fatal(err)
 		}
-		if got := list(t, s, "snapshots/"); len(got) != 1 || got[0] != "snapshots/b" {
+		if got := Names(t, s, "snapshots/"); len(got) != 1 || got[0] != "snapshots/b" {
 			t.Fatalf("after delete: %v", got)
 		}
 		if _, err := s.Stat(ctx, "snapshots/a"); !errors.Is(err, cloud.ErrNotFound) {
@@ -235,7 +235,7 @@ func Run(t *testing.T, newStore func(t *testing.T) cloud.Store, opt Options) {
 				t.Errorf("%s: failed Put left an object (stat err %v)", n, err)
 			}
 		}
-		for _, n := range list(t, s, "") {
+		for _, n := range Names(t, s, "") {
 			if n != "data/ee/long" {
 				t.Errorf("failed Put left %s visible", n)
 			}
@@ -280,7 +280,8 @@ func get(t *testing.T, s cloud.Store, name string, off, n int64) []byte {
 	return b
 }
 
-func list(t *testing.T, s cloud.Store, prefix string) []string {
+// Names lists the names under prefix, sorted.
+func Names(t *testing.T, s cloud.Store, prefix string) []string {
 	t.Helper()
 	var out []string
 	if err := s.List(context.Background(), prefix, func(fi cloud.ObjectInfo) error {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -99,19 +98,6 @@ func get(t *testing.T, s *Store, name string) []byte {
 	return b
 }
 
-func names(t *testing.T, s *Store, prefix string) []string {
-	t.Helper()
-	var out []string
-	if err := s.List(context.Background(), prefix, func(fi cloud.ObjectInfo) error {
-		out = append(out, fi.Name)
-		return nil
-	}); err != nil {
-		t.Fatalf("list %q: %v", prefix, err)
-	}
-	sort.Strings(out)
-	return out
-}
-
 func randData(n int) []byte {
 	b := make([]byte, n)
 	r := rand.New(rand.NewPCG(uint64(n), 1))
@@ -146,7 +132,7 @@ func TestRateLimitBurst(t *testing.T) {
 	emu.FailNext(driveemu.OpList, driveemu.FaultProjectRateLimit, 2)
 	put(t, s, "data/ab/x", data)
 	emu.FailNext(driveemu.OpAny, driveemu.FaultTooManyRequests, 3)
-	if got := names(t, s, "data/"); len(got) != 1 {
+	if got := cloudtest.Names(t, s, "data/"); len(got) != 1 {
 		t.Fatalf("list: %v", got)
 	}
 	if !bytes.Equal(get(t, s, "data/ab/x"), data) {
@@ -162,7 +148,7 @@ func TestRetryAfterHonoured(t *testing.T) {
 	s := openStore(t, testConfig(emu))
 	emu.Inject(driveemu.Rule{Op: driveemu.OpList, Fault: driveemu.FaultTooManyRequests, Count: 1, RetryAfter: time.Second})
 	t0 := time.Now()
-	names(t, s, "")
+	cloudtest.Names(t, s, "")
 	if d := time.Since(t0); d < time.Second {
 		t.Fatalf("retried after %v despite Retry-After: 1", d)
 	}
@@ -222,7 +208,7 @@ func TestDroppedConnectionMidChunk(t *testing.T) {
 	small := randData(1000)
 	emu.FailNext(driveemu.OpUpload, driveemu.FaultDrop, 1)
 	put(t, s, "keys/k", small)
-	if !bytes.Equal(get(t, s, "keys/k"), small) || len(names(t, s, "keys/")) != 1 {
+	if !bytes.Equal(get(t, s, "keys/k"), small) || len(cloudtest.Names(t, s, "keys/")) != 1 {
 		t.Fatal("dropped multipart upload")
 	}
 	// a download cut half way is resumed where it broke
@@ -265,7 +251,7 @@ func TestUploadCap(t *testing.T) {
 	if d := time.Since(t0); d > time.Second || emu.Calls(driveemu.OpUpload) != callsBefore+1 {
 		t.Fatalf("the cap was retried: %v, %d upload calls", d, emu.Calls(driveemu.OpUpload)-callsBefore)
 	}
-	if got := names(t, s, ""); strings.Join(got, ",") != "data/aa/1,data/aa/2" {
+	if got := cloudtest.Names(t, s, ""); strings.Join(got, ",") != "data/aa/1,data/aa/2" {
 		t.Fatalf("visible after the cap: %v", got)
 	}
 	// the cap can also strike mid-upload: nothing partial shows
@@ -291,7 +277,7 @@ func TestStorageQuota(t *testing.T) {
 	if !errors.Is(err, ErrQuota) {
 		t.Fatalf("put over quota: %v", err)
 	}
-	if got := names(t, s, ""); len(got) != 1 {
+	if got := cloudtest.Names(t, s, ""); len(got) != 1 {
 		t.Fatalf("visible after quota error: %v", got)
 	}
 	emu.SetStorageQuota(0)
@@ -333,7 +319,7 @@ func TestDuplicateNames(t *testing.T) {
 	if fi, err := s.Stat(context.Background(), "locks/a"); err != nil || fi.Size != int64(len("other-2")) {
 		t.Fatalf("stat: %+v %v", fi, err)
 	}
-	if got := names(t, s, "locks/"); len(got) != 1 {
+	if got := cloudtest.Names(t, s, "locks/"); len(got) != 1 {
 		t.Fatalf("list reported %v", got)
 	}
 	put(t, s, "locks/a", []byte("final"))
@@ -363,7 +349,7 @@ func TestDuplicateNames(t *testing.T) {
 		}
 	}
 	s2 := openStore(t, Config{Space: s.cfg.Space, Path: s.cfg.Path, Endpoint: emu.URL, TokenSource: s.cfg.TokenSource, minBackoff: time.Millisecond})
-	if got := strings.Join(names(t, s2, "snapshots/"), ","); got != "snapshots/s0,snapshots/s1" {
+	if got := strings.Join(cloudtest.Names(t, s2, "snapshots/"), ","); got != "snapshots/s0,snapshots/s1" {
 		t.Fatalf("merged folders list %q", got)
 	}
 	if got := string(get(t, s2, "snapshots/s1")); got != "x" {
@@ -397,7 +383,7 @@ func TestConcurrentPutsMakeOneFolder(t *testing.T) {
 			t.Fatalf("%d folders named %s (%v)", len(l.Files), n, err)
 		}
 	}
-	if got := names(t, s, "data/"); len(got) != 16 {
+	if got := cloudtest.Names(t, s, "data/"); len(got) != 16 {
 		t.Fatalf("listed %d", len(got))
 	}
 }
