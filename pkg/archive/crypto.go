@@ -73,6 +73,7 @@ type keySet struct {
 	object  keys.Key // HKDF input for per-object STREAM keys
 	chunker keys.Key // keys the FastCDC gear table
 	config  keys.Key // HMAC-SHA256 key for the config MAC
+	pageTag keys.Key // HMAC-SHA256 key for database page tags (format 2)
 }
 
 func deriveKeys(master keys.Key) *keySet {
@@ -83,6 +84,7 @@ func deriveKeys(master keys.Key) *keySet {
 		object:  keys.Derive(master, "object"),
 		chunker: keys.Derive(master, "chunker"),
 		config:  keys.Derive(master, "config mac"),
+		pageTag: keys.Derive(master, "page tag"),
 	}
 }
 

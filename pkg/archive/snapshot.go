@@ -25,9 +25,14 @@ type Snapshot struct {
 	DB       string    `json:"db,omitempty"`    // source path of the chat database
 	Media    string    `json:"media,omitempty"` // source path of the media folder
 	Tags     []string  `json:"tags,omitempty"`
-	Tree     string    `json:"tree"` // hex id of the tree object
+	Tree     string    `json:"tree,omitempty"` // version 1: hex id of the tree object
+	Root     []string  `json:"root,omitempty"` // version 2: hex ids of the root directory's pieces
 	DBStamp  *DBStamp  `json:"db_stamp,omitempty"`
 	DBCheck  string    `json:"db_check,omitempty"` // "full" or "quick": how the database copy was verified
+	// DBFullCheck is when the database last passed a full integrity
+	// check: this backup's time if it ran one, else the parent's value
+	// (format 2).
+	DBFullCheck *time.Time `json:"db_full_check,omitempty"`
 	Partial  bool      `json:"partial,omitempty"`
 	Warnings int       `json:"warnings,omitempty"`
 	Stats    Stats     `json:"stats"`
@@ -55,6 +60,10 @@ const (
 	TypeFile    = "f"
 	TypeDir     = "d"
 	TypeSymlink = "l"
+	// TypeDB is a SQLite database stored page by page (format version
+	// 2): its contents are described by the page map PageMap names, not
+	// by Chunks.
+	TypeDB = "s"
 )
 
 // Node is one entry of a snapshot's tree.
@@ -68,6 +77,8 @@ type Node struct {
 	Dev    uint64   `json:"dv,omitempty"`
 	Target string   `json:"l,omitempty"`
 	Chunks []string `json:"c,omitempty"` // chunk ids, hex, in file order
+	// PageMap is the id (hex) of a TypeDB node's page map root blob.
+	PageMap string `json:"pm,omitempty"`
 }
 
 // FileMode returns the node's permission bits as an fs.FileMode.
@@ -271,11 +282,30 @@ func parseSnapshot(data []byte) (*Snapshot, error) {
 	if dec.More() {
 		return nil, errors.New("trailing data after snapshot")
 	}
-	if s.Version != 1 {
+	switch s.Version {
+	case 1:
+		if _, err := ParseID(s.Tree); err != nil {
+			return nil, fmt.Errorf("bad tree reference: %v", err)
+		}
+		if s.Root != nil || s.DBFullCheck != nil {
+			return nil, errors.New("version-1 snapshot with version-2 fields")
+		}
+	case 2:
+		if s.Tree != "" || len(s.Root) == 0 || len(s.Root) > maxRootPieces {
+			return nil, errors.New("version-2 snapshot needs a root and no tree object")
+		}
+		for _, p := range s.Root {
+			if _, err := ParseID(p); err != nil {
+				return nil, fmt.Errorf("bad root reference: %v", err)
+			}
+		}
+	default:
 		return nil, fmt.Errorf("unsupported snapshot version %d", s.Version)
 	}
-	if _, err := ParseID(s.Tree); err != nil {
-		return nil, fmt.Errorf("bad tree reference: %v", err)
+	switch s.DBCheck {
+	case "", "full", "quick":
+	default:
+		return nil, fmt.Errorf("unknown db_check %q", s.DBCheck)
 	}
 	if s.Parent != "" {
 		if _, err := ParseID(s.Parent); err != nil {
@@ -330,6 +360,10 @@ func (r *Repository) loadSnapshots(ctx context.Context) ([]*Snapshot, []damagedS
 }
 
 const maxSnapshotSize = 1 << 20
+
+// maxRootPieces bounds the pieces of a version-2 snapshot's root
+// directory.
+const maxRootPieces = 1024
 
 // LoadSnapshot reads one snapshot header.
 func (r *Repository) LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error) {
