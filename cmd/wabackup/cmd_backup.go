@@ -14,14 +14,21 @@ func (a *app) backupCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "backup",
 		Short: "Back up the chat database and media folder",
-		Long: `Back up the chat database (a consistent snapshot taken with SQLite's backup
-API and verified with integrity_check) and the media folder. Files unchanged
-since the last snapshot (same size, mtime and inode) are not read again.`,
+		Long: `Back up the chat database and the media folder. The database is read page
+by page inside one read transaction (a consistent state, while the app keeps
+writing), and only the pages that changed since the last snapshot are stored;
+that same state is checked with PRAGMA quick_check on every run and with the
+full integrity_check at least every --db-full-check-every (--db-check auto).
+Files unchanged since the last snapshot (same size, mtime and inode) are not
+read again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if opt.DBCheck != "full" && opt.DBCheck != "quick" {
-				return fmt.Errorf("--db-check %q: want full or quick", opt.DBCheck)
+			if opt.DBCheck != "auto" && opt.DBCheck != "full" && opt.DBCheck != "quick" {
+				return fmt.Errorf("--db-check %q: want auto, full or quick", opt.DBCheck)
+			}
+			if opt.DBFullCheckEvery <= 0 {
+				return fmt.Errorf("--db-full-check-every %s: want a positive duration such as 168h", opt.DBFullCheckEvery)
 			}
 			if opt.DB == "" && opt.Media == "" {
 				return fmt.Errorf("nothing to back up: give --db and/or --media (or set them in the config file)")
@@ -56,7 +63,7 @@ since the last snapshot (same size, mtime and inode) are not read again.`,
 				s := snap.Stats
 				a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
 					"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
-					"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "warnings": snap.Warnings,
+					"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "warnings": snap.Warnings, "db_check": snap.DBCheck,
 					"duration_seconds": time.Since(start).Seconds()})
 				a.out.Printf("snapshot %s saved: %d files, %s (%d unchanged); read %s, added %s to the repository in %s\n",
 					snap.ID.Short(), s.Files, humanBytes(s.Bytes), s.Unchanged, humanBytes(s.ReadBytes), humanBytes(s.AddedBytes),
@@ -75,7 +82,8 @@ since the last snapshot (same size, mtime and inode) are not read again.`,
 	f := cmd.Flags()
 	f.StringVar(&opt.DB, "db", "", "the chat database (SQLite file)")
 	f.StringVar(&opt.Media, "media", "", "the media folder")
-	f.StringVar(&opt.DBCheck, "db-check", "full", "verify the database copy with SQLite's integrity_check (full) or quick_check (quick: skips index-to-row matching)")
+	f.StringVar(&opt.DBCheck, "db-check", "auto", "verify the database: auto (quick_check every run, integrity_check when the last full check is older than --db-full-check-every), full (integrity_check every run) or quick (quick_check only)")
+	f.DurationVar(&opt.DBFullCheckEvery, "db-full-check-every", archive.DefaultFullCheckEvery, "with --db-check auto: how old the last full integrity check may be")
 	f.StringVar(&opt.Host, "host", "", "host name to record (default: this machine's)")
 	f.StringSliceVar(&opt.Tags, "tag", nil, "tag the snapshot (repeatable)")
 	return cmd

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -32,17 +35,31 @@ func parseSubset(s string) (float64, error) {
 }
 
 func (a *app) checkCommand() *cobra.Command {
-	var readData bool
+	var readData, checkDB bool
 	var subset string
 	cmd := &cobra.Command{
-		Use:   "check",
+		Use:   "check [--db [ID|latest]]",
 		Short: "Verify the repository",
 		Long: `Verify the repository's structure: every index and snapshot decrypts and every
 chunk a snapshot needs is stored. --read-data downloads and authenticates
-every chunk; --read-data-subset 10% a random tenth of the packs.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+every chunk; --read-data-subset 10% a random tenth of the packs.
+
+--db rebuilds the chat database of a snapshot (default: the latest) into a
+temporary file and runs SQLite's full integrity_check on it, without the
+source.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if checkDB {
+				ref := "latest"
+				if len(args) == 1 {
+					ref = args[0]
+				}
+				return a.checkStoredDB(ctx, ref)
+			}
+			if len(args) > 0 {
+				return fmt.Errorf("check takes no snapshot unless --db is given")
+			}
 			opt := archive.CheckOptions{ReadData: readData}
 			if subset != "" {
 				f, err := parseSubset(subset)
@@ -86,6 +103,31 @@ every chunk; --read-data-subset 10% a random tenth of the packs.`,
 		},
 	}
 	cmd.Flags().BoolVar(&readData, "read-data", false, "download and verify every chunk")
+	cmd.Flags().BoolVar(&checkDB, "db", false, "run the full integrity_check on a snapshot's stored database")
 	cmd.Flags().StringVar(&subset, "read-data-subset", "", "verify a random subset of the packs: a percentage (10%) or n/t")
 	return cmd
+}
+
+// checkStoredDB runs the full integrity check on the database a snapshot
+// holds.
+func (a *app) checkStoredDB(ctx context.Context, ref string) error {
+	return a.withRepo(ctx, func(r *archive.Repository) error {
+		return a.withLock(ctx, r, false, "check", func() error {
+			snap, err := r.FindSnapshot(ctx, ref)
+			if err != nil {
+				return err
+			}
+			dir := a.tempDir
+			if dir == "" {
+				dir = os.TempDir()
+			}
+			start := time.Now()
+			if err := r.CheckStoredDB(ctx, snap, dir); err != nil {
+				return err
+			}
+			a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "db": snap.DB, "integrity_check": "ok", "duration_seconds": time.Since(start).Seconds()})
+			a.out.Printf("database %s of snapshot %s passed integrity_check\n", snap.DB, snap.ID.Short())
+			return nil
+		})
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"github.com/wabackup/wabackup/pkg/archive"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -24,14 +25,15 @@ func (a *app) snapshotsCommand() *cobra.Command {
 					list := make([]map[string]any, 0, len(snaps))
 					for _, s := range snaps {
 						list = append(list, map[string]any{"id": s.ID.String(), "time": s.Time, "host": s.Host, "db": s.DB, "media": s.Media,
-							"tags": s.Tags, "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes})
+							"tags": s.Tags, "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes,
+							"db_check": s.DBCheck, "db_full_check": s.DBFullCheck, "format_version": s.Version})
 					}
 					a.out.JSON(list)
 					return nil
 				}
 				tw := tabwriter.NewWriter(a.out.stdout, 0, 2, 2, ' ', 0)
 				if !a.out.quiet {
-					fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tNOTE")
+					fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tDB CHECK\tNOTE")
 				}
 				for _, s := range snaps {
 					note := ""
@@ -39,7 +41,7 @@ func (a *app) snapshotsCommand() *cobra.Command {
 						note = "partial"
 					}
 					if !a.out.quiet {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Host, s.Stats.Files, humanBytes(s.Stats.Bytes), note)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Host, s.Stats.Files, humanBytes(s.Stats.Bytes), dbCheckNote(s), note)
 					}
 				}
 				tw.Flush()
@@ -48,4 +50,23 @@ func (a *app) snapshotsCommand() *cobra.Command {
 			})
 		},
 	}
+}
+
+// dbCheckNote says how a snapshot's database was checked: "full", or
+// "quick (full 2d ago)" with the age of the last full check.
+func dbCheckNote(s *archive.Snapshot) string {
+	switch {
+	case s.DBCheck == "":
+		return "-"
+	case s.DBCheck == "full" || s.DBFullCheck == nil:
+		return s.DBCheck
+	}
+	age := s.Time.Sub(*s.DBFullCheck)
+	switch {
+	case age < time.Hour:
+		return "quick (full <1h before)"
+	case age < 48*time.Hour:
+		return fmt.Sprintf("quick (full %dh before)", int(age.Hours()))
+	}
+	return fmt.Sprintf("quick (full %dd before)", int(age.Hours()/24))
 }

@@ -37,9 +37,13 @@ type BackupOptions struct {
 	Host  string
 	Tags  []string
 
-	// DBCheck is "full" (PRAGMA integrity_check, the default) or "quick"
-	// (PRAGMA quick_check: skips matching index entries to rows).
-	DBCheck string
+	// DBCheck is "auto" (the default: PRAGMA quick_check on every run,
+	// PRAGMA integrity_check when the repository holds no snapshot of
+	// this database that passed one within DBFullCheckEvery), "full" or
+	// "quick". The check runs on the pinned state of the source, beside
+	// the reading of its pages.
+	DBCheck          string
+	DBFullCheckEvery time.Duration // default DefaultFullCheckEvery
 
 	Workers int // chunk/compress/encrypt workers (default GOMAXPROCS)
 	Uploads int // packs uploaded at once (default 2)
@@ -122,8 +126,10 @@ type backup struct {
 
 	workersAuto bool
 
-	// dbReady delivers the result of the database copy, once.
-	dbReady chan error
+	// snaps are the repository's snapshots (for the database check
+	// schedule); meta stores the tree's and page maps' blobs.
+	snaps []*Snapshot
+	meta  *metaSaver
 }
 
 func (b *backup) warn(p string, err error, partial bool) {
@@ -137,6 +143,9 @@ func (b *backup) warn(p string, err error, partial bool) {
 }
 
 func (b *backup) run(ctx context.Context) (*Snapshot, error) {
+	if b.r.cfg.Version < 2 {
+		return nil, fmt.Errorf("repository %s has format version %d: run 'wabackup migrate' once to upgrade it (nothing is re-uploaded): %w", b.r.store.Location(), b.r.cfg.Version, ErrNeedsMigration)
+	}
 	var srcs []source
 	for _, s := range []struct {
 		p  string
@@ -161,7 +170,7 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 	}
 	sort.Slice(srcs, func(i, j int) bool { return comparePaths(srcs[i].name, srcs[j].name) < 0 })
 
-	snap := &Snapshot{Version: 1, Time: b.start.UTC(), Host: b.opt.Host, Tags: b.opt.Tags}
+	snap := &Snapshot{Version: 2, Time: b.start.UTC(), Host: b.opt.Host, Tags: b.opt.Tags}
 	if u, err := user.Current(); err == nil {
 		snap.User = u.Username
 	}
@@ -188,94 +197,38 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 
 	// The database's state is pinned before anything else is read, so
 	// every media file its messages name is at least as old as the walk
-	// that follows. Its pages are then copied, and the copy checked,
-	// beside the rest of the backup; the producer waits for the copy only
-	// when it reaches the database, and the snapshot is only written if
-	// the check passes. A database unchanged since the parent (same
-	// stamp) is not copied or checked again: the parent's verified copy
-	// is reused.
-	var dbCopy string
-	var dbReuse *Node
-	checkDone := make(chan error, 1)
-	checkDone <- nil
-	checkCtx, stopCheck := context.WithCancel(ctx)
-	defer stopCheck()
+	// that follows. Its pages are then read, and the pinned state checked,
+	// beside the rest of the backup; the snapshot is only written if the
+	// check passes.
+	var db *dbSource
 	for _, s := range srcs {
-		if !s.db {
-			continue
-		}
-		stamp0, err := stampDB(s.abs)
-		if err != nil {
-			return nil, fmt.Errorf("chat database %s: %w", s.abs, err)
-		}
-		snap.DBCheck = "full"
-		if b.opt.DBCheck == "quick" {
-			snap.DBCheck = "quick"
-		}
-		if parent != nil && parent.DBStamp != nil && *parent.DBStamp == stamp0 && (parent.DBCheck == "full" || parent.DBCheck == snap.DBCheck) {
-			if dbReuse, err = b.findNode(ctx, parent, s.name); err != nil {
+		if s.db {
+			if db, err = b.openDB(ctx, s, parent, snap); err != nil {
 				return nil, err
 			}
-		}
-		if dbReuse != nil {
-			snap.DBStamp = &stamp0
-			continue
-		}
-		dir, err := os.MkdirTemp(b.r.tmpDir, "wabackup-db-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(dir)
-		dbCopy = filepath.Join(dir, "snapshot.db")
-		<-checkDone
-		pinned := make(chan struct{})
-		b.dbReady = make(chan error, 1)
-		go func(src string) {
-			err := gather.CopyDB(checkCtx, src, dbCopy, func() { close(pinned) })
-			b.dbReady <- err
-			if err != nil {
-				checkDone <- nil // reported by the producer, or by the wait below
-				return
-			}
-			if stamp1, err := stampDB(src); err == nil && stamp1 == stamp0 {
-				snap.DBStamp = &stamp0 // nothing was written during the copy
-			}
-			checkDone <- gather.CheckDB(checkCtx, dbCopy, src, b.opt.DBCheck == "quick")
-		}(s.abs)
-		select {
-		case <-pinned:
-		case err := <-b.dbReady:
-			if err != nil {
-				<-checkDone
-				return nil, err
-			}
-			b.dbReady <- nil
-		}
-		if b.opt.DBCheck != "quick" && b.workersAuto && b.opt.Workers > 1 {
-			// The full check is one long single-threaded job: leave it
-			// a core, or it ends up last and alone.
-			b.opt.Workers--
+			defer db.close()
 		}
 	}
 
-	treeID := NewRandomID()
-	snap.Tree = treeID.String()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	err = b.r.saveObject(ctx, treeName(treeID), true, func(w io.Writer) error {
-		return b.pipeline(ctx, cancel, srcs, dbCopy, dbReuse, ptree, &treeWriter{enc: json.NewEncoder(w)})
-	})
-	if err != nil {
-		stopCheck()
-	}
-	if cerr := <-checkDone; err == nil && cerr != nil {
-		err = cerr
+	root, err := b.pipeline(ctx, cancel, srcs, db, ptree)
+	if db != nil {
+		if err != nil {
+			db.stopCheck()
+		}
+		if cerr := db.wait(); err == nil && cerr != nil {
+			err = cerr
+		}
 	}
 	if err != nil {
 		if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
 			return nil, c
 		}
 		return nil, err
+	}
+	for _, id := range root {
+		snap.Root = append(snap.Root, id.String())
 	}
 	snap.Stats = b.stats
 	snap.Warnings = int(b.warnings.Load())
@@ -285,14 +238,21 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := b.r.saveObject(ctx, snapshotName(snap.ID), false, func(w io.Writer) error {
+	size, err := b.r.saveObject(ctx, snapshotName(snap.ID), false, func(w io.Writer) error {
 		_, err := w.Write(data)
 		return err
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
+	// The stored header cannot count itself; the caller's copy does.
+	snap.Stats.AddedBytes += size
 	return snap, nil
 }
+
+// ErrNeedsMigration is returned by Backup on a repository of an older
+// format version.
+var ErrNeedsMigration = errors.New("repository needs an upgrade")
 
 func absOr(p string) string {
 	if a, err := filepath.Abs(p); err == nil {
@@ -302,6 +262,7 @@ func absOr(p string) string {
 }
 
 // findParent picks the newest snapshot of the same sources on this host.
+// It keeps the list of snapshots for the database check schedule.
 func (b *backup) findParent(ctx context.Context, snap *Snapshot) (*Snapshot, error) {
 	// A damaged snapshot only costs the choice of a parent (at worst,
 	// re-reading unchanged files): warn and go on.
@@ -312,6 +273,7 @@ func (b *backup) findParent(ctx context.Context, snap *Snapshot) (*Snapshot, err
 	for _, d := range damaged {
 		b.warn("", d.err, false)
 	}
+	b.snaps = snaps
 	for i := len(snaps) - 1; i >= 0; i-- {
 		s := snaps[i]
 		if s.Host == snap.Host && s.DB == snap.DB && s.Media == snap.Media {
@@ -321,58 +283,9 @@ func (b *backup) findParent(ctx context.Context, snap *Snapshot) (*Snapshot, err
 	return nil, nil
 }
 
-// DBStamp identifies a state of the chat database file (and its -wal):
-// if it is the same at the next backup, nothing was written in between.
-type DBStamp struct {
-	Size     int64  `json:"size"`
-	MTime    int64  `json:"mtime"`
-	Inode    uint64 `json:"inode"`
-	WALSize  int64  `json:"wal_size"`
-	WALMTime int64  `json:"wal_mtime"`
-}
-
-func stampDB(path string) (DBStamp, error) {
-	var st DBStamp
-	fi, err := os.Stat(path)
-	if err != nil {
-		return st, err
-	}
-	st.Size, st.MTime = fi.Size(), fi.ModTime().UnixNano()
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.Inode = sys.Ino
-	}
-	// An empty -wal holds nothing (a read-only reader may create one).
-	if wi, err := os.Stat(path + "-wal"); err == nil && wi.Size() > 0 {
-		st.WALSize, st.WALMTime = wi.Size(), wi.ModTime().UnixNano()
-	}
-	return st, nil
-}
-
-// findNode returns the node for a top-level path in a snapshot's tree
-// whose chunks are all still stored, or nil.
-func (b *backup) findNode(ctx context.Context, s *Snapshot, p string) (*Node, error) {
-	tr, err := b.r.OpenTree(ctx, s)
-	if err != nil {
-		return nil, err
-	}
-	defer tr.Close()
-	for {
-		n, err := tr.Next()
-		if err != nil {
-			return nil, nil // not found, or damaged: copy afresh
-		}
-		if n.Path == p {
-			if n.Type == TypeFile && b.unchanged(n, n) {
-				return n, nil
-			}
-			return nil, nil
-		}
-	}
-}
-
 // parentTree walks the parent snapshot's tree alongside the new walk.
 type parentTree struct {
-	tr   *TreeReader
+	tr   nodeReader
 	cur  *Node
 	done bool
 }
@@ -407,10 +320,11 @@ func (pt *parentTree) find(p string) *Node {
 // chunkJob carries one chunk from the reader to a worker and its result
 // back to the tree writer.
 type chunkJob struct {
-	data []byte
-	hint compressHint
-	id   ID
-	done chan error
+	data   []byte
+	hint   compressHint
+	id     ID
+	hashed bool // id is already set (a group of database pages)
+	done   chan error
 }
 
 type item struct {
@@ -420,7 +334,12 @@ type item struct {
 	abort bool
 }
 
-func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, srcs []source, dbCopy string, dbReuse *Node, ptree *parentTree, tw *treeWriter) error {
+// pipeline runs the backup's goroutines: the producer walks the sources
+// and cuts files into chunks, the database's pages are read beside it,
+// workers hash, compress and encrypt into packs, uploaders store them,
+// and assemble writes the directory tree in walk order. It returns the
+// root directory's pieces once every pack is stored and indexed.
+func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, srcs []source, db *dbSource, ptree *parentTree) ([]ID, error) {
 	b.pending = map[ID]struct{}{}
 	b.newPacks = append(b.newPacks, b.adopted...)
 	for _, p := range b.adopted {
@@ -436,6 +355,8 @@ func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, s
 	jobs := make(chan *chunkJob, b.opt.Workers)
 	order := make(chan item, 64)
 	uploads := make(chan *packWriter, b.opt.Uploads)
+	b.meta = newMetaSaver(b, uploads)
+	defer b.meta.close()
 
 	fail := func(err error) { cancel(err) }
 
@@ -461,43 +382,74 @@ func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, s
 			}
 		}()
 	}
+	var dbWG sync.WaitGroup
+	if db != nil && db.pages != nil {
+		dbWG.Add(1)
+		go func() {
+			defer dbWG.Done()
+			n, err := b.readPages(ctx, db, jobs)
+			if err != nil {
+				fail(err)
+			}
+			db.node <- n
+		}()
+	}
 	go func() {
 		defer close(order)
 		defer close(jobs)
-		if err := b.produce(ctx, srcs, dbCopy, dbReuse, ptree, order, jobs); err != nil {
+		defer dbWG.Wait() // the page reader sends jobs too
+		if err := b.produce(ctx, srcs, db, ptree, order, jobs); err != nil {
 			fail(err)
 		}
 	}()
 
+	tw := newDirTreeWriter(ctx, b.meta)
 	err := b.assemble(ctx, order, tw)
+	var root []ID
+	if err == nil {
+		root, err = tw.finish()
+	}
 	if err != nil {
 		fail(err)
 		for range order { // let the producer finish
 		}
 	}
 	wkWG.Wait()
+	if err == nil && ctx.Err() == nil {
+		err = b.meta.flush(ctx)
+		if err != nil {
+			fail(err)
+		}
+	}
 	close(uploads)
 	upWG.Wait()
 	if c := context.Cause(ctx); c != nil {
-		return c
+		return nil, c
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Every pack is stored: describe them (and adopted ones) in an index.
 	b.newPacksMu.Lock()
 	all := b.newPacks
 	b.newPacksMu.Unlock()
 	if len(all) > 0 {
-		if _, err := b.r.writeIndex(ctx, all); err != nil {
-			return err
+		if err := b.writeIndex(ctx, all); err != nil {
+			return nil, err
 		}
 	}
-	return nil
+	return root, nil
+}
+
+// writeIndex writes an index object for packs and counts its size.
+func (b *backup) writeIndex(ctx context.Context, packs []packIndex) error {
+	_, size, err := b.r.writeIndex(ctx, packs)
+	atomic.AddInt64(&b.stats.AddedBytes, size)
+	return err
 }
 
 // produce walks the sources in tree order and feeds nodes and chunks.
-func (b *backup) produce(ctx context.Context, srcs []source, dbCopy string, dbReuse *Node, ptree *parentTree, order chan<- item, jobs chan<- *chunkJob) error {
+func (b *backup) produce(ctx context.Context, srcs []source, db *dbSource, ptree *parentTree, order chan<- item, jobs chan<- *chunkJob) error {
 	cfg := b.r.cfg
 	buf := make([]byte, cfg.MaxChunk)
 	ck, err := chunkers.NewChunkerBuffer(chunkerAlgorithm, eofReader{}, &chunkers.ChunkerOpts{
@@ -515,34 +467,15 @@ func (b *backup) produce(ctx context.Context, srcs []source, dbCopy string, dbRe
 		}
 	}
 	for _, s := range srcs {
-		if s.db && dbReuse != nil {
-			n := *dbReuse
-			atomic.AddInt64(&b.stats.Unchanged, 1)
-			if err := send(item{node: &n, end: true}); err != nil {
-				return err
-			}
-			continue
-		}
 		if s.db {
-			// The copy runs beside the media walk; wait for it here.
-			select {
-			case err := <-b.dbReady:
-				if err != nil {
-					return err
-				}
-			case <-ctx.Done():
-				return context.Cause(ctx)
-			}
-			fi, err := os.Stat(s.abs)
+			n, err := db.result(ctx)
 			if err != nil {
 				return err
 			}
-			cp, err := os.Stat(dbCopy)
-			if err != nil {
-				return err
+			if db.reuse != nil {
+				atomic.AddInt64(&b.stats.Unchanged, 1)
 			}
-			n := &Node{Path: s.name, Type: TypeFile, Mode: unixMode(fi.Mode()), Size: cp.Size(), MTime: fi.ModTime().UnixNano()}
-			if err := b.sendFile(ctx, ck, n, dbCopy, hintAuto, order, jobs); err != nil {
+			if err := send(item{node: n, end: true}); err != nil {
 				return err
 			}
 			continue
@@ -684,7 +617,7 @@ func (b *backup) sendFile(ctx context.Context, ck *chunkers.Chunker, n *Node, fi
 }
 
 // assemble writes nodes to the tree in walk order as their chunks finish.
-func (b *backup) assemble(ctx context.Context, order <-chan item, tw *treeWriter) error {
+func (b *backup) assemble(ctx context.Context, order <-chan item, tw *dirTreeWriter) error {
 	var cur *Node
 	var prog BackupProgress
 	for it := range order {
@@ -709,7 +642,7 @@ func (b *backup) assemble(ctx context.Context, order <-chan item, tw *treeWriter
 			continue
 		}
 		switch cur.Type {
-		case TypeFile:
+		case TypeFile, TypeDB:
 			b.stats.Files++
 			b.stats.Bytes += cur.Size
 		case TypeDir:
@@ -759,19 +692,12 @@ func (b *backup) worker(ctx context.Context, jobs <-chan *chunkJob, uploads chan
 }
 
 func (b *backup) process(ctx context.Context, job *chunkJob, h hash.Hash, z *compressor, pw **packWriter, uploads chan<- *packWriter) error {
-	h.Reset()
-	h.Write(job.data)
-	h.Sum(job.id[:0])
-	if b.r.idx.Has(job.id) {
-		return nil
+	if !job.hashed {
+		h.Reset()
+		h.Write(job.data)
+		h.Sum(job.id[:0])
 	}
-	b.pendingMu.Lock()
-	_, dup := b.pending[job.id]
-	if !dup {
-		b.pending[job.id] = struct{}{}
-	}
-	b.pendingMu.Unlock()
-	if dup {
+	if b.r.idx.Has(job.id) || !b.markPending(job.id) {
 		return nil
 	}
 	payload, flags := z.compress(job.data, job.hint)
@@ -809,6 +735,18 @@ func (b *backup) finishPack(ctx context.Context, pw *packWriter, uploads chan<- 
 	}
 }
 
+// markPending records that chunk id is being stored by this backup; it
+// returns false if it already was.
+func (b *backup) markPending(id ID) bool {
+	b.pendingMu.Lock()
+	defer b.pendingMu.Unlock()
+	if _, dup := b.pending[id]; dup {
+		return false
+	}
+	b.pending[id] = struct{}{}
+	return true
+}
+
 // upload stores a finished pack, then makes its chunks visible in the index.
 func (b *backup) upload(ctx context.Context, pw *packWriter) error {
 	defer pw.discard()
@@ -825,7 +763,7 @@ func (b *backup) upload(ctx context.Context, pw *packWriter) error {
 	if len(b.newPacks) >= indexBatch {
 		// Write the index as we go, so memory stays bounded and an
 		// interrupted backup leaves its packs indexed.
-		if _, err := b.r.writeIndex(ctx, b.newPacks); err != nil {
+		if err := b.writeIndex(ctx, b.newPacks); err != nil {
 			return err
 		}
 		b.pendingMu.Lock()

@@ -170,6 +170,10 @@ func (r *Repository) checkTree(ctx context.Context, s *Snapshot, errf func(strin
 			errf("snapshot %s: %v", s.ID.Short(), err)
 			break
 		}
+		if n.Type == TypeDB {
+			r.checkPageMap(ctx, s, n, errf)
+			continue
+		}
 		var size int64
 		for _, c := range n.Chunks {
 			id, _ := ParseID(c)
@@ -191,6 +195,47 @@ func (r *Repository) checkTree(ctx context.Context, s *Snapshot, errf func(strin
 		errf("snapshot %s: %d more missing chunks", s.ID.Short(), missing-10)
 	}
 	return nil
+}
+
+// checkPageMap verifies a database node's page map: its root and
+// segments decrypt and agree, every group it names is indexed and holds
+// the slots used, and the pages add up to the node's size.
+func (r *Repository) checkPageMap(ctx context.Context, s *Snapshot, n *Node, errf func(string, ...any)) {
+	root, err := ParseID(n.PageMap)
+	if err != nil {
+		errf("snapshot %s: %s: %v", s.ID.Short(), n.Path, err)
+		return
+	}
+	br := r.newBlobReader()
+	defer br.close()
+	problems := 0
+	m, err := eachPageGroup(ctx, br.chunk, root, nil, func(m *pageMap, g ID, pages []pageLoc) error {
+		loc, _, ok := r.idx.lookup(g)
+		if !ok {
+			if problems < 10 {
+				errf("snapshot %s: %s: page group %s (pages %d…) is missing", s.ID.Short(), n.Path, g.Short(), pages[0].pgno)
+			}
+			problems++
+			return nil
+		}
+		for _, p := range pages {
+			if loc.rawLen%m.pageSize != 0 || (p.slot+1)*m.pageSize > loc.rawLen {
+				errf("snapshot %s: %s: page %d: group %s has no slot %d", s.ID.Short(), n.Path, p.pgno, g.Short(), p.slot)
+				problems++
+				break
+			}
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		errf("snapshot %s: %s: %v", s.ID.Short(), n.Path, err)
+	case int64(m.pageCount)*int64(m.pageSize) != n.Size:
+		errf("snapshot %s: %s: page map holds %d pages of %d bytes, the node says %d bytes", s.ID.Short(), n.Path, m.pageCount, m.pageSize, n.Size)
+	}
+	if problems > 10 {
+		errf("snapshot %s: %s: %d more problems with page groups", s.ID.Short(), n.Path, problems-10)
+	}
 }
 
 // readData downloads packs and verifies each blob against the index.

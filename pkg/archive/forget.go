@@ -134,7 +134,7 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 		return nil, err
 	}
 	if len(adopted) > 0 && !dryRun {
-		if _, err := r.writeIndex(ctx, adopted); err != nil {
+		if _, _, err := r.writeIndex(ctx, adopted); err != nil {
 			return nil, err
 		}
 	}
@@ -150,28 +150,9 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	trees := map[string]bool{}
 	for _, s := range snaps {
 		trees[s.Tree] = true
-		tr, err := r.OpenTree(ctx, s)
-		if err != nil {
+		if err := r.markUsed(ctx, s, used); err != nil {
 			return nil, err
 		}
-		for {
-			n, err := tr.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				tr.Close()
-				return nil, fmt.Errorf("prune needs every snapshot readable: %w", err)
-			}
-			for _, c := range n.Chunks {
-				id, _ := ParseID(c)
-				if err := used.add(id); err != nil {
-					tr.Close()
-					return nil, err
-				}
-			}
-		}
-		tr.Close()
 	}
 	if err := used.flush(); err != nil {
 		return nil, err
@@ -256,7 +237,7 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 			return nil
 		}
 		name := indexName(NewRandomID())
-		if err := r.saveObject(ctx, name, false, func(w io.Writer) error { return encodeIndex(w, batch) }); err != nil {
+		if _, err := r.saveObject(ctx, name, false, func(w io.Writer) error { return encodeIndex(w, batch) }); err != nil {
 			return err
 		}
 		written[name] = true
@@ -301,6 +282,53 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	// rebuilds it.
 	r.idxLoaded = false
 	return res, nil
+}
+
+// markUsed adds every blob a snapshot needs to used: its files' chunks,
+// and in version 2 its directory pieces and its databases' page maps
+// (root, segments, groups).
+func (r *Repository) markUsed(ctx context.Context, s *Snapshot, used *usedSet) error {
+	var addErr error
+	add := func(id ID) {
+		if err := used.add(id); err != nil && addErr == nil {
+			addErr = err
+		}
+	}
+	tr, err := r.openTree(ctx, s, add)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	br := r.newBlobReader()
+	defer br.close()
+	for addErr == nil {
+		n, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("prune needs every snapshot readable: %w", err)
+		}
+		if n.Type == TypeDB {
+			root, err := ParseID(n.PageMap)
+			if err != nil {
+				return fmt.Errorf("prune needs every snapshot readable: %s: %v: %w", n.Path, err, ErrCorrupt)
+			}
+			_, err = eachPageGroup(ctx, br.chunk, root, add, func(_ *pageMap, g ID, _ []pageLoc) error {
+				add(g)
+				return addErr
+			})
+			if err != nil {
+				return fmt.Errorf("prune needs every snapshot readable: %w", err)
+			}
+			continue
+		}
+		for _, c := range n.Chunks {
+			id, _ := ParseID(c)
+			add(id)
+		}
+	}
+	return addErr
 }
 
 // repack copies the given chunks into new packs and stores them.

@@ -136,14 +136,14 @@ func (r *Repository) readIndexObject(ctx context.Context, name string, fn func(p
 }
 
 // writeIndex stores an index object describing packs, records it in the
-// cache, and returns its name.
-func (r *Repository) writeIndex(ctx context.Context, packs []packIndex) (string, error) {
+// cache, and returns its name and stored size.
+func (r *Repository) writeIndex(ctx context.Context, packs []packIndex) (string, int64, error) {
 	name := indexName(NewRandomID())
-	err := r.saveObject(ctx, name, false, func(w io.Writer) error { return encodeIndex(w, packs) })
+	size, err := r.saveObject(ctx, name, false, func(w io.Writer) error { return encodeIndex(w, packs) })
 	if err == nil && r.idx != nil {
 		err = r.idx.addPacks(packs, name)
 	}
-	return name, err
+	return name, size, err
 }
 
 // readTrailer fetches and authenticates the trailer of a stored pack.

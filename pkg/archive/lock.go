@@ -104,10 +104,11 @@ func (l *Lock) write(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return l.r.saveObject(ctx, l.name, false, func(w io.Writer) error {
+	_, err = l.r.saveObject(ctx, l.name, false, func(w io.Writer) error {
 		_, err := w.Write(data)
 		return err
 	})
+	return err
 }
 
 func (l *Lock) refresh() {

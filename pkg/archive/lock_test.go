@@ -14,7 +14,7 @@ import (
 func writeLock(t *testing.T, r *Repository, li lockInfo) {
 	t.Helper()
 	data, _ := json.Marshal(li)
-	if err := r.saveObject(context.Background(), "locks/"+NewRandomID().String(), false, func(w io.Writer) error {
+	if _, err := r.saveObject(context.Background(), "locks/"+NewRandomID().String(), false, func(w io.Writer) error {
 		_, err := w.Write(data)
 		return err
 	}); err != nil {

@@ -63,42 +63,42 @@ func (s *spool) close() {
 }
 
 // saveObject encrypts what fill writes (zstd-compressed if compress) as
-// a STREAM object and stores it under name.
-func (r *Repository) saveObject(ctx context.Context, name string, compress bool, fill func(w io.Writer) error) error {
+// a STREAM object and stores it under name. It returns the stored size.
+func (r *Repository) saveObject(ctx context.Context, name string, compress bool, fill func(w io.Writer) error) (int64, error) {
 	sp := &spool{dir: r.tmpDir}
 	defer sp.close()
 	sw, err := r.keys.newStreamWriter(sp, name)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var w io.Writer = sw
 	var zw *zstd.Encoder
 	if compress {
 		zw, err = zstd.NewWriter(sw, zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20), zstd.WithEncoderLevel(zstd.SpeedDefault))
 		if err != nil {
-			return err
+			return 0, err
 		}
 		w = zw
 	}
 	if err := fill(w); err != nil {
-		return err
+		return 0, err
 	}
 	if zw != nil {
 		if err := zw.Close(); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if err := sw.Close(); err != nil {
-		return err
+		return 0, err
 	}
 	rd, size, err := sp.reader()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := r.store.Put(ctx, name, rd, size); err != nil {
-		return fmt.Errorf("store %s: %w", name, err)
+		return 0, fmt.Errorf("store %s: %w", name, err)
 	}
-	return nil
+	return size, nil
 }
 
 // maxObjectWindow bounds zstd decoding of metadata objects.

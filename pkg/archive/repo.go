@@ -20,8 +20,9 @@ import (
 	"github.com/wabackup/wabackup/pkg/keys"
 )
 
-// FormatVersion is the repository format this package writes and reads.
-const FormatVersion = 1
+// FormatVersion is the repository format this package writes; it reads
+// versions 1 and 2 (FORMAT.md §11).
+const FormatVersion = 2
 
 // Chunk size bounds (FORMAT.md §Chunking).
 const (
@@ -229,6 +230,29 @@ func Open(ctx context.Context, store cloud.Store) (*Repository, error) {
 		return nil, fmt.Errorf("%s: %w", store.Location(), err)
 	}
 	return &Repository{store: store, cfg: cfg, tmpDir: os.TempDir()}, nil
+}
+
+// Migrate upgrades a version-1 repository to the current format by
+// rewriting its config (version and MAC): no data, index, tree or
+// snapshot is rewritten, and version-1 snapshots stay readable (FORMAT.md
+// §11). The caller holds an exclusive lock. It reports whether anything
+// changed.
+func (r *Repository) Migrate(ctx context.Context) (bool, error) {
+	if r.cfg.Version >= FormatVersion {
+		return false, nil
+	}
+	cfg := *r.cfg
+	cfg.Version = FormatVersion
+	cfg.MAC = cfg.mac(r.keys)
+	data, err := json.MarshalIndent(&cfg, "", "  ")
+	if err != nil {
+		return false, err
+	}
+	if err := r.store.Put(ctx, "config", bytes.NewReader(data), int64(len(data))); err != nil {
+		return false, fmt.Errorf("writing config: %w", err)
+	}
+	r.cfg = &cfg
+	return true, nil
 }
 
 // Slots lists the repository's key slots. It fails on a damaged one.

@@ -144,7 +144,7 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 			matched = true
 			for _, l := range symlinks {
 				if strings.HasPrefix(n.Path, l+"/") {
-					return fmt.Errorf("%s: node %q lies below symlink %q: %w", tr.name, n.Path, l, ErrCorrupt)
+					return fmt.Errorf("snapshot %s: node %q lies below symlink %q: %w", snap.ID.Short(), n.Path, l, ErrCorrupt)
 				}
 			}
 			dst := filepath.Join(target, filepath.FromSlash(n.Path))
@@ -173,7 +173,7 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 				symlinks = append(symlinks, n.Path)
 				ts := []unix.Timespec{unix.NsecToTimespec(n.MTime), unix.NsecToTimespec(n.MTime)}
 				_ = unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW)
-			case TypeFile:
+			case TypeFile, TypeDB:
 				select {
 				case files <- n:
 				case <-ctx.Done():
@@ -264,12 +264,7 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 			os.Remove(tmp)
 		}
 	}()
-	var written int64
-	for _, c := range n.Chunks {
-		id, err := ParseID(c)
-		if err != nil {
-			return err
-		}
+	load := func(ctx context.Context, id ID, use func([]byte) error) error {
 		br := <-readers
 		if br == nil {
 			br = r.newBlobReader()
@@ -277,21 +272,15 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 		}
 		data, err := br.chunk(ctx, id)
 		if err == nil {
-			_, err = f.Write(data)
-			if err != nil {
-				err = fmt.Errorf("writing %s: %w", dst, err)
-			}
+			err = use(data)
 		} else {
 			err = fmt.Errorf("restoring %s: %w", n.Path, err)
 		}
 		readers <- br
-		if err != nil {
-			return err
-		}
-		written += int64(len(data))
+		return err
 	}
-	if written != n.Size {
-		return fmt.Errorf("restoring %s: got %d bytes, snapshot says %d: %w", n.Path, written, n.Size, ErrCorrupt)
+	if err := writeContents(ctx, f, dst, n, load); err != nil {
+		return err
 	}
 	if err := f.Chmod(n.FileMode()); err != nil {
 		return err

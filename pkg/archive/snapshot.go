@@ -17,25 +17,25 @@ import (
 
 // Snapshot is the header of one backup (FORMAT.md §Snapshots).
 type Snapshot struct {
-	Version  int       `json:"v"`
-	Time     time.Time `json:"time"`
-	Host     string    `json:"host"`
-	User     string    `json:"user,omitempty"`
-	Parent   string    `json:"parent,omitempty"`
-	DB       string    `json:"db,omitempty"`    // source path of the chat database
-	Media    string    `json:"media,omitempty"` // source path of the media folder
-	Tags     []string  `json:"tags,omitempty"`
-	Tree     string    `json:"tree,omitempty"` // version 1: hex id of the tree object
-	Root     []string  `json:"root,omitempty"` // version 2: hex ids of the root directory's pieces
-	DBStamp  *DBStamp  `json:"db_stamp,omitempty"`
-	DBCheck  string    `json:"db_check,omitempty"` // "full" or "quick": how the database copy was verified
+	Version int       `json:"v"`
+	Time    time.Time `json:"time"`
+	Host    string    `json:"host"`
+	User    string    `json:"user,omitempty"`
+	Parent  string    `json:"parent,omitempty"`
+	DB      string    `json:"db,omitempty"`    // source path of the chat database
+	Media   string    `json:"media,omitempty"` // source path of the media folder
+	Tags    []string  `json:"tags,omitempty"`
+	Tree    string    `json:"tree,omitempty"` // version 1: hex id of the tree object
+	Root    []string  `json:"root,omitempty"` // version 2: hex ids of the root directory's pieces
+	DBStamp *DBStamp  `json:"db_stamp,omitempty"`
+	DBCheck string    `json:"db_check,omitempty"` // "full" or "quick": how the database copy was verified
 	// DBFullCheck is when the database last passed a full integrity
 	// check: this backup's time if it ran one, else the parent's value
 	// (format 2).
 	DBFullCheck *time.Time `json:"db_full_check,omitempty"`
-	Partial  bool      `json:"partial,omitempty"`
-	Warnings int       `json:"warnings,omitempty"`
-	Stats    Stats     `json:"stats"`
+	Partial     bool       `json:"partial,omitempty"`
+	Warnings    int        `json:"warnings,omitempty"`
+	Stats       Stats      `json:"stats"`
 
 	ID ID `json:"-"` // from the object name
 }
@@ -430,8 +430,29 @@ func (r *Repository) FindSnapshot(ctx context.Context, ref string) (*Snapshot, e
 // ErrNoSnapshot is returned when a requested snapshot does not exist.
 var ErrNoSnapshot = errors.New("no such snapshot")
 
-// OpenTree streams the nodes of a snapshot's tree.
-func (r *Repository) OpenTree(ctx context.Context, s *Snapshot) (*TreeReader, error) {
+// OpenTree streams the nodes of a snapshot's tree, in walk order: the
+// version-1 tree object, or the version-2 directory tree.
+func (r *Repository) OpenTree(ctx context.Context, s *Snapshot) (nodeReader, error) {
+	return r.openTree(ctx, s, nil)
+}
+
+// openTree is OpenTree; onBlob, if set, is called for every directory
+// piece a version-2 tree is read from.
+func (r *Repository) openTree(ctx context.Context, s *Snapshot, onBlob func(ID)) (nodeReader, error) {
+	if s.Version >= 2 {
+		root, err := s.rootIDs()
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s: %v: %w", s.ID.Short(), err, ErrCorrupt)
+		}
+		blobs := r.newRepoBlobs()
+		tr, err := openDirTree(ctx, blobs, root)
+		if err != nil {
+			blobs.close()
+			return nil, fmt.Errorf("snapshot %s: %w", s.ID.Short(), err)
+		}
+		tr.onBlob = onBlob
+		return &closingReader{nodeReader: tr, close: blobs.close}, nil
+	}
 	id, err := ParseID(s.Tree)
 	if err != nil {
 		return nil, err
@@ -442,4 +463,16 @@ func (r *Repository) OpenTree(ctx context.Context, s *Snapshot) (*TreeReader, er
 		return nil, fmt.Errorf("snapshot %s: %w", s.ID.Short(), err)
 	}
 	return newTreeReader(rc, name), nil
+}
+
+func (s *Snapshot) rootIDs() ([]ID, error) {
+	out := make([]ID, 0, len(s.Root))
+	for _, h := range s.Root {
+		id, err := ParseID(h)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, nil
 }

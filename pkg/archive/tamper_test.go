@@ -21,9 +21,10 @@ package archive
 //   - a tampered wrapped key, salt or nonce in a parseable slot: AES-GCM
 //     cannot tell "tampered" from "wrong secret", so Unlock reports
 //     ErrWrongKey. The failure is safe, but the message is not specific.
-//   - deleting a whole snapshot (with or without its tree): no signed list
-//     of snapshots exists, so the remaining repository is consistent. Check
-//     only warns about the orphaned tree.
+//   - deleting a whole snapshot: no signed list of snapshots exists, so
+//     the remaining repository is consistent (its directory pieces and
+//     page maps are blobs no snapshot uses, which prune frees; a version-1
+//     snapshot's orphaned tree object draws a warning).
 //   - deleting a key slot other than the one being used: slots are
 //     independent by design.
 //   - deleting an index object: nothing refers to index objects by name,
@@ -274,11 +275,6 @@ type tamperFixture struct {
 
 func (fx *tamperFixture) creds() Credentials { return Credentials{RecoveryKey: &fx.recovery} }
 
-func (fx *tamperFixture) treeName(i int) string {
-	id, _ := ParseID(fx.snaps[i].Tree)
-	return treeName(id)
-}
-
 func (fx *tamperFixture) snapName(i int) string { return snapshotName(fx.snaps[i].ID) }
 
 func newTamperFixture(t *testing.T) *tamperFixture {
@@ -497,7 +493,7 @@ func TestTamper(t *testing.T) {
 		})
 	}
 
-	// STREAM objects: index, tree, snapshot. Every byte is the salt or a
+	// STREAM objects: index, snapshot. Every byte is the salt or a
 	// sealed segment, and the key is bound to the object's name.
 	size := func(t *testing.T, dir, name string) int64 {
 		fi, err := os.Stat(tamperPath(dir, name))
@@ -521,7 +517,6 @@ func TestTamper(t *testing.T) {
 	}
 	kinds := []streamKind{
 		{"index object", idxName, otherIdx, latest, nil, restoreCorrupt},
-		{"tree object", fx.treeName(0), fx.treeName(1), 0, []int{1}, restoreNotFound},
 		{"snapshot object", fx.snapName(0), fx.snapName(1), 0, []int{1}, restoreNotFound},
 	}
 	for _, k := range kinds {
@@ -570,9 +565,10 @@ func TestTamper(t *testing.T) {
 			del.check, del.checkText = checkErrText, "is missing"
 			del.restore = restoreOK
 		case "snapshot object":
-			// Undetectable by design (see the file comment): the tree is
-			// orphaned, the other snapshot is intact.
-			del.check, del.checkText = checkPasses, "belong to no snapshot"
+			// Undetectable by design (see the file comment): its
+			// directory pieces are just unreferenced blobs now (prune
+			// frees them), the other snapshot is intact.
+			del.check, del.checkText = checkPasses, ""
 			del.restore = restoreOK
 			del.snap = 1
 			del.alsoOK = nil
@@ -1120,7 +1116,6 @@ func TestTamperReadErrorsAreNotCorruption(t *testing.T) {
 	}{
 		{"index object, in the salt", "index/", 5, func(r *Repository) error { return r.LoadIndex(ctx) }},
 		{"index object, in a segment", "index/", 100, func(r *Repository) error { return r.LoadIndex(ctx) }},
-		{"tree object", "trees/", 100, restore},
 		{"snapshot object", "snapshots/", 100, func(r *Repository) error { _, err := r.LoadSnapshot(ctx, fx.snaps[0].ID); return err }},
 		{"pack, chunk read", "data/", 100, restore},
 		{"pack, trailer read", "data/", 2, func(r *Repository) error {

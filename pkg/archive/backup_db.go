@@ -1,0 +1,257 @@
+package archive
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/wabackup/wabackup/pkg/gather"
+)
+
+// DefaultFullCheckEvery is how old the last full integrity check of a
+// database may be before DBCheck "auto" runs one again.
+const DefaultFullCheckEvery = 7 * 24 * time.Hour
+
+// dbSource is the chat database of one backup: either the parent's node,
+// reused because nothing was written since, or a pinned view of its pages
+// with an integrity check running on that same state.
+type dbSource struct {
+	src    source
+	stamp0 DBStamp
+	snap   *Snapshot
+
+	reuse *Node // the parent's node, when the database is unchanged
+
+	pages      *gather.DBPages
+	parentRoot *ID // the parent's page map, if it has one
+	node       chan *Node
+	checkDone  chan error
+	stopCheck  context.CancelFunc
+	checked    bool
+}
+
+// openDB decides how the database is backed up and, unless the parent's
+// copy can be reused, pins its state and starts the check on it.
+func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, snap *Snapshot) (*dbSource, error) {
+	stamp0, err := stampDB(s.abs)
+	if err != nil {
+		return nil, fmt.Errorf("chat database %s: %w", s.abs, err)
+	}
+	d := &dbSource{src: s, stamp0: stamp0, snap: snap, node: make(chan *Node, 1), checkDone: make(chan error, 1), stopCheck: func() {}}
+	mode := b.opt.DBCheck
+	if mode == "" {
+		mode = "auto"
+	}
+	if parent != nil && parent.DBStamp != nil && *parent.DBStamp == stamp0 && parent.DBCheck != "" &&
+		(mode != "full" || parent.DBCheck == "full") {
+		n, err := b.r.findTopNode(ctx, parent, s.name)
+		if err != nil {
+			return nil, err
+		}
+		if n != nil && n.Type == TypeDB && b.pageMapStored(n) {
+			d.reuse = n
+			snap.DBStamp = &stamp0
+			snap.DBCheck, snap.DBFullCheck = parent.DBCheck, parent.DBFullCheck
+			d.node <- n
+			d.checkDone <- nil
+			return d, nil
+		}
+	}
+	if parent != nil {
+		if n, err := b.r.findTopNode(ctx, parent, s.name); err == nil && n != nil && n.Type == TypeDB {
+			if id, err := ParseID(n.PageMap); err == nil {
+				d.parentRoot = &id
+			}
+		}
+	}
+	full := mode == "full"
+	lastFull := b.lastFullCheck(snap)
+	if mode == "auto" {
+		every := b.opt.DBFullCheckEvery
+		if every <= 0 {
+			every = DefaultFullCheckEvery
+		}
+		full = lastFull == nil || b.start.Sub(*lastFull) >= every
+	}
+	pages, err := gather.OpenDBPages(ctx, s.abs)
+	if err != nil {
+		return nil, err
+	}
+	d.pages = pages
+	snap.DBCheck = "quick"
+	snap.DBFullCheck = lastFull
+	if full {
+		snap.DBCheck = "full"
+		t := b.start.UTC()
+		snap.DBFullCheck = &t
+		if b.workersAuto && b.opt.Workers > 1 {
+			// The full check is one long single-threaded job: leave it
+			// a core, or it ends up last and alone.
+			b.opt.Workers--
+		}
+	}
+	checkCtx, stop := context.WithCancel(ctx)
+	d.stopCheck = stop
+	go func() { d.checkDone <- pages.Check(checkCtx, !full) }()
+	return d, nil
+}
+
+// lastFullCheck returns when this database (same host and path) last
+// passed a full integrity check in a snapshot of the repository.
+func (b *backup) lastFullCheck(snap *Snapshot) *time.Time {
+	var last *time.Time
+	for _, s := range b.snaps {
+		if s.Host != snap.Host || s.DB != snap.DB {
+			continue
+		}
+		t := s.DBFullCheck
+		if t == nil && s.Version == 1 && s.DBCheck == "full" {
+			t = &s.Time
+		}
+		if t != nil && (last == nil || t.After(*last)) {
+			last = t
+		}
+	}
+	return last
+}
+
+// pageMapStored reports whether a reused database node's page map root
+// is still indexed. (Its segments and groups are kept by prune as long as
+// the root's snapshot lives; reading them all would cost a request per
+// segment on a remote store.)
+func (b *backup) pageMapStored(n *Node) bool {
+	root, err := ParseID(n.PageMap)
+	return err == nil && b.r.idx.Has(root)
+}
+
+// result waits for the database's node.
+func (d *dbSource) result(ctx context.Context) (*Node, error) {
+	select {
+	case n := <-d.node:
+		if n == nil {
+			return nil, context.Cause(ctx)
+		}
+		return n, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// wait returns the check's result (once).
+func (d *dbSource) wait() error {
+	if d.checked {
+		return nil
+	}
+	d.checked = true
+	return <-d.checkDone
+}
+
+func (d *dbSource) close() {
+	d.stopCheck()
+	d.wait()
+	if d.pages != nil {
+		d.pages.Close()
+	}
+}
+
+// readPages reads the pinned database page by page into a page map whose
+// new groups go to the workers, and returns the database's node.
+func (b *backup) readPages(ctx context.Context, d *dbSource, jobs chan<- *chunkJob) (*Node, error) {
+	fi, err := os.Stat(d.src.abs)
+	if err != nil {
+		return nil, fmt.Errorf("chat database %s: %w", d.src.abs, err)
+	}
+	br := b.r.newBlobReader()
+	defer br.close()
+	var parent *parentPages
+	if d.parentRoot != nil {
+		if m, err := loadPageMap(ctx, br.chunk, *d.parentRoot); err == nil {
+			parent = &parentPages{ctx: ctx, load: br.chunk, m: m}
+		}
+	}
+	st := pageStore{
+		storeGroup: func(ctx context.Context, id ID, data []byte) error {
+			job := &chunkJob{data: data, hint: hintAuto, id: id, hashed: true, done: make(chan error, 1)}
+			select {
+			case jobs <- job:
+				return nil
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		},
+		saveMeta: b.meta.save,
+		stored:   b.r.idx.Has,
+		buf: func(ctx context.Context) ([]byte, error) {
+			select {
+			case buf := <-b.bufs:
+				if cap(buf) < groupBytes+tagSize {
+					buf = make([]byte, 0, max(b.r.cfg.MaxChunk, groupBytes)+tagSize)
+				}
+				return buf, nil
+			case <-ctx.Done():
+				return nil, context.Cause(ctx)
+			}
+		},
+		idHasher: b.r.keys.newIDHasher(),
+	}
+	pageSize := uint32(d.pages.PageSize())
+	count := d.pages.PageCount()
+	pb := newPageMapBuilder(ctx, st, b.r.keys.newPageTagger(), parent, pageSize, count)
+	var pgno uint32
+	err = d.pages.Pages(ctx, func(n uint32, data []byte) error {
+		pgno++
+		if n != pgno {
+			return fmt.Errorf("chat database %s: page %d came where page %d was expected", d.src.abs, n, pgno)
+		}
+		return pb.add(n, data)
+	})
+	if err == nil && pgno != count {
+		err = fmt.Errorf("chat database %s: read %d pages, it has %d", d.src.abs, pgno, count)
+	}
+	if err != nil {
+		if pb.group != nil {
+			b.bufs <- pb.group[:0]
+		}
+		return nil, err
+	}
+	root, err := pb.finish()
+	if err != nil {
+		return nil, err
+	}
+	size := int64(count) * int64(pageSize)
+	atomic.AddInt64(&b.stats.ReadBytes, size)
+	if stamp1, err := stampDB(d.src.abs); err == nil && stamp1 == d.stamp0 {
+		d.snap.DBStamp = &d.stamp0 // nothing was written since the pin
+	}
+	return &Node{Path: d.src.name, Type: TypeDB, Mode: unixMode(fi.Mode()), Size: size, MTime: fi.ModTime().UnixNano(), PageMap: root.String()}, nil
+}
+
+// DBStamp identifies a state of the chat database file (and its -wal):
+// if it is the same at the next backup, nothing was written in between.
+type DBStamp struct {
+	Size     int64  `json:"size"`
+	MTime    int64  `json:"mtime"`
+	Inode    uint64 `json:"inode"`
+	WALSize  int64  `json:"wal_size"`
+	WALMTime int64  `json:"wal_mtime"`
+}
+
+func stampDB(path string) (DBStamp, error) {
+	var st DBStamp
+	fi, err := os.Stat(path)
+	if err != nil {
+		return st, err
+	}
+	st.Size, st.MTime = fi.Size(), fi.ModTime().UnixNano()
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.Inode = sys.Ino
+	}
+	// An empty -wal holds nothing (a read-only reader may create one).
+	if wi, err := os.Stat(path + "-wal"); err == nil && wi.Size() > 0 {
+		st.WALSize, st.WALMTime = wi.Size(), wi.ModTime().UnixNano()
+	}
+	return st, nil
+}

@@ -1,0 +1,102 @@
+package archive
+
+import (
+	"context"
+	"fmt"
+	"hash"
+	"sync"
+	"sync/atomic"
+)
+
+// metaSaver stores the small blobs that describe a snapshot — directory
+// pieces, page map segments and roots — deduplicated like chunks, in
+// packs of their own: a parent's description then sits in a few packs
+// instead of being spread between file data. Safe for concurrent use.
+type metaSaver struct {
+	b       *backup
+	uploads chan<- *packWriter
+
+	mu  sync.Mutex
+	h   hash.Hash
+	z   *compressor
+	pw  *packWriter
+	buf []byte
+}
+
+func newMetaSaver(b *backup, uploads chan<- *packWriter) *metaSaver {
+	return &metaSaver{b: b, uploads: uploads, h: b.r.keys.newIDHasher(), z: newCompressor()}
+}
+
+// save stores data unless a blob with the same content is stored or
+// being stored, and returns its id.
+func (m *metaSaver) save(ctx context.Context, data []byte) (ID, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var id ID
+	m.h.Reset()
+	m.h.Write(data)
+	m.h.Sum(id[:0])
+	if len(data) > maxChunkSize {
+		return id, fmt.Errorf("internal error: metadata blob of %d bytes", len(data))
+	}
+	if m.b.r.idx.Has(id) || !m.b.markPending(id) {
+		return id, nil
+	}
+	// The pack writer seals in place: work on a copy with room for the tag.
+	if cap(m.buf) < len(data)+tagSize {
+		m.buf = make([]byte, 0, len(data)+tagSize)
+	}
+	m.buf = append(m.buf[:0], data...)
+	payload, flags := m.z.compress(m.buf, hintAuto)
+	if m.pw == nil {
+		pw, err := m.b.r.newPackWriter()
+		if err != nil {
+			return id, err
+		}
+		m.pw = pw
+	}
+	if err := m.pw.add(id, flags, payload, len(data)); err != nil {
+		return id, fmt.Errorf("writing pack: %w", err)
+	}
+	atomic.AddInt64(&m.b.stats.NewChunks, 1)
+	atomic.AddInt64(&m.b.stats.NewBytes, int64(len(data)))
+	if m.pw.size >= m.b.r.cfg.PackSize {
+		pw := m.pw
+		m.pw = nil
+		return id, m.b.finishPack(ctx, pw, m.uploads)
+	}
+	return id, nil
+}
+
+// saveTreeBlob and loadTreeBlob make a metaSaver the store of a
+// dirTreeWriter.
+func (m *metaSaver) saveTreeBlob(ctx context.Context, data []byte) (ID, error) {
+	return m.save(ctx, data)
+}
+
+func (m *metaSaver) loadTreeBlob(ctx context.Context, id ID) ([]byte, error) {
+	return nil, fmt.Errorf("internal error: the backup's tree writer read blob %s", id.Short())
+}
+
+// flush hands the last pack to the uploaders.
+func (m *metaSaver) flush(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pw == nil {
+		return nil
+	}
+	pw := m.pw
+	m.pw = nil
+	return m.b.finishPack(ctx, pw, m.uploads)
+}
+
+// close discards a pack that was never flushed (a failed backup).
+func (m *metaSaver) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pw != nil {
+		m.pw.discard()
+		m.pw = nil
+	}
+	m.z.close()
+}

@@ -1,0 +1,135 @@
+package archive
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/wabackup/wabackup/pkg/gather"
+)
+
+// loadFunc hands the plaintext of blob id to use (valid during the call).
+type loadFunc func(ctx context.Context, id ID, use func([]byte) error) error
+
+// writeContents writes a file node's chunks, or a database node's pages,
+// into f (dst names it in messages) and checks the size.
+func writeContents(ctx context.Context, f *os.File, dst string, n *Node, load loadFunc) error {
+	if n.Type == TypeDB {
+		return writePages(ctx, f, dst, n, load)
+	}
+	var written int64
+	for _, c := range n.Chunks {
+		id, err := ParseID(c)
+		if err != nil {
+			return err
+		}
+		err = load(ctx, id, func(data []byte) error {
+			if _, err := f.Write(data); err != nil {
+				return fmt.Errorf("writing %s: %w", dst, err)
+			}
+			written += int64(len(data))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if written != n.Size {
+		return fmt.Errorf("restoring %s: got %d bytes, snapshot says %d: %w", n.Path, written, n.Size, ErrCorrupt)
+	}
+	return nil
+}
+
+// writePages rebuilds a database file from its page map: window by
+// window, each group a window needs is read once and its pages are
+// written where they belong. Every page of the database is covered once
+// (the page map's segments say so), so the file is the page image of the
+// state the backup pinned, byte for byte.
+func writePages(ctx context.Context, f *os.File, dst string, n *Node, load loadFunc) error {
+	root, err := ParseID(n.PageMap)
+	if err != nil {
+		return fmt.Errorf("restoring %s: %v: %w", n.Path, err, ErrCorrupt)
+	}
+	var meta []byte
+	loadMeta := func(ctx context.Context, id ID) ([]byte, error) {
+		err := load(ctx, id, func(data []byte) error {
+			meta = append(meta[:0], data...)
+			return nil
+		})
+		return meta, err
+	}
+	m, err := eachPageGroup(ctx, loadMeta, root, nil, func(m *pageMap, g ID, pages []pageLoc) error {
+		ps := int(m.pageSize)
+		return load(ctx, g, func(data []byte) error {
+			if len(data)%ps != 0 {
+				return fmt.Errorf("restoring %s: page group %s is %d bytes, not whole pages: %w", n.Path, g.Short(), len(data), ErrCorrupt)
+			}
+			for _, p := range pages {
+				end := (int(p.slot) + 1) * ps
+				if end > len(data) {
+					return fmt.Errorf("restoring %s: page %d: group %s has no slot %d: %w", n.Path, p.pgno, g.Short(), p.slot, ErrCorrupt)
+				}
+				if _, err := f.WriteAt(data[end-ps:end], int64(p.pgno-1)*int64(ps)); err != nil {
+					return fmt.Errorf("writing %s: %w", dst, err)
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if int64(m.pageCount)*int64(m.pageSize) != n.Size {
+		return fmt.Errorf("restoring %s: page map holds %d pages of %d bytes, snapshot says %d bytes: %w", n.Path, m.pageCount, m.pageSize, n.Size, ErrCorrupt)
+	}
+	return nil
+}
+
+// CheckStoredDB rebuilds the chat database a snapshot holds into a
+// temporary file (in dir) and runs PRAGMA integrity_check on it, without
+// the source. A snapshot without a database is an error wrapping
+// ErrNoSnapshot; damage to the stored pages wraps ErrCorrupt, a database
+// that fails the check wraps gather.ErrCorruptDB.
+func (r *Repository) CheckStoredDB(ctx context.Context, snap *Snapshot, dir string) error {
+	if err := r.LoadIndex(ctx); err != nil {
+		return err
+	}
+	if snap.DB == "" {
+		return fmt.Errorf("snapshot %s holds no database: %w", snap.ID.Short(), ErrNoSnapshot)
+	}
+	n, err := r.findTopNode(ctx, snap, filepath.Base(snap.DB))
+	if err != nil {
+		return err
+	}
+	if n == nil {
+		return fmt.Errorf("snapshot %s: its database %s cannot be found in the tree: %w", snap.ID.Short(), filepath.Base(snap.DB), ErrCorrupt)
+	}
+	tmp, err := os.MkdirTemp(dir, "wabackup-check-db-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	path := filepath.Join(tmp, n.Path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	br := r.newBlobReader()
+	defer br.close()
+	load := func(ctx context.Context, id ID, use func([]byte) error) error {
+		data, err := br.chunk(ctx, id)
+		if err != nil {
+			return fmt.Errorf("snapshot %s: %s: %w", snap.ID.Short(), n.Path, err)
+		}
+		return use(data)
+	}
+	err = writeContents(ctx, f, path, n, load)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return gather.CheckDB(ctx, path, fmt.Sprintf("%s (snapshot %s)", snap.DB, snap.ID.Short()), false)
+}
