@@ -64,17 +64,8 @@ func (r *Repository) findTopNode(ctx context.Context, s *Snapshot, name string) 
 			}
 			for i := range entries {
 				if entries[i].name == name {
-					e := &entries[i]
-					n := &Node{Path: name, Mode: e.mode, Size: e.size, MTime: e.mtime, Inode: e.inode, Dev: e.dev}
-					switch e.typ {
-					case dirTypeDB:
-						n.Type, n.PageMap = TypeDB, e.pageMap.String()
-					case dirTypeFile:
-						n.Type = TypeFile
-						for _, c := range e.ids {
-							n.Chunks = append(n.Chunks, c.String())
-						}
-					default:
+					n := entries[i].node(name)
+					if checkTreeNode(n) != nil {
 						return nil, nil
 					}
 					return n, nil
