@@ -38,8 +38,10 @@ const (
 
 const exitCodesHelp = `Exit codes:
   0    success
-  1    fatal error (bad input, I/O error, damaged repository, failed check,
-       a store that cannot be reached within the retry budget…)
+  1    fatal error (bad input, I/O error, damaged repository, failed check of
+       the repository or the chat database, a version-1 repository that needs
+       'wabackup migrate' before a backup, a store that cannot be reached
+       within the retry budget…)
   3    backup finished but the snapshot is partial: some files could not be read
   10   the repository does not exist
   11   the repository is locked by another process
