@@ -51,6 +51,11 @@ func TestScripts(t *testing.T) {
 				return err
 			}
 			env.Setenv("SAMPLE", sample)
+			v1, err := filepath.Abs("../../testdata/v1repo")
+			if err != nil {
+				return err
+			}
+			env.Setenv("V1REPO", v1)
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
