@@ -1,10 +1,13 @@
-# Shared by bench/run.sh and bench/s3.sh (sourced, not run): arguments,
-# the generated dataset, the timed runs and the table helpers.
+# shellcheck shell=bash disable=SC2034 # (variables for the scripts that source this)
+# Shared by the bench scripts (sourced, not run): arguments, the generated
+# datasets, the timed runs and the table helpers.
 #
 # After bench_setup OUTDIR "$@": DB_MB, MEDIA_MB, KEEP, RUNS, DATA, DB,
-# MEDIA are set, the dataset exists, wabackup is built to $W, and
-# measure/get/cpu/mb/ratio write and read OUTDIR/times. A measurement
-# taken several times (--runs) reads as its median.
+# MEDIA are set, the dataset exists, wabackup is built to $W and the dataset
+# generator to $GEN, and measure/note/get/cpu/mb/ratio write and read
+# OUTDIR/times. A measurement taken several times (--runs) reads as its
+# median. Scripts with other options (bench/many.sh) parse their own and
+# call bench_tools and bench_data themselves.
 
 bench_setup() {
   BENCH_OUT=$1; shift
@@ -18,26 +21,46 @@ bench_setup() {
       *) echo "usage: $0 [--db-mb N] [--media-mb N] [--runs N] [--keep]" >&2; exit 2 ;;
     esac
   done
+  bench_tools
+  # The dataset is shared by the scripts.
+  DATA="bench/out/data-${DB_MB}-${MEDIA_MB}"
+  bench_data "$DATA" --db-mb "$DB_MB" --media-mb "$MEDIA_MB"
+  DB="$DATA/msgstore.db"
+  MEDIA="$DATA/Media"
+  return 0
+}
+
+# bench_tools: checks for restic and GNU time, builds wabackup to $W and the
+# dataset generator to $GEN (in $BENCH_OUT/bin), and empties
+# $BENCH_OUT/times.
+bench_tools() {
   command -v restic >/dev/null || { echo "restic missing: apt-get install -y restic" >&2; exit 1; }
   [ -x /usr/bin/time ] || { echo "GNU time missing: apt-get install -y time" >&2; exit 1; }
   mkdir -p "$BENCH_OUT/bin"
   W="$BENCH_OUT/bin/wabackup"
+  GEN="$BENCH_OUT/bin/gen"
   go build -o "$W" ./cmd/wabackup
-  # The dataset is shared by both scripts.
-  DATA="bench/out/data-${DB_MB}-${MEDIA_MB}"
-  if [ ! -f "$DATA/.done" ]; then
-    rm -rf "$DATA"
-    go run ./testdata/gen --out "$DATA" --db-mb "$DB_MB" --media-mb "$MEDIA_MB" --seed 1
-    touch "$DATA/.done"
-  fi
-  DB="$DATA/msgstore.db"
-  MEDIA="$DATA/Media"
+  go build -o "$GEN" ./testdata/gen
   : > "$BENCH_OUT/times"
   # BENCH_NICE=-10 runs both tools at a higher priority than anything else
   # on the machine (root only), for a fairer figure on a shared machine.
   NICE=()
   [ -n "${BENCH_NICE:-}" ] && NICE=(nice -n "$BENCH_NICE")
   return 0
+}
+
+# bench_data DIR GEN-OPTIONS...: generates a dataset into DIR (seed 1)
+# unless DIR already holds one made with the same options by the same
+# generator (the hash of its sources, kept in DIR/.done).
+bench_data() {
+  local dir=$1; shift
+  local stamp
+  stamp="$(find testdata/gen -name '*.go' ! -name '*_test.go' | sort | xargs cat | sha256sum | cut -c1-16) $*"
+  if [ ! -f "$dir/.done" ] || [ "$(cat "$dir/.done")" != "$stamp" ]; then
+    rm -rf "$dir"
+    "$GEN" --out "$dir" --seed 1 "$@"
+    echo "$stamp" > "$dir/.done"
+  fi
 }
 
 # measure NAME CMD...: runs CMD after a sync and appends
@@ -47,6 +70,8 @@ measure() {
   sync
   "${NICE[@]}" /usr/bin/time -f "$name %e %M %U %S" -a -o "$BENCH_OUT/times" "$@" > "$BENCH_OUT/$name.log" 2>&1 || { echo "$name failed:"; cat "$BENCH_OUT/$name.log"; exit 1; }
 }
+# note NAME VALUE: records a figure other than a run's (get NAME 2 reads it).
+note() { echo "$1 $2" >> "$BENCH_OUT/times"; }
 
 # median: the median of the numbers on standard input, one a line.
 median() { sort -g | awk '{v[NR]=$1} END {if (NR==0) exit; if (NR%2) print v[(NR+1)/2]; else printf "%.2f\n", (v[NR/2]+v[NR/2+1])/2}'; }
@@ -63,4 +88,9 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.0f", k/1024}'; }
 mib() { awk -v b="$1" 'BEGIN{printf "%.1f", b/1048576}'; }
 # size PATH: bytes stored below PATH.
 size() { du -sb "$1" | cut -f1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "–"; else printf "%.2f", a/b }'; }
+# add A B...: the sum of numbers; sub A B: A - B.
+add() { awk 'BEGIN { s = 0; for (i = 1; i < ARGC; i++) s += ARGV[i]; printf "%.15g\n", s }' "$@"; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.15g\n", a - b }'; }
+# target VALUE LIMIT TEXT: "TEXT ✓" if VALUE ≤ LIMIT, else "TEXT ✗".
+target() { awk -v v="$1" -v l="$2" -v t="$3" 'BEGIN { if (v == "–" || v == "") print t " ?"; else print t (v + 0 <= l + 0 ? " ✓" : " ✗") }'; }

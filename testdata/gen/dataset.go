@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -82,7 +83,8 @@ type profile struct {
 	messages         int   // > 0: exactly this many text messages
 	dbBytes          int64 // else: until msgstore.db reaches this size
 	journal          string
-	thumbMax         int // largest thumbnail blob
+	thumbMax         int  // largest thumbnail blob
+	realistic        bool // the full schema: key_id index, FTS, receipts
 	media            []*mediaFile
 }
 
@@ -109,6 +111,7 @@ func newProfile(c config) *profile {
 		start:   time.Date(2019, 6, 1, 0, 0, 0, 0, time.UTC),
 		end:     time.Date(2024, 11, 30, 0, 0, 0, 0, time.UTC),
 		dbBytes: c.dbBytes, journal: "WAL", thumbMax: 8 << 10,
+		realistic: true,
 	}
 	r := rand.New(rand.NewPCG(c.seed, 0x6d65646961))
 	p.media = planMedia(r, p.start, p.end, drawMedia(r, c.mediaBytes))
@@ -234,14 +237,18 @@ func generate(ctx context.Context, c config) (stats, error) {
 	mediaErr := make(chan error, 1)
 	go func() { mediaErr <- writeMedia(ctx, mediaDir, p.media) }()
 
-	db, err := openDB(dbPath)
+	ddl := schema
+	if p.realistic {
+		ddl += realisticSchema
+	}
+	db, err := openDB(dbPath, ddl)
 	if err != nil {
 		cancel()
 		<-mediaErr
 		return st, err
 	}
 	defer db.Close()
-	g := &dbGen{db: db, p: p, r: rand.New(rand.NewPCG(c.seed, 0x6d7367))}
+	g := &dbGen{db: db, p: p, r: rand.New(rand.NewPCG(c.seed, 0x6d7367)), keySalt: keySalt(c.seed)}
 	if err := g.fill(ctx); err != nil {
 		cancel()
 		<-mediaErr
@@ -317,14 +324,17 @@ var (
 	mp4Head  = []byte("\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41\x00\x00\x00\x08free\x7f\xff\xff\xf8mdat")
 	opusHead = []byte("OggS\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x13" +
 		"OpusHead\x01\x01\x38\x01\x80\x3e\x00\x00\x00\x00\x00")
-	pdfHead = []byte("%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n2 0 obj\n<< /Length 0 >>\nstream\n")
-	pdfTail = []byte("\nendstream\nendobj\n%%EOF\n")
+	pdfHead  = []byte("%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n2 0 obj\n<< /Length 0 >>\nstream\n")
+	pdfTail  = []byte("\nendstream\nendobj\n%%EOF\n")
+	webpHead = []byte("RIFF\x00\x00\x00\x00WEBPVP8X\x0a\x00\x00\x00\x10\x00\x00\x00\xff\x01\x00\xff\x01\x00ANIM")
 )
 
 func framing(k mediaKind) (head, tail []byte) {
 	switch k {
-	case image:
+	case image, thumb:
 		return jpegHead, jpegTail
+	case sticker:
+		return webpHead, nil
 	case video:
 		return mp4Head, nil
 	case voice:
@@ -336,7 +346,8 @@ func framing(k mediaKind) (head, tail []byte) {
 }
 
 // writeFile streams one file: header, seeded random bytes, trailer, in
-// blocks of len(buf). It records the content's SHA-256 in f.hash.
+// blocks of len(buf) (or, for a text document, its seeded text). It records
+// the content's SHA-256 in f.hash.
 func writeFile(root string, f *mediaFile, buf []byte) error {
 	path := filepath.Join(root, filepath.FromSlash(f.rel))
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -347,6 +358,25 @@ func writeFile(root string, f *mediaFile, buf []byte) error {
 		return err
 	}
 	h := sha256.New()
+	w := io.MultiWriter(out, h)
+	if f.kind == chatExport || f.kind == jsonDoc {
+		_, err = w.Write(textContent(f.kind, f.seed, f.size))
+	} else {
+		err = writeRandom(w, f, buf)
+	}
+	if err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	copy(f.hash[:], h.Sum(nil))
+	return os.Chtimes(path, f.when, f.when)
+}
+
+// writeRandom writes f's framed random content to w.
+func writeRandom(w io.Writer, f *mediaFile, buf []byte) error {
 	head, tail := framing(f.kind)
 	if int64(len(head)+len(tail)) > f.size {
 		head, tail = nil, nil
@@ -362,18 +392,12 @@ func writeFile(root string, f *mediaFile, buf []byte) error {
 		if off+int64(n) == f.size && len(tail) > 0 {
 			copy(b[n-min(n, len(tail)):], tail[max(0, len(tail)-n):])
 		}
-		h.Write(b)
-		if _, err := out.Write(b); err != nil {
-			out.Close()
+		if _, err := w.Write(b); err != nil {
 			return err
 		}
 		off += int64(n)
 	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	copy(f.hash[:], h.Sum(nil))
-	return os.Chtimes(path, f.when, f.when)
+	return nil
 }
 
 // fillRandom fills b from a PCG, 8 bytes per step.
@@ -404,9 +428,9 @@ func sqliteURI(path string, params ...string) (string, error) {
 }
 
 // openDB creates the database for a bulk load: no journal, no syncs, one
-// exclusive connection with a big cache (128 MiB) for the indexes. finish
-// sets the real journal mode.
-func openDB(path string) (*sql.DB, error) {
+// exclusive connection with a big cache (128 MiB) for the indexes, and
+// runs ddl. finish sets the real journal mode.
+func openDB(path, ddl string) (*sql.DB, error) {
 	uri, err := sqliteURI(path,
 		"_pragma=page_size(4096)",
 		"_pragma=locking_mode(EXCLUSIVE)",
@@ -423,7 +447,7 @@ func openDB(path string) (*sql.DB, error) {
 		return nil, err
 	}
 	db.SetMaxOpenConns(1)
-	if _, err := db.Exec(schema); err != nil {
+	if _, err := db.Exec(ddl); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("create schema: %w", err)
 	}
@@ -484,6 +508,75 @@ CREATE TABLE message_thumbnail (message_row_id INTEGER PRIMARY KEY, thumbnail BL
 CREATE TABLE props (_id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE, value TEXT);
 `
 
+// realisticSchema completes schema for the full-size dataset (the committed
+// sample predates it): a fifth index on message, by time (the unique
+// message_key_index already holds the random key ids, so every insert
+// lands at a random place of it, as in WhatsApp), WhatsApp's full-text index of
+// the message text and captions (an FTS5 table, rowid = message._id), and
+// the per-recipient receipts of the messages I sent.
+//
+// The full-text index merges its segments only 16 of a level at a time
+// (automerge off, FTS5's crisismerge), as WhatsApp's FTS4 table does; FTS5's
+// default incremental merging would rewrite big segments every day. fill
+// merges the index into one segment (optimize) shortly before the database
+// is full, as years of merges would have.
+const realisticSchema = `
+CREATE INDEX message_timestamp_index ON message (timestamp);
+CREATE VIRTUAL TABLE message_ftsv2 USING fts5(content, tokenize='unicode61');
+INSERT INTO message_ftsv2(message_ftsv2, rank) VALUES ('automerge', 0);
+CREATE TABLE receipt_user (
+	_id INTEGER PRIMARY KEY AUTOINCREMENT,
+	message_row_id INTEGER NOT NULL, receipt_user_jid_row_id INTEGER NOT NULL,
+	receipt_timestamp INTEGER, read_timestamp INTEGER, played_timestamp INTEGER);
+CREATE UNIQUE INDEX receipt_user_message_index ON receipt_user (message_row_id, receipt_user_jid_row_id);
+`
+
+// Statements that complete the messages from _id ?1 on (realistic schema):
+// their full-text rows, and a receipt per recipient of those sent by me,
+// read (?2 true) or only delivered. The delays are pseudo-random functions
+// of the ids, so deterministic.
+const (
+	ftsInsert = `INSERT INTO message_ftsv2(rowid, content)
+		SELECT _id, text_data FROM message WHERE _id >= ?1 AND text_data IS NOT NULL ORDER BY _id`
+	receiptInsert = `INSERT INTO receipt_user(message_row_id, receipt_user_jid_row_id,
+		receipt_timestamp, read_timestamp, played_timestamp)
+		SELECT id, jid, ts + u % 4000,
+			CASE WHEN ?2 AND u % 20 <> 0 THEN ts + 4000 + (u % 1000) * (u % 997) * 7 END,
+			CASE WHEN ?2 AND u % 20 <> 0 AND typ = 2 THEN ts + 4000 + (u % 1000) * (u % 997) * 7 + u % 60000 END
+		FROM (SELECT m._id AS id, r.jid AS jid, m.receipt_server_timestamp AS ts, m.message_type AS typ,
+				(m._id * 2654435761 + r.jid * 40503) % 1000003 AS u
+			FROM message m JOIN temp.recipient r ON r.chat = m.chat_row_id
+			WHERE m._id >= ?1 AND m.from_me = 1)
+		ORDER BY id, jid`
+)
+
+// createRecipients makes temp.recipient: who gets a message I send in each
+// chat (the other members of a group, the contact of a one-to-one chat).
+func createRecipients(tx *sql.Tx, chats []chatInfo) error {
+	if _, err := tx.Exec(`CREATE TEMP TABLE recipient (chat INTEGER, jid INTEGER, PRIMARY KEY (chat, jid)) WITHOUT ROWID`); err != nil {
+		return err
+	}
+	for _, c := range chats {
+		for _, m := range c.members {
+			if _, err := tx.Exec(`INSERT INTO temp.recipient VALUES (?, ?)`, c.id, m); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// complete runs ftsInsert and receiptInsert for the messages from id on.
+func complete(tx *sql.Tx, id int, read bool) error {
+	if _, err := tx.Exec(ftsInsert, id); err != nil {
+		return fmt.Errorf("fts: %w", err)
+	}
+	if _, err := tx.Exec(receiptInsert, id, read); err != nil {
+		return fmt.Errorf("receipts: %w", err)
+	}
+	return nil
+}
+
 // dbGen fills the database.
 type dbGen struct {
 	db     *sql.DB
@@ -497,6 +590,10 @@ type dbGen struct {
 	gap    float64 // mean seconds between messages
 	dbSize int64   // size of the database after the last batch
 	dbFull bool    // the database has reached its target size
+
+	keySalt   uint64 // of the realistic key ids
+	unread    bool   // messages I send are only delivered, not yet read
+	ftsMerged bool   // the full-text index has been optimized
 }
 
 type chatInfo struct {
@@ -507,7 +604,8 @@ type chatInfo struct {
 
 const (
 	batch           = 20000 // messages per transaction
-	bytesPerMessage = 190   // database bytes per message, measured
+	bytesPerMessage = 340   // database bytes per message, measured (realistic schema)
+	ftsShare        = 7     // percent of the database that is full-text index data, measured
 )
 
 func (g *dbGen) fill(ctx context.Context) error {
@@ -540,6 +638,7 @@ func (g *dbGen) fill(ctx context.Context) error {
 			tx.Rollback()
 			return err
 		}
+		first := g.nextID
 		n := batch
 		if g.p.messages == 0 && !g.dbFull {
 			// Near the target size, smaller batches avoid overshooting.
@@ -566,6 +665,9 @@ func (g *dbGen) fill(ctx context.Context) error {
 		}
 		err = ins.flush()
 		ins.close()
+		if err == nil && g.p.realistic {
+			err = complete(tx, first, true)
+		}
 		if err != nil {
 			tx.Rollback()
 			return err
@@ -577,9 +679,20 @@ func (g *dbGen) fill(ctx context.Context) error {
 			return nil
 		}
 		if g.p.messages == 0 {
-			var pages int64
-			if err := g.db.QueryRow("PRAGMA page_count").Scan(&pages); err != nil {
+			var pages, free int64
+			if err := g.db.QueryRow("SELECT * FROM pragma_page_count(), pragma_freelist_count()").Scan(&pages, &free); err != nil {
 				return err
+			}
+			if g.p.realistic && !g.ftsMerged && (pages-free)*4096 >= g.p.dbBytes-g.p.dbBytes*ftsShare/100 {
+				// Early enough that the pages it frees are reused by the
+				// messages still to come.
+				if _, err := g.db.ExecContext(ctx, `INSERT INTO message_ftsv2(message_ftsv2) VALUES ('optimize')`); err != nil {
+					return fmt.Errorf("fts optimize: %w", err)
+				}
+				g.ftsMerged = true
+				if err := g.db.QueryRow("PRAGMA page_count").Scan(&pages); err != nil {
+					return err
+				}
 			}
 			g.dbSize = pages * 4096
 			g.dbFull = g.dbSize >= g.p.dbBytes
@@ -659,6 +772,11 @@ func (g *dbGen) people() error {
 	// Interleave groups with one-to-one chats so that the busiest chats
 	// (the Zipf head) are a mix of both.
 	g.r.Shuffle(len(g.chats), func(i, j int) { g.chats[i], g.chats[j] = g.chats[j], g.chats[i] })
+	if g.p.realistic {
+		if err := createRecipients(tx, g.chats); err != nil {
+			return err
+		}
+	}
 	return tx.Commit()
 }
 
@@ -764,6 +882,9 @@ func (g *dbGen) insertMessage(ins *inserter, h header, msgType int, text any) er
 	var fromMe, status, sender any = 0, 0, nil
 	if h.fromMe {
 		fromMe, status = 1, 13 // read by recipient
+		if g.unread {
+			status = 5 // delivered
+		}
 	}
 	if h.sender != 0 {
 		sender = h.sender
@@ -773,7 +894,7 @@ func (g *dbGen) insertMessage(ins *inserter, h header, msgType int, text any) er
 		starred = 1
 	}
 	recv := h.ts + int64(g.r.IntN(3000))
-	return ins.message(h.id, h.chat, fromMe, g.keyID(h.fromMe), sender, status,
+	return ins.message(h.id, h.chat, fromMe, g.keyID(h.id, h.fromMe), sender, status,
 		h.ts, recv, recv+int64(g.r.IntN(500)), msgType, text, starred, h.id)
 }
 
@@ -783,7 +904,12 @@ func (g *dbGen) advance() {
 
 func (g *dbGen) textMessage(ins *inserter) error {
 	g.advance()
-	h := g.header(int(g.pick.Uint64()), g.r.IntN(10) < 4)
+	return g.textIn(ins, int(g.pick.Uint64()), g.r.IntN(10) < 4)
+}
+
+// textIn writes a text message at g.now in chat g.chats[chatIdx].
+func (g *dbGen) textIn(ins *inserter, chatIdx int, fromMe bool) error {
+	h := g.header(chatIdx, fromMe)
 	return g.insertMessage(ins, h, 0, g.sentence())
 }
 
@@ -791,8 +917,14 @@ func (g *dbGen) mediaMessage(ins *inserter, f *mediaFile) error {
 	if f.when.After(g.now) {
 		g.now = f.when
 	}
+	return g.mediaIn(ins, f, int(g.pick.Uint64()))
+}
+
+// mediaIn writes the message of media file f at g.now in chat
+// g.chats[chatIdx]: its message, message_media and thumbnail rows.
+func (g *dbGen) mediaIn(ins *inserter, f *mediaFile, chatIdx int) error {
 	// Sent files come from me; received ones from someone else.
-	h := g.header(int(g.pick.Uint64()), f.fromMe)
+	h := g.header(chatIdx, f.fromMe)
 	ki := kindInfo[f.kind]
 	var caption any
 	if f.kind == image || f.kind == video {
@@ -852,10 +984,25 @@ func fillBytes(r *rand.Rand, b []byte) {
 
 const hexDigits = "0123456789ABCDEF"
 
-// keyID makes a WhatsApp-style message id: 20 hex digits starting 3EB0 for
-// messages from this (web) device, 32 for others.
-func (g *dbGen) keyID(fromMe bool) string {
+// keyID makes a WhatsApp-style message id for message id: 20 hex digits
+// starting 3EB0 for messages from this (web) device, 32 for others.
+//
+// In the realistic dataset the ids are unique by construction:
+// their first 16 random-looking digits are a bijection of the message id
+// (mix64 of id + a salt of the seed), the lengths keep the two kinds apart.
+func (g *dbGen) keyID(id int, fromMe bool) string {
 	var b [32]byte
+	if g.p.realistic {
+		x := mix64(uint64(id) + g.keySalt)
+		if fromMe {
+			copy(b[:], "3EB0")
+			putHex(b[4:20], x)
+			return string(b[:20])
+		}
+		putHex(b[:16], x)
+		putHex(b[16:], g.r.Uint64())
+		return string(b[:])
+	}
 	n := 32
 	if fromMe {
 		n = 20
@@ -868,6 +1015,24 @@ func (g *dbGen) keyID(fromMe bool) string {
 	}
 	return string(b[:n])
 }
+
+// putHex writes x as 16 hex digits into b.
+func putHex(b []byte, x uint64) {
+	for i := 15; i >= 0; i-- {
+		b[i] = hexDigits[x&15]
+		x >>= 4
+	}
+}
+
+// mix64 is SplitMix64's finalizer, a bijection of uint64 that looks random.
+func mix64(z uint64) uint64 {
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	return z ^ z>>31
+}
+
+// keySalt is the key id salt of a seed's dataset (and its days).
+func keySalt(seed uint64) uint64 { return mix64(seed ^ 0x6b65795f6964) }
 
 // finish records the media hashes and the per-chat summary columns.
 func (g *dbGen) finish(ctx context.Context) error {
