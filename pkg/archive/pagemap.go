@@ -35,10 +35,12 @@ const (
 	maxSegPages = 1 << 16
 	maxSegments = 1 << 16
 
-	// groupBytes is the raw size of a group of new pages: large enough to
-	// compress well together, small enough that a night's few hundred
-	// changed pages make a handful of groups.
-	groupBytes = 256 << 10
+	// groupBytes is the raw size of a group of new pages: as large as a
+	// file chunk, so the pages compress as well together as a chunked
+	// file (measured: 102.3 MiB for the 190 MiB bench database, 104.0 MiB
+	// with 256 KiB groups), and a night's changed pages still make a
+	// handful of groups.
+	groupBytes = 1 << 20
 
 	minPageSize = 512
 	maxPageSize = 65536

@@ -249,7 +249,8 @@ func TestPageMapIncremental(t *testing.T) {
 	if b1.NewPages != n || b1.SamePages != 0 {
 		t.Fatalf("first build: %d new, %d same", b1.NewPages, b1.SamePages)
 	}
-	if want := (n + 63) / 64; m.groups != want {
+	perGroup := groupBytes / 4096
+	if want := (n + perGroup - 1) / perGroup; m.groups != want {
 		t.Errorf("first build stored %d groups, want %d", m.groups, want)
 	}
 	img1 := bytes.Join(pages, nil)
@@ -273,8 +274,8 @@ func TestPageMapIncremental(t *testing.T) {
 	if b2.NewPages != 140 || b2.SamePages != n-100 {
 		t.Fatalf("second build: %d new, %d same", b2.NewPages, b2.SamePages)
 	}
-	if g := m.groups - groups0; g != 3 { // 140 new pages in groups of 64
-		t.Errorf("second build stored %d groups, want 3", g)
+	if g, want := m.groups-groups0, (140+perGroup-1)/perGroup; g != want {
+		t.Errorf("second build stored %d groups, want %d", g, want)
 	}
 	segs := map[int]bool{}
 	for i := range changed {
