@@ -3,11 +3,14 @@ package archive
 import (
 	"bytes"
 	"context"
+	"crypto/cipher"
 	"fmt"
 	"hash"
 	"io"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/wabackup/wabackup/pkg/cloud"
 )
 
 // blobReader fetches, authenticates and decompresses chunks. One per
@@ -23,6 +26,16 @@ type blobReader struct {
 	// streams, if set, serves reads from open pack streams (restore
 	// from a remote store).
 	streams *packStreams
+
+	// packFile is the last pack opened for ranged reads on a local store
+	// (cloud.ReaderAtStore), kept open for the next chunk of it.
+	packFile     cloud.ReaderAtCloser
+	packFileName string
+
+	// aead is the cipher of pack aeadPack (consecutive chunks usually
+	// come from one pack).
+	aead     cipher.AEAD
+	aeadPack ID
 }
 
 func (r *Repository) newBlobReader() *blobReader {
@@ -33,7 +46,34 @@ func (r *Repository) newBlobReader() *blobReader {
 	return &blobReader{r: r, h: r.keys.newIDHasher(), zd: zd}
 }
 
-func (b *blobReader) close() { b.zd.Close() }
+func (b *blobReader) close() {
+	b.zd.Close()
+	if b.packFile != nil {
+		b.packFile.Close()
+	}
+}
+
+// readAt fills b.ct from pack name at off through a kept-open file, or
+// returns false if the store has no such files.
+func (b *blobReader) readAt(ctx context.Context, name string, off int64) (bool, error) {
+	ras, ok := b.r.store.(cloud.ReaderAtStore)
+	if !ok {
+		return false, nil
+	}
+	if b.packFileName != name {
+		if b.packFile != nil {
+			b.packFile.Close()
+			b.packFile, b.packFileName = nil, ""
+		}
+		f, err := ras.OpenReaderAt(ctx, name)
+		if err != nil {
+			return true, err
+		}
+		b.packFile, b.packFileName = f, name
+	}
+	_, err := b.packFile.ReadAt(b.ct, off)
+	return true, err
+}
 
 // chunk returns the plaintext of chunk id. The slice is valid until the
 // next call. Errors name the pack and wrap ErrCorrupt when the data does
@@ -52,12 +92,17 @@ func (b *blobReader) chunk(ctx context.Context, id ID) ([]byte, error) {
 	}
 	b.ct = b.ct[:loc.length]
 	direct := func() error {
-		rc, err := b.r.store.Get(ctx, name, int64(loc.offset), int64(loc.length))
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", shortName(name), err)
+		var err error
+		if ok, rerr := b.readAt(ctx, name, int64(loc.offset)); ok {
+			err = rerr
+		} else {
+			rc, gerr := b.r.store.Get(ctx, name, int64(loc.offset), int64(loc.length))
+			if gerr != nil {
+				return fmt.Errorf("reading %s: %w", shortName(name), gerr)
+			}
+			_, err = io.ReadFull(rc, b.ct)
+			rc.Close()
 		}
-		_, err = io.ReadFull(rc, b.ct)
-		rc.Close()
 		if truncated(err) {
 			return fmt.Errorf("%s: chunk %s: short read (%v): %w", shortName(name), id.Short(), err, ErrCorrupt)
 		}
@@ -84,7 +129,10 @@ func (b *blobReader) open(packID ID, e blobEntry, sealed []byte) ([]byte, error)
 	name := packName(packID)
 	var nonce [12]byte
 	var aad [33]byte
-	plain, err := b.r.keys.packAEAD(packID).Open(sealed[:0], packNonce(&nonce, uint64(e.Counter)), sealed, blobAAD(&aad, e.ID, e.Flags))
+	if b.aead == nil || b.aeadPack != packID {
+		b.aead, b.aeadPack = b.r.keys.packAEAD(packID), packID
+	}
+	plain, err := b.aead.Open(sealed[:0], packNonce(&nonce, uint64(e.Counter)), sealed, blobAAD(&aad, e.ID, e.Flags))
 	if err != nil {
 		return nil, fmt.Errorf("%s: chunk %s does not authenticate: %w", shortName(name), e.ID.Short(), ErrCorrupt)
 	}

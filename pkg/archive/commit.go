@@ -25,18 +25,13 @@ type committer struct {
 	dir  *os.File // any file on the target's file system, for syncfs
 	mu   sync.Mutex
 	cond *sync.Cond
-	// pending are closed temporary files waiting for the next sync;
+	// pending are finished files waiting for the next sync;
 	// pendingBytes their total size.
-	pending      []rename
+	pending      []*pendingFile
 	pendingBytes int64
 	closing      bool
 	err          error
 	done         chan struct{}
-}
-
-type rename struct {
-	tmp, dst string
-	size     int64
 }
 
 // Batch limits: a sync starts once this much is pending, and a worker
@@ -64,10 +59,9 @@ func newCommitter(dir string) *committer {
 	return c
 }
 
-// add hands over a closed temporary file that is to become dst. It blocks
-// while too much is pending, and returns the error that stopped the
-// committer, if any.
-func (c *committer) add(tmp, dst string, size int64) error {
+// add hands over a finished file. It blocks while too much is pending,
+// and returns the error that stopped the committer, if any.
+func (c *committer) add(p *pendingFile) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.err == nil && (len(c.pending) >= 2*commitBatchFiles || c.pendingBytes >= 2*commitBatchBytes) {
@@ -76,8 +70,8 @@ func (c *committer) add(tmp, dst string, size int64) error {
 	if c.err != nil {
 		return c.err
 	}
-	c.pending = append(c.pending, rename{tmp, dst, size})
-	c.pendingBytes += size
+	c.pending = append(c.pending, p)
+	c.pendingBytes += p.size
 	c.cond.Broadcast()
 	return nil
 }
@@ -102,13 +96,13 @@ func (c *committer) run() {
 		if err != nil {
 			err = fmt.Errorf("syncing restored files: %w", err)
 		}
-		for i, r := range batch {
+		for i, p := range batch {
 			if err == nil {
-				err = os.Rename(r.tmp, r.dst)
+				err = p.place()
 			}
 			if err != nil {
 				for _, left := range batch[i:] {
-					os.Remove(left.tmp)
+					left.discard()
 				}
 				break
 			}
@@ -154,8 +148,8 @@ func (c *committer) stop() {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	<-c.done
-	for _, r := range c.pending {
-		os.Remove(r.tmp)
+	for _, p := range c.pending {
+		p.discard()
 	}
 	c.pending = nil
 	c.dir.Close()

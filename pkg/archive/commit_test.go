@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 )
@@ -17,6 +18,9 @@ type syncWatch struct {
 	calls  int
 	synced map[string]bool
 	fail   error
+	// handed counts the files handed to the committer; covered is the
+	// largest count a sync started after.
+	handed, covered int
 }
 
 func watchSync(t *testing.T) *syncWatch {
@@ -29,6 +33,7 @@ func watchSync(t *testing.T) *syncWatch {
 		if w.fail != nil {
 			return w.fail
 		}
+		w.covered = w.handed
 		ents, err := os.ReadDir(f.Name())
 		if err != nil {
 			return err
@@ -44,8 +49,18 @@ func watchSync(t *testing.T) *syncWatch {
 
 // TestCommitterNamesOnlySyncedFiles: a file gets its real name only after
 // a file-system sync that started after it was handed over, syncs are
-// batched, and what was never synced never gets a name.
+// batched, and what was never synced never gets a name: for files under
+// a temporary name and for anonymous ones.
 func TestCommitterNamesOnlySyncedFiles(t *testing.T) {
+	for _, anon := range []bool{false, true} {
+		t.Run(map[bool]string{false: "named", true: "anonymous"}[anon], func(t *testing.T) { testCommitter(t, anon) })
+	}
+}
+
+func testCommitter(t *testing.T, anon bool) {
+	if anon && !anonFilesWork(t.TempDir()) {
+		t.Skip("no anonymous files here")
+	}
 	for _, tc := range []struct {
 		name      string
 		files     int
@@ -72,13 +87,27 @@ func TestCommitterNamesOnlySyncedFiles(t *testing.T) {
 			w.mu.Unlock()
 			var addErr error
 			for i := 0; i < tc.files; i++ {
-				tmp := filepath.Join(dir, fmt.Sprintf(".wabackup-%d.tmp", i))
-				if err := os.WriteFile(tmp, []byte("x"), 0o600); err != nil {
-					t.Fatal(err)
+				dst := filepath.Join(dir, fmt.Sprint(i))
+				var p *pendingFile
+				if anon {
+					f, err := openAnon(dir)
+					if err != nil {
+						t.Fatal(err)
+					}
+					p = &pendingFile{f: f, dst: dst, size: tc.size}
+				} else {
+					tmp := filepath.Join(dir, fmt.Sprintf(".wabackup-%d.tmp", i))
+					if err := os.WriteFile(tmp, []byte("x"), 0o600); err != nil {
+						t.Fatal(err)
+					}
+					p = &pendingFile{tmp: tmp, dst: dst, size: tc.size}
 				}
-				if err := c.add(tmp, filepath.Join(dir, fmt.Sprint(i)), tc.size); err != nil {
+				w.mu.Lock()
+				w.handed++
+				w.mu.Unlock()
+				if err := c.add(p); err != nil {
 					addErr = err
-					os.Remove(tmp)
+					p.discard()
 					break
 				}
 			}
@@ -105,7 +134,8 @@ func TestCommitterNamesOnlySyncedFiles(t *testing.T) {
 					continue
 				}
 				named++
-				if !w.synced[".wabackup-"+e.Name()+".tmp"] {
+				i, _ := strconv.Atoi(e.Name())
+				if !anon && !w.synced[".wabackup-"+e.Name()+".tmp"] || i >= w.covered {
 					t.Errorf("file %s got its name before a sync covered it", e.Name())
 				}
 			}

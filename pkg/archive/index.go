@@ -2,6 +2,7 @@ package archive
 
 import (
 	"bufio"
+	"context"
 	"database/sql"
 	"encoding/binary"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	_ "modernc.org/sqlite" // the on-disk index cache
 )
@@ -39,6 +41,74 @@ type Index struct {
 
 	mu               sync.Mutex // serialises writers
 	has, look, hasPk *sql.Stmt
+
+	gen atomic.Uint64 // bumped by every write, so rd sees it
+	rd  txReader
+}
+
+// txReader answers chunk lookups inside one long read transaction on a
+// connection of its own: a lookup is then one B-tree search, without the
+// WAL shared-memory locking every autocommit query pays (which made a
+// no-change backup of 100,000 small files spend half its time locking).
+// It starts a new transaction once the cache was written to, so it sees
+// what this process added, and every readTxLookups lookups, so the
+// cache's WAL can be checkpointed.
+type txReader struct {
+	mu        sync.Mutex
+	conn      *sql.Conn
+	tx        *sql.Tx
+	has, look *sql.Stmt
+	n         int
+	gen       uint64
+}
+
+const readTxLookups = 4096
+
+// begin makes sure r holds a current read transaction.
+func (r *txReader) begin(x *Index) error {
+	if r.tx != nil && r.n < readTxLookups && r.gen == x.gen.Load() {
+		return nil
+	}
+	r.end()
+	if r.conn == nil {
+		c, err := x.db.Conn(context.Background())
+		if err != nil {
+			return err
+		}
+		r.conn = c
+	}
+	tx, err := r.conn.BeginTx(context.Background(), &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	r.gen = x.gen.Load()
+	has, err := tx.Prepare("SELECT 1 FROM blobs WHERE id = ?")
+	if err == nil {
+		r.look, err = tx.Prepare("SELECT b.counter, b.off, b.len, b.raw, b.flags, p.id, p.size FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?")
+	}
+	if err != nil {
+		tx.Rollback()
+		return err
+	}
+	r.tx, r.has, r.n = tx, has, 0
+	return nil
+}
+
+func (r *txReader) end() {
+	if r.tx != nil {
+		r.tx.Rollback()
+		r.tx, r.has, r.look = nil, nil, nil
+	}
+}
+
+func (r *txReader) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.end()
+	if r.conn != nil {
+		r.conn.Close()
+		r.conn = nil
+	}
 }
 
 const indexSchema = `
@@ -107,6 +177,7 @@ func (x *Index) close() error {
 	if x == nil || x.db == nil {
 		return nil
 	}
+	x.rd.close()
 	err := x.db.Close()
 	if x.temp {
 		removeDB(x.path)
@@ -118,6 +189,7 @@ func (x *Index) close() error {
 func (x *Index) reset() error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	defer x.gen.Add(1)
 	_, err := x.db.Exec("DELETE FROM blobs; DELETE FROM packs; DELETE FROM files;")
 	return err
 }
@@ -127,6 +199,7 @@ func (x *Index) reset() error {
 func (x *Index) addPacks(packs []packIndex, file string) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	defer x.gen.Add(1)
 	tx, err := x.db.Begin()
 	if err != nil {
 		return fmt.Errorf("index cache: %w", err)
@@ -162,14 +235,27 @@ func (x *Index) addPacks(packs []packIndex, file string) error {
 // Has reports whether the chunk is stored.
 func (x *Index) Has(id ID) bool {
 	var one int
-	return x.has.QueryRow(id[:]).Scan(&one) == nil
+	x.rd.mu.Lock()
+	defer x.rd.mu.Unlock()
+	if x.rd.begin(x) != nil {
+		return x.has.QueryRow(id[:]).Scan(&one) == nil
+	}
+	x.rd.n++
+	return x.rd.has.QueryRow(id[:]).Scan(&one) == nil
 }
 
 func (x *Index) lookup(id ID) (blobLoc, packInfo, bool) {
 	var l blobLoc
 	var p packInfo
 	var pid []byte
-	err := x.look.QueryRow(id[:]).Scan(&l.counter, &l.offset, &l.length, &l.rawLen, &l.flags, &pid, &p.size)
+	look := x.look
+	x.rd.mu.Lock()
+	defer x.rd.mu.Unlock()
+	if x.rd.begin(x) == nil {
+		x.rd.n++
+		look = x.rd.look
+	}
+	err := look.QueryRow(id[:]).Scan(&l.counter, &l.offset, &l.length, &l.rawLen, &l.flags, &pid, &p.size)
 	if err != nil || len(pid) != len(p.id) {
 		return l, p, false
 	}

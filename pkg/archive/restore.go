@@ -2,8 +2,6 @@ package archive
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -72,6 +70,7 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 		return total, err
 	}
 	removeRestoreTemps(target)
+	anon := anonFilesWork(target)
 	var com *committer
 	if !opt.NoSync {
 		if com = newCommitter(target); com != nil {
@@ -109,7 +108,7 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 				if ctx.Err() != nil {
 					continue
 				}
-				if err := r.restoreFile(ctx, readers, streams, com, target, n, opt); err != nil {
+				if err := r.restoreFile(ctx, readers, streams, com, anon, target, n, opt); err != nil {
 					cancel(err)
 					continue
 				}
@@ -234,34 +233,34 @@ func included(p string, includes []string) bool {
 	return false
 }
 
-// restoreFile writes one file under a temporary name and renames it into
-// place: at once with NoSync, after an fsync of the file when com is nil,
-// else through the committer once a file-system sync has covered it.
-func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, streams *packStreams, com *committer, target string, n *Node, opt RestoreOptions) (err error) {
+// restoreFile writes one file without a name (an anonymous file, or
+// under a temporary name where the file system has none) and gives it
+// its name: at once with NoSync, after an fsync of the file when com is
+// nil, else through the committer once a file-system sync has covered it.
+func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, streams *packStreams, com *committer, anon bool, target string, n *Node, opt RestoreOptions) (err error) {
 	dst := filepath.Join(target, filepath.FromSlash(n.Path))
-	if fi, err := os.Lstat(dst); err == nil {
-		if !opt.Overwrite {
-			return fmt.Errorf("%s: %w (use --overwrite to replace it)", dst, ErrExists)
-		}
-		if fi.IsDir() {
-			return fmt.Errorf("%s exists and is a directory", dst)
+	// An anonymous file is linked in without replacing anything (EEXIST
+	// is ErrExists then), so only the other cases look first.
+	if opt.Overwrite || !anon {
+		if fi, err := os.Lstat(dst); err == nil {
+			if !opt.Overwrite {
+				return fmt.Errorf("%s: %w (use --overwrite to replace it)", dst, ErrExists)
+			}
+			if fi.IsDir() {
+				return fmt.Errorf("%s exists and is a directory", dst)
+			}
 		}
 	}
-	dir := filepath.Dir(dst)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(dir, ".wabackup-"+hex.EncodeToString(rnd[:])+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// Its directory exists: the walk made it before it handed out the
+	// files below it.
+	pf, err := createPending(filepath.Dir(dst), dst, anon, opt.Overwrite)
 	if err != nil {
 		return err
 	}
+	pf.size = n.Size
 	defer func() {
 		if err != nil {
-			f.Close()
-			os.Remove(tmp)
+			pf.discard()
 		}
 	}()
 	load := func(ctx context.Context, id ID, use func([]byte) error) error {
@@ -279,28 +278,24 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 		readers <- br
 		return err
 	}
-	if err := writeContents(ctx, f, dst, n, load); err != nil {
+	if err := writeContents(ctx, pf.f, dst, n, load); err != nil {
 		return err
 	}
-	if err := f.Chmod(n.FileMode()); err != nil {
+	if err := pf.f.Chmod(n.FileMode()); err != nil {
 		return err
 	}
 	if !opt.NoSync && com == nil {
-		if err := f.Sync(); err != nil {
+		if err := pf.f.Sync(); err != nil {
 			return fmt.Errorf("writing %s: %w", dst, err)
 		}
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", dst, err)
-	}
-	mt := n.ModTime()
-	if err := os.Chtimes(tmp, mt, mt); err != nil {
+	if err := pf.finish(n.ModTime()); err != nil {
 		return err
 	}
 	if com != nil {
-		return com.add(tmp, dst, n.Size)
+		return com.add(pf)
 	}
-	return os.Rename(tmp, dst)
+	return pf.place()
 }
 
 // removeRestoreTemps deletes the temporary files an interrupted restore

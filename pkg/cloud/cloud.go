@@ -75,6 +75,20 @@ type FileStore interface {
 	PutFile(ctx context.Context, name string, f *os.File, size int64) error
 }
 
+// ReaderAtStore is implemented by stores whose objects are local files: a
+// reader of many small ranges of one object (a restore of many small
+// files) opens it once with OpenReaderAt instead of once per Get. The
+// caller closes it.
+type ReaderAtStore interface {
+	OpenReaderAt(ctx context.Context, name string) (ReaderAtCloser, error)
+}
+
+// ReaderAtCloser reads ranges of an object.
+type ReaderAtCloser interface {
+	io.ReaderAt
+	io.Closer
+}
+
 // ConnectionLimited is implemented by stores whose requests share a fixed
 // number of connections, each held from the request until its response
 // body is closed. A caller that keeps responses open (a reader streaming

@@ -234,6 +234,22 @@ func (s *Store) Get(ctx context.Context, name string, offset, length int64) (io.
 	return &sectionCloser{SectionReader: io.NewSectionReader(f, offset, length), f: f}, nil
 }
 
+// OpenReaderAt opens an object for ranged reads (cloud.ReaderAtStore).
+func (s *Store) OpenReaderAt(ctx context.Context, name string) (cloud.ReaderAtCloser, error) {
+	p, err := s.path(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, mapErr(name, err)
+	}
+	return f, nil
+}
+
 type sectionCloser struct {
 	*io.SectionReader
 	f *os.File
