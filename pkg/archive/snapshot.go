@@ -190,20 +190,6 @@ func comparePaths(a, b string) int {
 	}
 }
 
-// treeWriter appends nodes, one JSON document per line, in walk order.
-type treeWriter struct {
-	enc  *json.Encoder
-	last string
-}
-
-func (t *treeWriter) add(n *Node) error {
-	if t.last != "" && comparePaths(t.last, n.Path) >= 0 {
-		return fmt.Errorf("internal error: tree out of order: %q after %q", n.Path, t.last)
-	}
-	t.last = n.Path
-	return t.enc.Encode(n)
-}
-
 // TreeReader streams the nodes of a tree object.
 type TreeReader struct {
 	rc   io.ReadCloser
