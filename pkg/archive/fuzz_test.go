@@ -333,13 +333,25 @@ func FuzzParseSnapshot(f *testing.F) {
 	f.Add(b)
 	f.Add([]byte(`{"v":1,"time":"2026-01-01T00:00:00+05:30","host":"h","tree":"` + strings.Repeat("0", 64) + `","stats":{}}`))
 	f.Add([]byte(`{"v":2,"time":"2026-01-01T00:00:00Z","host":"h","tree":"x","stats":{}}`))
+	full := s.Time.Add(-time.Hour)
+	s2 := s
+	s2.Version, s2.Tree, s2.Root, s2.DBCheck, s2.DBFullCheck = 2, "", []string{strings.Repeat("ab", 32), strings.Repeat("ac", 32)}, "quick", &full
+	b, err = json.Marshal(&s2)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := parseSnapshot(data)
 		if err != nil {
 			return
 		}
-		if _, err := ParseID(s.Tree); err != nil {
-			t.Fatalf("accepted tree reference %q", s.Tree)
+		if s.Version == 1 {
+			if _, err := ParseID(s.Tree); err != nil {
+				t.Fatalf("accepted tree reference %q", s.Tree)
+			}
+		} else if _, err := s.rootIDs(); err != nil || len(s.Root) == 0 || s.Tree != "" {
+			t.Fatalf("accepted root %q, tree %q", s.Root, s.Tree)
 		}
 		b1, err := json.Marshal(s)
 		if err != nil {
