@@ -95,7 +95,7 @@ func oneLine(s string) string {
 // memoryLimit is the soft limit for the Go heap: the pipelines keep well
 // under it, and it stops garbage from doubling the footprint (the peak
 // RSS target is 64 MB). GOMEMLIMIT overrides it.
-const memoryLimit = 40 << 20
+const memoryLimit = 32 << 20
 
 func main() {
 	if os.Getenv("GOMEMLIMIT") == "" {

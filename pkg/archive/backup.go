@@ -581,8 +581,10 @@ func (b *backup) sendFile(ctx context.Context, ck *chunkers.Chunker, n *Node, fi
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			}
-			if buf == nil {
-				buf = make([]byte, 0, b.r.cfg.MaxChunk+tagSize)
+			if cap(buf) < len(data)+tagSize {
+				// Buffers grow to the chunks they carry (1 MiB on
+				// average), not to the largest chunk there can be.
+				buf = make([]byte, 0, (len(data)+tagSize+1<<20-1)&^(1<<20-1))
 			}
 			job := &chunkJob{data: append(buf[:0], data...), hint: hint, done: make(chan error, 1)}
 			size += int64(len(data))
@@ -667,7 +669,7 @@ func (b *backup) assemble(ctx context.Context, order <-chan item, tw *dirTreeWri
 // pack.
 func (b *backup) worker(ctx context.Context, jobs <-chan *chunkJob, uploads chan<- *packWriter) (err error) {
 	h := b.r.keys.newIDHasher()
-	z := newCompressor()
+	z := newCompressor(chunkWindow)
 	defer z.close()
 	var pw *packWriter
 	defer func() {
@@ -810,14 +812,21 @@ type compressor struct {
 	out       []byte
 }
 
-func newCompressor() *compressor {
-	fast, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<17))
-	def, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20), zstd.WithLowerEncoderMem(true))
-	return &compressor{fast: fast, def: def}
+// newCompressor makes a compressor whose default-level encoder has the
+// given window: 1 MiB for chunks, less for the small metadata blobs (the
+// window sets most of an encoder's memory).
+func newCompressor(window int) *compressor {
+	def, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(window), zstd.WithLowerEncoderMem(true))
+	return &compressor{def: def}
 }
 
+// chunkWindow is the zstd window for chunks and page groups.
+const chunkWindow = 1 << 20
+
 func (c *compressor) close() {
-	c.fast.Close()
+	if c.fast != nil {
+		c.fast.Close()
+	}
 	c.def.Close()
 }
 
@@ -830,6 +839,11 @@ func (c *compressor) compress(data []byte, hint compressHint) ([]byte, uint8) {
 		return data, 0
 	}
 	if len(data) > 2*sampleSize {
+		if c.fast == nil {
+			// It only ever sees a sampleSize probe: a small window and
+			// tables keep it at a fraction of a MiB.
+			c.fast, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(sampleSize), zstd.WithLowerEncoderMem(true))
+		}
 		mid := len(data)/2 - sampleSize/2
 		c.out = c.fast.EncodeAll(data[mid:mid+sampleSize], c.out[:0])
 		if len(c.out) > sampleSize*31/32 {

@@ -188,7 +188,7 @@ func (b *backup) readPages(ctx context.Context, d *dbSource, jobs chan<- *chunkJ
 			select {
 			case buf := <-b.bufs:
 				if cap(buf) < groupBytes+tagSize {
-					buf = make([]byte, 0, max(b.r.cfg.MaxChunk, groupBytes)+tagSize)
+					buf = make([]byte, 0, groupBytes+tagSize)
 				}
 				return buf, nil
 			case <-ctx.Done():

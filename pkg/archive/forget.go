@@ -338,7 +338,7 @@ func (r *Repository) repack(ctx context.Context, entries []blobEntry) ([]packInd
 	}
 	br := r.newBlobReader()
 	defer br.close()
-	z := newCompressor()
+	z := newCompressor(chunkWindow)
 	defer z.close()
 	var out []packIndex
 	var pw *packWriter

@@ -24,7 +24,10 @@ type metaSaver struct {
 }
 
 func newMetaSaver(b *backup, uploads chan<- *packWriter) *metaSaver {
-	return &metaSaver{b: b, uploads: uploads, h: b.r.keys.newIDHasher(), z: newCompressor()}
+	// Pieces and segments are small (a piece is at most 1 MiB and
+	// usually a few KiB): a 256 KiB window compresses them as well, with
+	// less memory.
+	return &metaSaver{b: b, uploads: uploads, h: b.r.keys.newIDHasher(), z: newCompressor(256 << 10)}
 }
 
 // save stores data unless a blob with the same content is stored or

@@ -73,6 +73,9 @@ type DBPages struct {
 	pins int
 }
 
+// pinCachePragma sizes the first connection's page cache (256 KiB).
+const pinCachePragma = "cache_size(-256)"
+
 // pagesOpts are the knobs OpenDBPages fixes; tests vary them.
 type pagesOpts struct {
 	// afterPin, if set, is called each time the first connection has
@@ -255,6 +258,11 @@ func openDBPages(ctx context.Context, src string, o pagesOpts) (_ *DBPages, err 
 			p.Close()
 		}
 	}()
+	// Pages reads each page once: a small cache is enough (memory stays
+	// bounded whatever the database's size).
+	if err := p.pin.exec("PRAGMA " + pinCachePragma); err != nil {
+		return nil, pagesErr(src, err)
+	}
 
 	deadline := time.Now().Add(busyTimeoutMS * time.Millisecond)
 	for attempt := 1; ; attempt++ {
