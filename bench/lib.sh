@@ -42,6 +42,7 @@ bench_tools() {
   # As released: pure Go (no cgo, so no libc thread stacks in the RSS).
   CGO_ENABLED=0 go build -o "$W" ./cmd/wabackup
   go build -o "$GEN" ./testdata/gen
+  go test -c -o "$BENCH_OUT/bin/gather.test" ./pkg/gather
   : > "$BENCH_OUT/times"
   # BENCH_NICE=-10 runs both tools at a higher priority than anything else
   # on the machine (root only), for a fairer figure on a shared machine.

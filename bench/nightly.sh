@@ -60,6 +60,11 @@ for run in $(seq "$RUNS"); do
     done
   done
 
+  # SQLite's quick_check of the last night's database alone (the check
+  # every nightly backup runs, on the same engine): a floor under the
+  # nightly time.
+  measure check-quick env GATHER_PAGES_BENCH_DB="$COPY/msgstore.db" GATHER_PAGES_BENCH_OP=quick "$OUT/bin/gather.test" -test.run '^TestDBPagesMeasure$'
+
   # The day ended with a checkpoint: msgstore.db alone is the state.
   "$W" restore latest --repo "$REPOS/wabackup" --key-file "$OUT/key.txt" --target "$OUT/restore" -q
   cmp "$COPY/msgstore.db" "$OUT/restore/msgstore.db" ||
@@ -96,6 +101,8 @@ maxof() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 > b + 0 ? a : b) }'; }
     wpeak=$(maxof "$wpeak" "$w"); rpeak=$(maxof "$rpeak" "$r")
   done
   row "nights 1+2 time (s)" "$wt" "$rt" "$(target "$(ratio "$wt" "$rt")" 0.5 "≤ 0.50")"
+  q=$(get check-quick 2)
+  echo "| quick_check of the database alone, per night (s) | $q | | $(ratio "$q" "$(awk -v t="$rt" 'BEGIN{print t/2}')") of restic's night | |"
   row "nights 1+2 CPU user+sys (s)" "$wcpu" "$rcpu"
   rowb "nights 1+2 bytes added (MiB)" "$wa" "$ra"
   rowb "nights 1+2 database bytes added (MiB)" "$wd" "$rd" "$(target "$(ratio "$wd" "$rd")" 0.1 "≤ 0.10")"
