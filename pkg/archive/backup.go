@@ -192,7 +192,7 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 			return nil, err
 		}
 		defer tr.Close()
-		ptree = &parentTree{tr: tr}
+		ptree = &parentTree{tr: tr, idx: b.r.idx}
 	}
 
 	// The database's state is pinned before anything else is read, so
@@ -283,12 +283,25 @@ func (b *backup) findParent(ctx context.Context, snap *Snapshot) (*Snapshot, err
 	return nil, nil
 }
 
-// parentTree walks the parent snapshot's tree alongside the new walk.
+// parentTree walks the parent snapshot's tree alongside the new walk. It
+// reads the parent's nodes a window at a time and asks the index about
+// all their chunks in one query, so an unchanged file costs no lookup of
+// its own (a no-change backup of 100,000 small files spent half its time
+// in per-file lookups).
 type parentTree struct {
-	tr   nodeReader
-	cur  *Node
-	done bool
+	tr      nodeReader
+	idx     *Index
+	buf     []*Node
+	pos     int
+	done    bool
+	present map[ID]bool // the window's chunks that are indexed
 }
+
+// Window bounds: nodes, and chunk ids, read ahead at once.
+const (
+	parentWindowNodes  = 512
+	parentWindowChunks = 8192
+)
 
 // find returns the parent's node for p, if any. Calls must come in walk
 // order.
@@ -296,25 +309,60 @@ func (pt *parentTree) find(p string) *Node {
 	if pt == nil {
 		return nil
 	}
-	for !pt.done {
-		if pt.cur == nil {
-			n, err := pt.tr.Next()
-			if err != nil {
-				pt.done = true // a damaged parent only costs re-reading
-				return nil
-			}
-			pt.cur = n
+	for {
+		if pt.pos == len(pt.buf) && !pt.fill() {
+			return nil
 		}
-		switch c := comparePaths(pt.cur.Path, p); {
+		cur := pt.buf[pt.pos]
+		switch c := comparePaths(cur.Path, p); {
 		case c < 0:
-			pt.cur = nil
+			pt.pos++
 		case c == 0:
-			return pt.cur
+			return cur
 		default:
 			return nil
 		}
 	}
-	return nil
+}
+
+// fill reads the next window of the parent's nodes.
+func (pt *parentTree) fill() bool {
+	if pt.done {
+		return false
+	}
+	clear(pt.buf)
+	pt.buf, pt.pos = pt.buf[:0], 0
+	var ids []ID
+	for len(pt.buf) < parentWindowNodes && len(ids) < parentWindowChunks {
+		n, err := pt.tr.Next()
+		if err != nil {
+			pt.done = true // at the end; a damaged parent only costs re-reading
+			break
+		}
+		pt.buf = append(pt.buf, n)
+		for _, c := range n.Chunks {
+			if id, err := ParseID(c); err == nil {
+				ids = append(ids, id)
+			}
+		}
+	}
+	pt.present = pt.idx.hasMany(ids)
+	return len(pt.buf) > 0
+}
+
+// unchanged reports whether a file can reuse its parent's node p: same
+// type, size, mtime and inode, and every chunk still in the index.
+func (pt *parentTree) unchanged(p, n *Node) bool {
+	if p.Type != TypeFile || p.Size != n.Size || p.MTime != n.MTime || p.Inode != n.Inode {
+		return false
+	}
+	for _, c := range p.Chunks {
+		id, err := ParseID(c)
+		if err != nil || !pt.present[id] {
+			return false
+		}
+	}
+	return true
 }
 
 // chunkJob carries one chunk from the reader to a worker and its result
@@ -505,7 +553,7 @@ func (b *backup) produce(ctx context.Context, srcs []source, db *dbSource, ptree
 				return send(item{node: n, end: true})
 			}
 			n.Type, n.Size, n.Inode, n.Dev = TypeFile, e.Size, e.Inode, e.Dev
-			if p := ptree.find(n.Path); p != nil && b.unchanged(p, n) {
+			if p := ptree.find(n.Path); p != nil && ptree.unchanged(p, n) {
 				n.Chunks = p.Chunks
 				atomic.AddInt64(&b.stats.Unchanged, 1)
 				return send(item{node: n, end: true})
@@ -520,21 +568,6 @@ func (b *backup) produce(ctx context.Context, srcs []source, db *dbSource, ptree
 		}
 	}
 	return nil
-}
-
-// unchanged reports whether a file can reuse its parent's chunks: same
-// type, size, mtime and inode, and every chunk still in the index.
-func (b *backup) unchanged(p, n *Node) bool {
-	if p.Type != TypeFile || p.Size != n.Size || p.MTime != n.MTime || p.Inode != n.Inode {
-		return false
-	}
-	for _, c := range p.Chunks {
-		id, err := ParseID(c)
-		if err != nil || !b.r.idx.Has(id) {
-			return false
-		}
-	}
-	return true
 }
 
 type eofReader struct{}

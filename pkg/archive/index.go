@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -242,6 +243,55 @@ func (x *Index) Has(id ID) bool {
 	}
 	x.rd.n++
 	return x.rd.has.QueryRow(id[:]).Scan(&one) == nil
+}
+
+// hasMany returns which of ids are stored, asking in batches.
+func (x *Index) hasMany(ids []ID) map[ID]bool {
+	out := make(map[ID]bool, len(ids))
+	const batch = 500
+	for len(ids) > 0 {
+		n := min(len(ids), batch)
+		if err := x.hasBatch(ids[:n], out); err != nil {
+			// Fall back to one query each.
+			for _, id := range ids[:n] {
+				if x.Has(id) {
+					out[id] = true
+				}
+			}
+		}
+		ids = ids[n:]
+	}
+	return out
+}
+
+func (x *Index) hasBatch(ids []ID, out map[ID]bool) error {
+	args := make([]any, len(ids))
+	for i := range ids {
+		args[i] = ids[i][:]
+	}
+	q := "SELECT id FROM blobs WHERE id IN (?" + strings.Repeat(",?", len(ids)-1) + ")"
+	x.rd.mu.Lock()
+	defer x.rd.mu.Unlock()
+	if err := x.rd.begin(x); err != nil {
+		return err
+	}
+	x.rd.n += len(ids)
+	rows, err := x.rd.tx.Query(q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return err
+		}
+		var id ID
+		if copy(id[:], b) == len(id) {
+			out[id] = true
+		}
+	}
+	return rows.Err()
 }
 
 func (x *Index) lookup(id ID) (blobLoc, packInfo, bool) {
