@@ -207,8 +207,8 @@ func (s *Store) PutFile(ctx context.Context, name string, f *os.File, size int64
 	return nil
 }
 
-// Get implements cloud.Store.
-func (s *Store) Get(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+// open opens an object's file for reading.
+func (s *Store) open(ctx context.Context, name string) (*os.File, error) {
 	p, err := s.path(name)
 	if err != nil {
 		return nil, err
@@ -219,6 +219,15 @@ func (s *Store) Get(ctx context.Context, name string, offset, length int64) (io.
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, mapErr(name, err)
+	}
+	return f, nil
+}
+
+// Get implements cloud.Store.
+func (s *Store) Get(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+	f, err := s.open(ctx, name)
+	if err != nil {
+		return nil, err
 	}
 	if offset < 0 {
 		f.Close()
@@ -236,16 +245,9 @@ func (s *Store) Get(ctx context.Context, name string, offset, length int64) (io.
 
 // OpenReaderAt opens an object for ranged reads (cloud.ReaderAtStore).
 func (s *Store) OpenReaderAt(ctx context.Context, name string) (cloud.ReaderAtCloser, error) {
-	p, err := s.path(name)
+	f, err := s.open(ctx, name)
 	if err != nil {
 		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, mapErr(name, err)
 	}
 	return f, nil
 }
