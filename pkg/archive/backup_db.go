@@ -45,26 +45,30 @@ func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, snap *S
 	if mode == "" {
 		mode = "auto"
 	}
-	if parent != nil && parent.DBStamp != nil && *parent.DBStamp == stamp0 && parent.DBCheck != "" &&
-		(mode != "full" || parent.DBCheck == "full") {
-		n, err := b.r.findTopNode(ctx, parent, s.name)
-		if err != nil {
+	// The parent's database node: reused as it is when nothing was
+	// written since (same stamp) and its check was strict enough, else
+	// the page map new pages are compared with.
+	var pnode *Node
+	if parent != nil {
+		if pnode, err = b.r.findTopNode(ctx, parent, s.name); err != nil {
 			return nil, err
 		}
-		if n != nil && n.Type == TypeDB && b.pageMapStored(n) {
-			d.reuse = n
-			snap.DBStamp = &stamp0
-			snap.DBCheck, snap.DBFullCheck = parent.DBCheck, parent.DBFullCheck
-			d.node <- n
-			d.checkDone <- nil
-			return d, nil
+		if pnode != nil && pnode.Type != TypeDB {
+			pnode = nil // a version-1 copy: stored again, as pages
 		}
 	}
-	if parent != nil {
-		if n, err := b.r.findTopNode(ctx, parent, s.name); err == nil && n != nil && n.Type == TypeDB {
-			if id, err := ParseID(n.PageMap); err == nil {
-				d.parentRoot = &id
-			}
+	if pnode != nil && parent.DBStamp != nil && *parent.DBStamp == stamp0 && parent.DBCheck != "" &&
+		(mode != "full" || parent.DBCheck == "full") && b.pageMapStored(pnode) {
+		d.reuse = pnode
+		snap.DBStamp = &stamp0
+		snap.DBCheck, snap.DBFullCheck = parent.DBCheck, parent.DBFullCheck
+		d.node <- pnode
+		d.checkDone <- nil
+		return d, nil
+	}
+	if pnode != nil {
+		if id, err := ParseID(pnode.PageMap); err == nil {
+			d.parentRoot = &id
 		}
 	}
 	full := mode == "full"
