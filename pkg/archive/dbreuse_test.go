@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wabackup/wabackup/pkg/gather"
 )
@@ -96,7 +97,7 @@ func TestCorruptDatabaseFailsBackup(t *testing.T) {
 	}
 	f.WriteAt(garbage, (fi.Size()/4096/2)*4096)
 	f.Close()
-	for _, mode := range []string{"full", "quick"} {
+	for _, mode := range []string{"full", "quick", "auto"} {
 		_, err = tr.Backup(ctx, BackupOptions{DB: dbPath, DBCheck: mode})
 		if !errors.Is(err, gather.ErrCorruptDB) {
 			t.Fatalf("%s: backup of a corrupt database: %v, want ErrCorruptDB", mode, err)
@@ -108,5 +109,39 @@ func TestCorruptDatabaseFailsBackup(t *testing.T) {
 	snaps, err := tr.Snapshots(ctx)
 	if err != nil || len(snaps) != 0 {
 		t.Fatalf("snapshots after failed backups: %d, %v", len(snaps), err)
+	}
+}
+
+// The auto schedule: a full check when none of this database is recent
+// enough, a quick one otherwise; an unchanged database keeps its parent's.
+func TestDBCheckSchedule(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	dbPath := filepath.Join(t.TempDir(), "msgstore.db")
+	makeDB(t, dbPath, 2000)
+	for i, step := range []struct {
+		write bool
+		every time.Duration
+		want  string
+	}{
+		{true, 0, "full"},               // none yet
+		{true, 0, "quick"},              // the first is within the week
+		{false, 0, "quick"},             // unchanged: the parent's node and check
+		{true, time.Nanosecond, "full"}, // the last full check is too old
+		{true, time.Hour, "quick"},      // and now recent again
+	} {
+		if step.write {
+			makeDB(t, dbPath, 10)
+		}
+		s, err := tr.Backup(ctx, BackupOptions{DB: dbPath, DBFullCheckEvery: step.every})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.DBCheck != step.want || s.DBFullCheck == nil {
+			t.Fatalf("backup %d: check %q, last full %v; want %q", i, s.DBCheck, s.DBFullCheck, step.want)
+		}
+		if step.want == "full" && !s.DBFullCheck.Equal(s.Time) {
+			t.Errorf("backup %d ran the full check but records it at %v, not %v", i, s.DBFullCheck, s.Time)
+		}
 	}
 }
