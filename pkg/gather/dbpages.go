@@ -53,8 +53,8 @@ import (
 // change counter every commit bumps) before it relies on the second one.
 //
 // As long as a DBPages is open, the chat app's checkpoints cannot pass the
-// pinned state (WAL mode) or its commits wait (rollback mode), as with
-// SnapshotDB: Close it as soon as possible. Pages and Check may be called from
+// pinned state (WAL mode) or its commits wait (rollback mode), as with any
+// reader: Close it as soon as possible. Pages and Check may be called from
 // two goroutines at once; Close must not run concurrently with them.
 type DBPages struct {
 	src       string

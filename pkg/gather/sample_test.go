@@ -2,6 +2,7 @@ package gather
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,7 +13,22 @@ import (
 func TestSampleData(t *testing.T) {
 	sample := filepath.Join("..", "..", "testdata", "sample")
 	dst := filepath.Join(t.TempDir(), "msgstore.db")
-	if err := SnapshotDB(context.Background(), filepath.Join(sample, "msgstore.db"), dst); err != nil {
+	p, err := OpenDBPages(context.Background(), filepath.Join(sample, "msgstore.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Check(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	img, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Pages(context.Background(), func(_ uint32, data []byte) error { _, err := img.Write(data); return err }); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if err := img.Close(); err != nil {
 		t.Fatal(err)
 	}
 	db := openRW(t, dst)
@@ -26,7 +42,7 @@ func TestSampleData(t *testing.T) {
 	}
 
 	files := map[string]int64{}
-	err := Walk(context.Background(), filepath.Join(sample, "Media"), func(e Entry) error {
+	err = Walk(context.Background(), filepath.Join(sample, "Media"), func(e Entry) error {
 		if e.Type == File {
 			files[e.Path] = e.Size
 		}
