@@ -413,3 +413,55 @@ func TestDatabasePagesNightly(t *testing.T) {
 		t.Fatalf("check: %v %v", err, res.Errors)
 	}
 }
+
+// Prune keeps every blob a database's page map reaches: after the first
+// snapshots are forgotten, the last one still names page groups they
+// stored, and it restores byte for byte; the forgotten nights' own groups
+// and segments are freed.
+func TestPruneKeepsPageMaps(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	dbPath := filepath.Join(t.TempDir(), "msgstore.db")
+	db := makeChatDB(t, dbPath, 20000)
+	checkpoint(t, db)
+	for night := range 3 {
+		if night > 0 {
+			chatRows(t, db, 20000+night*300, 300)
+			if _, err := db.Exec("UPDATE message SET status = ? WHERE _id > ?", night, 19000+night*300); err != nil {
+				t.Fatal(err)
+			}
+			checkpoint(t, db)
+		}
+		if _, err := tr.reopen(t).Backup(ctx, BackupOptions{DB: dbPath}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, _ := os.ReadFile(dbPath)
+	r := tr.reopen(t)
+	if _, err := r.Forget(ctx, Policy{Last: 1}, false); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.Prune(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.BytesFreed == 0 {
+		t.Errorf("prune freed nothing after two nights were forgotten: %+v", res)
+	}
+	r = tr.reopen(t)
+	if cres, err := r.Check(ctx, CheckOptions{ReadData: true}); err != nil {
+		t.Fatalf("check after prune: %v %q", err, cres.Errors)
+	}
+	snap, err := r.FindSnapshot(ctx, "latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	if _, err := r.Restore(ctx, snap, RestoreOptions{Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(filepath.Join(target, "msgstore.db"))
+	if !bytes.Equal(got, want) {
+		t.Fatal("the database restored after prune differs from the source")
+	}
+}
