@@ -105,6 +105,7 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 		return nil, err
 	}
 	trees := map[string]bool{}
+	seenSegs := map[ID]bool{} // page map segments verified so far
 	for _, o := range snapObjs {
 		id, err := ParseID(strings.TrimPrefix(o.Name, "snapshots/"))
 		if err != nil {
@@ -121,7 +122,7 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 		}
 		res.Snapshots++
 		trees[s.Tree] = true
-		if err := r.checkTree(ctx, s, errf); err != nil {
+		if err := r.checkTree(ctx, s, seenSegs, errf); err != nil {
 			return nil, err
 		}
 	}
@@ -150,7 +151,7 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 	return res, nil
 }
 
-func (r *Repository) checkTree(ctx context.Context, s *Snapshot, errf func(string, ...any)) error {
+func (r *Repository) checkTree(ctx context.Context, s *Snapshot, seenSegs map[ID]bool, errf func(string, ...any)) error {
 	tr, err := r.OpenTree(ctx, s)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -171,7 +172,7 @@ func (r *Repository) checkTree(ctx context.Context, s *Snapshot, errf func(strin
 			break
 		}
 		if n.Type == TypeDB {
-			r.checkPageMap(ctx, s, n, errf)
+			r.checkPageMap(ctx, s, n, seenSegs, errf)
 			continue
 		}
 		var size int64
@@ -199,8 +200,9 @@ func (r *Repository) checkTree(ctx context.Context, s *Snapshot, errf func(strin
 
 // checkPageMap verifies a database node's page map: its root and
 // segments decrypt and agree, every group it names is indexed and holds
-// the slots used, and the pages add up to the node's size.
-func (r *Repository) checkPageMap(ctx context.Context, s *Snapshot, n *Node, errf func(string, ...any)) {
+// the slots used, and the pages add up to the node's size. Segments in
+// seen were verified for an earlier snapshot and are not read again.
+func (r *Repository) checkPageMap(ctx context.Context, s *Snapshot, n *Node, seen map[ID]bool, errf func(string, ...any)) {
 	root, err := ParseID(n.PageMap)
 	if err != nil {
 		errf("snapshot %s: %s: %v", s.ID.Short(), n.Path, err)
@@ -209,20 +211,24 @@ func (r *Repository) checkPageMap(ctx context.Context, s *Snapshot, n *Node, err
 	br := r.newBlobReader()
 	defer br.close()
 	problems := 0
-	m, err := eachPageGroup(ctx, br.chunk, root, nil, func(m *pageMap, g ID, pages []pageLoc) error {
-		loc, _, ok := r.idx.lookup(g)
-		if !ok {
-			if problems < 10 {
-				errf("snapshot %s: %s: page group %s (pages %d…) is missing", s.ID.Short(), n.Path, g.Short(), pages[0].pgno)
-			}
-			problems++
-			return nil
-		}
-		for _, p := range pages {
-			if loc.rawLen%m.pageSize != 0 || (p.slot+1)*m.pageSize > loc.rawLen {
-				errf("snapshot %s: %s: page %d: group %s has no slot %d", s.ID.Short(), n.Path, p.pgno, g.Short(), p.slot)
+	m, err := walkSegments(ctx, br.chunk, root, seen, nil, func(m *pageMap, seg *pageSegment) error {
+		locs := make([]blobLoc, len(seg.groups))
+		ok := make([]bool, len(seg.groups))
+		for g, id := range seg.groups {
+			if locs[g], _, ok[g] = r.idx.lookup(id); !ok[g] {
+				if problems < 10 {
+					errf("snapshot %s: %s: page group %s (pages %d…) is missing", s.ID.Short(), n.Path, id.Short(), seg.first)
+				}
 				problems++
-				break
+			}
+		}
+		for k, ref := range seg.refs {
+			loc := locs[ref.group]
+			if ok[ref.group] && (loc.rawLen%m.pageSize != 0 || (ref.slot+1)*m.pageSize > loc.rawLen) {
+				if problems < 10 {
+					errf("snapshot %s: %s: page %d: group %s has no slot %d", s.ID.Short(), n.Path, seg.first+uint32(k), seg.groups[ref.group].Short(), ref.slot)
+				}
+				problems++
 			}
 		}
 		return nil

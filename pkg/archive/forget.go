@@ -148,9 +148,10 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	}
 	defer used.drop()
 	trees := map[string]bool{}
+	seenSegs := map[ID]bool{} // page map segments marked so far
 	for _, s := range snaps {
 		trees[s.Tree] = true
-		if err := r.markUsed(ctx, s, used); err != nil {
+		if err := r.markUsed(ctx, s, used, seenSegs); err != nil {
 			return nil, err
 		}
 	}
@@ -287,7 +288,9 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 // markUsed adds every blob a snapshot needs to used: its files' chunks,
 // and in version 2 its directory pieces and its databases' page maps
 // (root, segments, groups).
-func (r *Repository) markUsed(ctx context.Context, s *Snapshot, used *usedSet) error {
+// Segments in seenSegs were marked for an earlier snapshot (with their
+// groups) and are not read again.
+func (r *Repository) markUsed(ctx context.Context, s *Snapshot, used *usedSet, seenSegs map[ID]bool) error {
 	var addErr error
 	add := func(id ID) {
 		if err := used.add(id); err != nil && addErr == nil {
@@ -314,8 +317,10 @@ func (r *Repository) markUsed(ctx context.Context, s *Snapshot, used *usedSet) e
 			if err != nil {
 				return fmt.Errorf("prune needs every snapshot readable: %s: %v: %w", n.Path, err, ErrCorrupt)
 			}
-			_, err = eachPageGroup(ctx, br.chunk, root, add, func(_ *pageMap, g ID, _ []pageLoc) error {
-				add(g)
+			_, err = walkSegments(ctx, br.chunk, root, seenSegs, add, func(_ *pageMap, seg *pageSegment) error {
+				for _, g := range seg.groups {
+					add(g)
+				}
 				return addErr
 			})
 			if err != nil {

@@ -491,6 +491,37 @@ func (b *pageMapBuilder) finish() (ID, error) {
 	return b.st.saveMeta(b.ctx, encodePageMap(&pageMap{pageSize: b.pageSize, pageCount: b.count, segPages: b.segPages, segments: b.segs}))
 }
 
+// walkSegments reads the page map with root id and calls fn for each of
+// its segments that seen does not hold yet (and adds it): a check or prune
+// of many nightly snapshots reads each shared segment once, not once per
+// snapshot. It calls blob for the root and for every segment it loads.
+func walkSegments(ctx context.Context, load loadBlobFunc, root ID, seen map[ID]bool, blob func(ID), fn func(m *pageMap, s *pageSegment) error) (*pageMap, error) {
+	m, err := loadPageMap(ctx, load, root)
+	if err != nil {
+		return nil, err
+	}
+	if blob != nil {
+		blob(root)
+	}
+	for i, id := range m.segments {
+		if seen[id] {
+			continue
+		}
+		s, err := loadSegment(ctx, load, m, i)
+		if err != nil {
+			return m, err
+		}
+		seen[id] = true
+		if blob != nil {
+			blob(id)
+		}
+		if err := fn(m, s); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
 // pageLoc is one page to write in a restore: where it goes and where it
 // comes from.
 type pageLoc struct {
