@@ -105,7 +105,8 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 		return nil, err
 	}
 	trees := map[string]bool{}
-	seenSegs := map[ID]bool{} // page map segments verified so far
+	seenSegs := map[ID]bool{}     // page map segments verified so far
+	seenDirs := map[string]bool{} // directories (by pieces) verified so far
 	for _, o := range snapObjs {
 		id, err := ParseID(strings.TrimPrefix(o.Name, "snapshots/"))
 		if err != nil {
@@ -122,7 +123,7 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 		}
 		res.Snapshots++
 		trees[s.Tree] = true
-		if err := r.checkTree(ctx, s, seenSegs, errf); err != nil {
+		if err := r.checkTree(ctx, s, seenSegs, seenDirs, errf); err != nil {
 			return nil, err
 		}
 	}
@@ -151,8 +152,8 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 	return res, nil
 }
 
-func (r *Repository) checkTree(ctx context.Context, s *Snapshot, seenSegs map[ID]bool, errf func(string, ...any)) error {
-	tr, err := r.OpenTree(ctx, s)
+func (r *Repository) checkTree(ctx context.Context, s *Snapshot, seenSegs map[ID]bool, seenDirs map[string]bool, errf func(string, ...any)) error {
+	tr, err := r.openTree(ctx, s, nil, seenDirs)
 	if err != nil {
 		if ctx.Err() != nil {
 			return err

@@ -622,6 +622,14 @@ type dirTreeReader struct {
 	// loads, as it loads it (prune marks tree blobs used with it). Set it
 	// before the first Next: openDirTree loads nothing.
 	onBlob func(id ID)
+
+	// skipDir, if set, is asked before the walk descends into a
+	// directory (its pieces); true yields the directory's node but not
+	// its contents. dirDone, if set, is called with a directory's pieces
+	// once all of it was walked. A walk over many snapshots (check,
+	// prune) uses them to visit each shared subtree once.
+	skipDir func(pieces []ID) bool
+	dirDone func(pieces []ID)
 }
 
 // openDirTree starts a walk of the tree whose root directory has the
@@ -682,6 +690,9 @@ func (r *dirTreeReader) next() (*Node, error) {
 		}
 		r.held -= l.held
 		r.stack = r.stack[:len(r.stack)-1]
+		if r.dirDone != nil {
+			r.dirDone(l.pieces)
+		}
 	}
 	return nil, io.EOF
 }
@@ -734,7 +745,7 @@ func (r *dirTreeReader) yield(l *dirLevel) (*Node, error) {
 	if err := checkTreeNode(n); err != nil {
 		return nil, corruptPiece(l.cur, "%v", err)
 	}
-	if e.typ == dirTypeDir {
+	if e.typ == dirTypeDir && (r.skipDir == nil || !r.skipDir(e.ids)) {
 		if err := r.push(n.Path, e.ids); err != nil {
 			return nil, corruptPiece(l.cur, "%v", err)
 		}

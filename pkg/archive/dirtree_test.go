@@ -802,3 +802,56 @@ func TestDirTreeReaderMemoryBound(t *testing.T) {
 		t.Fatalf("a piece claiming %d entries allocated %d bytes", dirPieceTarget/minDirEntry, n)
 	}
 }
+
+// With skipDir and dirDone sharing a seen set, a second walk visits only
+// the directories that changed (and their ancestors).
+func TestDirTreeSkipSeenSubtrees(t *testing.T) {
+	tree := func(size int64) []*Node {
+		return []*Node{
+			dtDir("Media"),
+			dtDir("Media/A"),
+			dtFile("Media/A/1.jpg", 1, "1"),
+			dtDir("Media/B"),
+			dtFile("Media/B/2.jpg", size, "2"),
+			dtDir("Media/C"),
+			dtDir("Media/C/D"),
+			dtFile("Media/C/D/3.jpg", 3, "3"),
+		}
+	}
+	m := newMemTreeBlobs()
+	walk := func(root []ID, seen map[string]bool) []string {
+		tr, err := openDirTree(context.Background(), m, root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.skipDir = func(p []ID) bool { return seen[piecesKey(p)] }
+		tr.dirDone = func(p []ID) { seen[piecesKey(p)] = true }
+		var paths []string
+		for {
+			n, err := tr.Next()
+			if err == io.EOF {
+				return paths
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			paths = append(paths, n.Path)
+		}
+	}
+	seen := map[string]bool{}
+	root1 := writeDirTree(t, m, tree(2))
+	if got := walk(root1, seen); len(got) != len(tree(2)) {
+		t.Fatalf("first walk yielded %q", got)
+	}
+	root2 := writeDirTree(t, m, tree(22))
+	got := walk(root2, seen)
+	want := []string{"Media", "Media/A", "Media/B", "Media/B/2.jpg", "Media/C"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("second walk yielded %q, want %q (only the changed directory's contents)", got, want)
+	}
+	// Everything below the root was walked: only the root's own entries
+	// are yielded again.
+	if got := walk(root2, seen); !reflect.DeepEqual(got, []string{"Media"}) {
+		t.Fatalf("third walk yielded %q, want [Media]", got)
+	}
+}

@@ -148,10 +148,11 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	}
 	defer used.drop()
 	trees := map[string]bool{}
-	seenSegs := map[ID]bool{} // page map segments marked so far
+	seenSegs := map[ID]bool{}     // page map segments marked so far
+	seenDirs := map[string]bool{} // directories (by pieces) marked so far
 	for _, s := range snaps {
 		trees[s.Tree] = true
-		if err := r.markUsed(ctx, s, used, seenSegs); err != nil {
+		if err := r.markUsed(ctx, s, used, seenSegs, seenDirs); err != nil {
 			return nil, err
 		}
 	}
@@ -288,16 +289,17 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 // markUsed adds every blob a snapshot needs to used: its files' chunks,
 // and in version 2 its directory pieces and its databases' page maps
 // (root, segments, groups).
-// Segments in seenSegs were marked for an earlier snapshot (with their
-// groups) and are not read again.
-func (r *Repository) markUsed(ctx context.Context, s *Snapshot, used *usedSet, seenSegs map[ID]bool) error {
+// Segments in seenSegs and directories in seenDirs were marked for an
+// earlier snapshot (with their groups, or everything below them) and are
+// not read again.
+func (r *Repository) markUsed(ctx context.Context, s *Snapshot, used *usedSet, seenSegs map[ID]bool, seenDirs map[string]bool) error {
 	var addErr error
 	add := func(id ID) {
 		if err := used.add(id); err != nil && addErr == nil {
 			addErr = err
 		}
 	}
-	tr, err := r.openTree(ctx, s, add)
+	tr, err := r.openTree(ctx, s, add, seenDirs)
 	if err != nil {
 		return err
 	}

@@ -419,12 +419,14 @@ var ErrNoSnapshot = errors.New("no such snapshot")
 // OpenTree streams the nodes of a snapshot's tree, in walk order: the
 // version-1 tree object, or the version-2 directory tree.
 func (r *Repository) OpenTree(ctx context.Context, s *Snapshot) (nodeReader, error) {
-	return r.openTree(ctx, s, nil)
+	return r.openTree(ctx, s, nil, nil)
 }
 
 // openTree is OpenTree; onBlob, if set, is called for every directory
-// piece a version-2 tree is read from.
-func (r *Repository) openTree(ctx context.Context, s *Snapshot, onBlob func(ID)) (nodeReader, error) {
+// piece a version-2 tree is read from, and subtrees in seen (directories
+// walked completely by an earlier openTree with the same seen) are not
+// descended into; walked ones are added to it.
+func (r *Repository) openTree(ctx context.Context, s *Snapshot, onBlob func(ID), seen map[string]bool) (nodeReader, error) {
 	if s.Version >= 2 {
 		root, err := s.rootIDs()
 		if err != nil {
@@ -437,6 +439,10 @@ func (r *Repository) openTree(ctx context.Context, s *Snapshot, onBlob func(ID))
 			return nil, fmt.Errorf("snapshot %s: %w", s.ID.Short(), err)
 		}
 		tr.onBlob = onBlob
+		if seen != nil {
+			tr.skipDir = func(p []ID) bool { return seen[piecesKey(p)] }
+			tr.dirDone = func(p []ID) { seen[piecesKey(p)] = true }
+		}
 		return &closingReader{nodeReader: tr, close: blobs.close}, nil
 	}
 	id, err := ParseID(s.Tree)
@@ -449,6 +455,15 @@ func (r *Repository) openTree(ctx context.Context, s *Snapshot, onBlob func(ID))
 		return nil, fmt.Errorf("snapshot %s: %w", s.ID.Short(), err)
 	}
 	return newTreeReader(rc, name), nil
+}
+
+// piecesKey identifies a directory by its pieces.
+func piecesKey(p []ID) string {
+	b := make([]byte, 0, len(p)*len(ID{}))
+	for _, id := range p {
+		b = append(b, id[:]...)
+	}
+	return string(b)
 }
 
 func (s *Snapshot) rootIDs() ([]ID, error) {

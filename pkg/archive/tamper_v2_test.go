@@ -49,7 +49,7 @@ func TestTamperTreeAndPageMap(t *testing.T) {
 	}
 	root, _ := snap.rootIDs()
 	var pieces []ID
-	trd, err := r.openTree(ctx, snap, func(id ID) { pieces = append(pieces, id) })
+	trd, err := r.openTree(ctx, snap, func(id ID) { pieces = append(pieces, id) }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
