@@ -91,16 +91,25 @@ import (
 	"unicode/utf8"
 )
 
-// treeBlobs stores and loads the blobs a directory tree is made of.
-type treeBlobs interface {
+// treeSaver stores the blobs a directory tree is made of (the writer's
+// side), treeLoader loads them (the reader's); treeBlobs does both.
+type treeSaver interface {
 	// saveTreeBlob stores data (if a blob with the same content is not
 	// already stored) and returns its id, HMAC(K_id, data). It must not
 	// keep data after it returns (the writer reuses the buffer): copy it.
 	saveTreeBlob(ctx context.Context, data []byte) (ID, error)
+}
+
+type treeLoader interface {
 	// loadTreeBlob returns the authenticated plaintext of blob id. The
 	// slice belongs to the caller from then on: the implementation must
 	// not modify or reuse it. Errors name the blob.
 	loadTreeBlob(ctx context.Context, id ID) ([]byte, error)
+}
+
+type treeBlobs interface {
+	treeSaver
+	treeLoader
 }
 
 // nodeReader streams a snapshot's nodes in walk order; Next returns io.EOF
@@ -444,14 +453,14 @@ type dirFrame struct {
 // (≤ 1 MiB, or one larger entry) for each.
 type dirTreeWriter struct {
 	ctx   context.Context
-	blobs treeBlobs
+	blobs treeSaver
 	stack []*dirFrame
 	last  string
 	piece []byte // scratch for the piece being saved
 	err   error  // sticky
 }
 
-func newDirTreeWriter(ctx context.Context, blobs treeBlobs) *dirTreeWriter {
+func newDirTreeWriter(ctx context.Context, blobs treeSaver) *dirTreeWriter {
 	return &dirTreeWriter{ctx: ctx, blobs: blobs, stack: []*dirFrame{{}}}
 }
 
@@ -612,7 +621,7 @@ type dirLevel struct {
 // when the walk reaches them and holds one piece per open directory.
 type dirTreeReader struct {
 	ctx    context.Context
-	blobs  treeBlobs
+	blobs  treeLoader
 	stack  []*dirLevel
 	onPath map[ID]bool // the pieces of the open directories
 	held   int
@@ -634,7 +643,7 @@ type dirTreeReader struct {
 
 // openDirTree starts a walk of the tree whose root directory has the
 // pieces root. Nothing is loaded until Next.
-func openDirTree(ctx context.Context, blobs treeBlobs, root []ID) (*dirTreeReader, error) {
+func openDirTree(ctx context.Context, blobs treeLoader, root []ID) (*dirTreeReader, error) {
 	if len(root) == 0 {
 		return nil, fmt.Errorf("tree root has no pieces: %w", ErrCorrupt)
 	}

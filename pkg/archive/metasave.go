@@ -71,14 +71,9 @@ func (m *metaSaver) save(ctx context.Context, data []byte) (ID, error) {
 	return id, nil
 }
 
-// saveTreeBlob and loadTreeBlob make a metaSaver the store of a
-// dirTreeWriter.
+// saveTreeBlob makes a metaSaver the store of a dirTreeWriter.
 func (m *metaSaver) saveTreeBlob(ctx context.Context, data []byte) (ID, error) {
 	return m.save(ctx, data)
-}
-
-func (m *metaSaver) loadTreeBlob(ctx context.Context, id ID) ([]byte, error) {
-	return nil, fmt.Errorf("internal error: the backup's tree writer read blob %s", id.Short())
 }
 
 // flush hands the last pack to the uploaders.

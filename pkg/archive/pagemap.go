@@ -535,15 +535,11 @@ type pageLoc struct {
 const restoreWindowPages = 1 << 15
 
 // eachPageGroup walks a page map window by window and calls fn once per
-// group a window needs, with the pages of the window stored in it. It
-// calls blob for every blob of the page map itself (root and segments).
-func eachPageGroup(ctx context.Context, load loadBlobFunc, root ID, blob func(ID), fn func(m *pageMap, group ID, pages []pageLoc) error) (*pageMap, error) {
+// group a window needs, with the pages of the window stored in it.
+func eachPageGroup(ctx context.Context, load loadBlobFunc, root ID, fn func(m *pageMap, group ID, pages []pageLoc) error) (*pageMap, error) {
 	m, err := loadPageMap(ctx, load, root)
 	if err != nil {
 		return nil, err
-	}
-	if blob != nil {
-		blob(root)
 	}
 	segsPerWindow := max(1, restoreWindowPages/int(m.segPages))
 	for w := 0; w < len(m.segments); w += segsPerWindow {
@@ -553,9 +549,6 @@ func eachPageGroup(ctx context.Context, load loadBlobFunc, root ID, blob func(ID
 			s, err := loadSegment(ctx, load, m, i)
 			if err != nil {
 				return m, err
-			}
-			if blob != nil {
-				blob(m.segments[i])
 			}
 			for k, ref := range s.refs {
 				g := s.groups[ref.group]

@@ -206,7 +206,7 @@ func buildPages(t *testing.T, m *memPages, pages [][]byte, parent *ID) (ID, *pag
 func rebuild(t *testing.T, m *memPages, root ID) []byte {
 	t.Helper()
 	var out []byte
-	pm, err := eachPageGroup(context.Background(), m.load, root, nil, func(pm *pageMap, g ID, pages []pageLoc) error {
+	pm, err := eachPageGroup(context.Background(), m.load, root, func(pm *pageMap, g ID, pages []pageLoc) error {
 		if out == nil {
 			out = make([]byte, int(pm.pageCount)*int(pm.pageSize))
 		}

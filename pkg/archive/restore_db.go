@@ -59,7 +59,7 @@ func writePages(ctx context.Context, f *os.File, dst string, n *Node, load loadF
 		})
 		return meta, err
 	}
-	m, err := eachPageGroup(ctx, loadMeta, root, nil, func(m *pageMap, g ID, pages []pageLoc) error {
+	m, err := eachPageGroup(ctx, loadMeta, root, func(m *pageMap, g ID, pages []pageLoc) error {
 		ps := int(m.pageSize)
 		return load(ctx, g, func(data []byte) error {
 			if len(data)%ps != 0 {

@@ -2,7 +2,6 @@ package archive
 
 import (
 	"context"
-	"fmt"
 	"io"
 )
 
@@ -24,10 +23,6 @@ func (b *repoBlobs) loadTreeBlob(ctx context.Context, id ID) ([]byte, error) {
 		return nil, err
 	}
 	return append([]byte(nil), data...), nil
-}
-
-func (b *repoBlobs) saveTreeBlob(ctx context.Context, data []byte) (ID, error) {
-	return ID{}, fmt.Errorf("internal error: a tree reader stored a blob")
 }
 
 // closingReader releases its blob reader with the node reader.
