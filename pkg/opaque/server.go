@@ -266,3 +266,27 @@ func (s *Server) Finish(st *ServerLoginState, ke3 *KE3) (sessionKey []byte, err 
 	}
 	return st.sessionKey, nil
 }
+
+// MarshalBinary serializes the login state (expected client MAC || session
+// key, 2·Nh bytes), so that a server without memory between KE2 and KE3
+// (several replicas behind a load balancer) can hand it to the client
+// sealed and finish the login on any replica. It is secret: seal it under
+// an AEAD key only the servers hold, and record its single use yourself,
+// since a deserialized copy cannot know whether another was used.
+func (st *ServerLoginState) MarshalBinary() ([]byte, error) {
+	if st == nil || st.done || st.expectedClientMAC == nil {
+		return nil, errStateUsed
+	}
+	return concat(st.expectedClientMAC, st.sessionKey), nil
+}
+
+// UnmarshalServerLoginState reverses [ServerLoginState.MarshalBinary].
+func (s Suite) UnmarshalServerLoginState(b []byte) (*ServerLoginState, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	if len(b) != 2*s.p.nh {
+		return nil, fmt.Errorf("%w: server login state of %d bytes, want %d", ErrInvalidMessage, len(b), 2*s.p.nh)
+	}
+	return &ServerLoginState{expectedClientMAC: clone(b[:s.p.nh]), sessionKey: clone(b[s.p.nh:])}, nil
+}

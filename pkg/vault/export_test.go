@@ -5,19 +5,24 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// CountRecordsForTest counts credential records (every key but the
-// server keys).
+// CountRecordsForTest counts the entries that hold an OPAQUE record.
 func (s *Server) CountRecordsForTest() int {
-	n := 0
+	var keys [][]byte
 	bs := s.cfg.Store.(*BoltStore)
 	_ = bs.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketName).ForEach(func(k, _ []byte) error {
-			if string(k) != string(serverKeysKey) && string(k) != string(padKey) {
-				n++
+			if string(k) != string(serverKeysKey) {
+				keys = append(keys, append([]byte(nil), k...))
 			}
 			return nil
 		})
 	})
+	n := 0
+	for _, k := range keys {
+		if e, _, err := s.getEntry(k); err == nil && e.real() {
+			n++
+		}
+	}
 	return n
 }
 
@@ -32,8 +37,8 @@ func (s *Server) KeysForTest() opaque.ServerKeys {
 
 // RecordForTest returns the stored OPAQUE record of credID.
 func (s *Server) RecordForTest(credID []byte) []byte {
-	r, _, err := s.getRecord(s.storageKey(credID))
-	if err != nil || r == nil {
+	r, _, err := s.getEntry(s.storageKey(credID))
+	if err != nil || !r.real() {
 		panic("no record")
 	}
 	return r.Record

@@ -30,59 +30,44 @@ import (
 type Config struct {
 	Store  Store
 	Sealer Sealer
-	// MaxGuesses caps the guess limit a client may ask for (default 10);
-	// DefaultGuesses is used when it asks for none (default MaxGuesses).
+	// MaxGuesses is the guess limit of every record (default 10).
+	// DefaultGuesses, if set lower, is used instead (older configurations
+	// had both). Every record gets the same limit, and so does every
+	// unknown credential, so the limit does not tell them apart.
 	MaxGuesses     int
 	DefaultGuesses int
 	// LoginTimeout is how long a login may stay between KE2 and KE3
-	// (default 1 minute); Token lifetime is the same.
+	// (default 1 minute); tokens and registrations in progress live as
+	// long.
 	LoginTimeout time.Duration
 	// RatePerSecond and RateBurst limit requests per client address
-	// (token bucket); RatePerSecond 0 disables the limit.
+	// (token bucket; IPv6 addresses by their /64); RatePerSecond 0
+	// disables the limit.
 	RatePerSecond float64
 	RateBurst     int
-	// AfterCount, if set, is called after an attempt was counted durably
-	// and before KE2 is sent (tests).
+	// AfterCount, if set, is called after an attempt on a real record was
+	// counted durably and before KE2 is sent (tests).
 	AfterCount func()
 	// Logf logs (default log.Printf).
 	Logf func(format string, args ...any)
 }
 
-// Server is the vault. It is safe for concurrent use.
+// Server is the vault. It is safe for concurrent use, and several Servers
+// on one shared Store (etcd) are replicas of one vault: any of them
+// answers any request, whichever answered the one before.
 type Server struct {
-	cfg     Config
-	op      *opaque.Server
-	pub     []byte
-	idKey   []byte // HMAC key for storage keys, derived from the OPRF seed
+	cfg    Config
+	limit  int
+	op     *opaque.Server
+	pub    []byte
+	idKey  []byte // HMAC key for storage keys, derived from the OPRF seed
+	states stateSealer
+	rate   *rateLimiter
+
 	mu      sync.Mutex
-	pending map[string]*pendingLogin
-	tokens  map[string]*token
-	fake    map[string]int // attempts against unknown credentials, to mimic a counter
-	rate    *rateLimiter
+	watched map[string]time.Time // spent records to destroy once their last login expired
 	stop    chan struct{}
 	once    sync.Once
-}
-
-type pendingLogin struct {
-	key, credID []byte
-	st          *opaque.ServerLoginState
-	gen         []byte // nil: fake login (unknown credential or at the limit)
-	expires     time.Time
-}
-
-type token struct {
-	key, credID, gen []byte
-	expires          time.Time
-}
-
-// record is what the vault keeps per credential, sealed.
-type record struct {
-	Record  []byte `json:"r"` // OPAQUE RegistrationRecord
-	Blob    []byte `json:"b"` // the client's escrow ciphertext
-	Limit   int    `json:"l"`
-	Failed  int    `json:"f"` // attempts counted since the last valid KE3
-	Gen     []byte `json:"g"` // changes with every (re-)registration
-	LastTry int64  `json:"t"` // unix nanoseconds of the last counted attempt
 }
 
 type serverKeys struct {
@@ -95,7 +80,6 @@ type serverKeys struct {
 var (
 	serverKeysKey = []byte("server-keys")
 	serverKeysAAD = []byte("wabackup-vault server keys v1")
-	recordAAD     = "wabackup-vault record v1/"
 )
 
 // New opens the vault: it unseals the server keys from the store, or
@@ -128,9 +112,13 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	stateKey, err := hkdf.Key(sha256.New, keys.OPRFSeed, nil, "wabackup-vault state key v1", 32)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
-		cfg: cfg, op: op, pub: keys.Public, idKey: idKey,
-		pending: map[string]*pendingLogin{}, tokens: map[string]*token{}, fake: map[string]int{},
+		cfg: cfg, limit: cfg.DefaultGuesses, op: op, pub: keys.Public, idKey: idKey,
+		states: stateSealer{key: stateKey}, watched: map[string]time.Time{},
 		stop: make(chan struct{}),
 	}
 	if cfg.RatePerSecond > 0 {
@@ -192,31 +180,6 @@ func (s *Server) storageKey(credID []byte) []byte {
 	return m.Sum(nil)
 }
 
-func (s *Server) getRecord(key []byte) (*record, uint64, error) {
-	val, ver, err := s.cfg.Store.Get(key)
-	if err != nil || ver == 0 {
-		return nil, 0, err
-	}
-	pt, err := s.cfg.Sealer.Open(val, append([]byte(recordAAD), key...))
-	if err != nil {
-		return nil, 0, err
-	}
-	var r record
-	if err := json.Unmarshal(pt, &r); err != nil {
-		return nil, 0, err
-	}
-	return &r, ver, nil
-}
-
-func (s *Server) putRecord(key []byte, old uint64, r *record) (uint64, error) {
-	pt, _ := json.Marshal(r)
-	sealed, err := s.cfg.Sealer.Seal(pt, append([]byte(recordAAD), key...))
-	if err != nil {
-		return 0, err
-	}
-	return s.cfg.Store.CompareAndSwap(key, old, sealed)
-}
-
 func randBytes(n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -225,8 +188,18 @@ func randBytes(n int) []byte {
 	return b
 }
 
-// sweep forgets expired logins and tokens, and destroys records whose last
-// allowed attempt expired unanswered.
+// watch remembers a record that reached its limit, to destroy it once its
+// last login has expired unanswered even if no request touches it again
+// (any request that does destroys it first).
+func (s *Server) watch(key []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.watched) < 1<<16 {
+		s.watched[string(key)] = time.Now().Add(s.cfg.LoginTimeout)
+	}
+}
+
+// sweep destroys the watched records whose last allowed attempt expired.
 func (s *Server) sweep() {
 	t := time.NewTicker(s.cfg.LoginTimeout / 4)
 	defer t.Stop()
@@ -237,133 +210,20 @@ func (s *Server) sweep() {
 		case <-t.C:
 		}
 		now := time.Now()
-		var expired [][]byte
+		var due [][]byte
 		s.mu.Lock()
-		for id, p := range s.pending {
-			if now.After(p.expires) {
-				delete(s.pending, id)
-				if p.gen != nil {
-					expired = append(expired, p.key)
-				}
-			}
-		}
-		for id, tk := range s.tokens {
-			if now.After(tk.expires) {
-				delete(s.tokens, id)
+		for k, at := range s.watched {
+			if now.After(at) {
+				due = append(due, []byte(k))
+				delete(s.watched, k)
 			}
 		}
 		s.mu.Unlock()
-		for _, key := range expired {
-			s.destroyIfSpent(key, nil)
-		}
-	}
-}
-
-// destroyIfSpent deletes the record under key if it reached its limit
-// (and, if gen is given, is still that registration). It returns the
-// attempts left.
-func (s *Server) destroyIfSpent(key, gen []byte) (left int, err error) {
-	for {
-		r, ver, err := s.getRecord(key)
-		if err != nil {
-			return 0, err
-		}
-		if r == nil || (gen != nil && !hmac.Equal(gen, r.Gen)) {
-			return s.fakeLeft(key), nil
-		}
-		if r.Failed < r.Limit {
-			return r.Limit - r.Failed, nil
-		}
-		err = s.cfg.Store.Delete(key, ver)
-		if errors.Is(err, ErrConflict) {
-			continue
-		}
-		if err == nil {
-			s.cfg.Logf("vault: guess limit reached, record destroyed")
-		}
-		return 0, err
-	}
-}
-
-func (s *Server) fakeLeft(key []byte) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return max(0, s.cfg.DefaultGuesses-s.fake[string(key)])
-}
-
-func (s *Server) fakeCount(key []byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.fake) > 1<<16 {
-		clear(s.fake)
-	}
-	if s.fake[string(key)] < s.cfg.DefaultGuesses {
-		s.fake[string(key)]++
-	}
-}
-
-// padKey is a store entry rewritten on logins for unknown credentials, so
-// that they cost a seal and a durable write like a counted attempt and
-// their timing does not tell them apart.
-var padKey = []byte("timing-pad")
-
-func (s *Server) padWrite() error {
-	_, ver, err := s.cfg.Store.Get(padKey)
-	if err != nil {
-		return err
-	}
-	sealed, err := s.cfg.Sealer.Seal(randBytes(64), padKey)
-	if err != nil {
-		return err
-	}
-	if _, err := s.cfg.Store.CompareAndSwap(padKey, ver, sealed); err != nil && !errors.Is(err, ErrConflict) {
-		// A store that cannot write now must not answer fake logins
-		// either, or a 503 would tell a real credential from none.
-		return err
-	}
-	return nil
-}
-
-// countAttempt counts one attempt durably. It returns the record to answer
-// from, or nil when the credential is unknown, destroyed or spent (the
-// login then goes on with the fake record).
-func (s *Server) countAttempt(key []byte) (*record, error) {
-	for {
-		r, ver, err := s.getRecord(key)
-		if err != nil || r == nil {
-			return nil, err
-		}
-		now := time.Now()
-		if r.Failed >= r.Limit {
-			// Spent. The last counted attempt may still be in flight; once
-			// it has expired the record goes.
-			if now.Sub(time.Unix(0, r.LastTry)) > s.cfg.LoginTimeout {
-				if err := s.cfg.Store.Delete(key, ver); errors.Is(err, ErrConflict) {
-					continue
-				} else if err != nil {
-					return nil, err
-				}
+		for _, key := range due {
+			if err := s.destroyIfSpent(key); err != nil {
+				s.cfg.Logf("vault: destroying a spent record: %v", err)
 			}
-			return nil, nil
 		}
-		r.Failed++
-		r.LastTry = now.UnixNano()
-		if _, err := s.putRecord(key, ver, r); errors.Is(err, ErrConflict) {
-			continue
-		} else if errors.Is(err, ErrUnavailable) {
-			// The write's outcome is unknown (a replicated store lost its
-			// leader mid-commit). If a fresh read shows it, the attempt is
-			// counted and may be answered; otherwise refuse, and the count
-			// may yet land: the safe side, never an uncounted answer.
-			if got, _, rerr := s.getRecord(key); rerr == nil && got != nil &&
-				got.Failed == r.Failed && got.LastTry == r.LastTry && hmac.Equal(got.Gen, r.Gen) {
-				return r, nil
-			}
-			return nil, err
-		} else if err != nil {
-			return nil, err
-		}
-		return r, nil
 	}
 }
 
@@ -428,21 +288,28 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
-func (s *Server) info(w http.ResponseWriter, _ *http.Request) {
-	reply(w, api.Info{Suite: api.Suite.String(), PublicKey: s.pub, Fingerprint: s.Fingerprint(), MaxGuesses: s.cfg.MaxGuesses, DefaultGuesses: s.cfg.DefaultGuesses})
+func validCredID(w http.ResponseWriter, id []byte) bool {
+	if len(id) == 0 || len(id) > 1024 {
+		fail(w, http.StatusBadRequest, api.CodeBadRequest, "credential_id must be 1 to 1024 bytes", nil)
+		return false
+	}
+	return true
 }
 
-// takeToken returns the live token t names (nil if none); consume removes it.
-func (s *Server) lookToken(t []byte, consume bool) *token {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	tk := s.tokens[string(t)]
-	if tk == nil || time.Now().After(tk.expires) {
-		delete(s.tokens, string(t))
+func (s *Server) info(w http.ResponseWriter, _ *http.Request) {
+	reply(w, api.Info{Suite: api.Suite.String(), PublicKey: s.pub, Fingerprint: s.Fingerprint(), MaxGuesses: s.limit, DefaultGuesses: s.limit})
+}
+
+func badToken(w http.ResponseWriter, msg string) {
+	fail(w, http.StatusUnauthorized, api.CodeBadToken, msg, nil)
+}
+
+// openToken opens a change/delete token; it writes the refusal itself.
+func (s *Server) openToken(w http.ResponseWriter, b []byte) *state {
+	tk, expired, err := s.states.open(b, kindToken)
+	if err != nil || expired {
+		badToken(w, "unknown or expired token: log in again")
 		return nil
-	}
-	if consume {
-		delete(s.tokens, string(t))
 	}
 	return tk
 }
@@ -452,48 +319,83 @@ func (s *Server) registerStart(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	credID := req.CredentialID
+	st := &state{kind: kindRegister, expires: time.Now().Add(s.cfg.LoginTimeout)}
 	if req.Token != nil {
-		tk := s.lookToken(req.Token, false)
+		tk := s.openToken(w, req.Token)
 		if tk == nil {
-			fail(w, http.StatusUnauthorized, api.CodeBadToken, "unknown or expired token: log in again", nil)
 			return
 		}
-		credID = tk.credID
-	} else {
-		if len(credID) == 0 || len(credID) > 1024 {
-			fail(w, http.StatusBadRequest, api.CodeBadRequest, "credential_id must be 1 to 1024 bytes", nil)
-			return
-		}
-		// An OPRF evaluation for an existing record would let anyone test
-		// passwords against a single KE2 offline: refuse it.
-		_, ver, err := s.cfg.Store.Get(s.storageKey(credID))
+		e, _, err := s.getEntry(tk.skey[:])
 		if err != nil {
 			s.internal(w, err)
 			return
 		}
-		if ver != 0 {
+		if !e.real() || !hmac.Equal(e.Gen, tk.gen[:]) {
+			badToken(w, "the record changed since the login")
+			return
+		}
+		st.skey, st.gen, st.credID, st.flags = tk.skey, tk.gen, tk.credID, flagChange
+	} else {
+		if !validCredID(w, req.CredentialID) {
+			return
+		}
+		key := s.storageKey(req.CredentialID)
+		// An OPRF evaluation under an existing record's key would let
+		// anyone test passwords against a single KE2 offline. Under a
+		// fresh key (below) it would be harmless, but a registration
+		// over a record could not finish anyway: refuse it here.
+		e, _, err := s.getEntry(key)
+		if err != nil {
+			s.internal(w, err)
+			return
+		}
+		if e.real() {
 			fail(w, http.StatusConflict, api.CodeExists, "this credential is registered: change its password after a login, or delete it", nil)
 			return
 		}
+		copy(st.skey[:], key)
+		st.credID = req.CredentialID
 	}
 	rr, err := api.Suite.UnmarshalRegistrationRequest(req.Request)
 	if err != nil {
 		fail(w, http.StatusBadRequest, api.CodeBadRequest, err.Error(), nil)
 		return
 	}
-	resp, err := s.op.RegistrationResponse(rr, credID)
+	// A fresh OPRF key for this registration: its randomness (KeyID)
+	// travels sealed in the state and is kept in the record.
+	keyID := randBytes(32)
+	copy(st.a[:], keyID)
+	resp, err := s.op.RegistrationResponse(rr, registeredIdentifier(st.credID, keyID))
 	if err != nil {
 		fail(w, http.StatusBadRequest, api.CodeBadRequest, err.Error(), nil)
 		return
 	}
+	sealed, err := s.states.seal(st)
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
 	b, _ := resp.MarshalBinary()
-	reply(w, api.RegisterStartReply{Response: b})
+	reply(w, api.RegisterStartReply{Response: b, State: sealed})
 }
 
 func (s *Server) registerFinish(w http.ResponseWriter, r *http.Request) {
 	var req api.RegisterFinish
 	if !decode(w, r, &req) {
+		return
+	}
+	st, expired, err := s.states.open(req.State, kindRegister)
+	if err != nil {
+		fail(w, http.StatusBadRequest, api.CodeBadRequest, "missing or forged registration state (from register/start or change/start)", nil)
+		return
+	}
+	if expired {
+		fail(w, http.StatusUnauthorized, api.CodeLoginExpired, "the registration took too long: start again", nil)
+		return
+	}
+	change := st.flags&flagChange != 0
+	if change != (r.URL.Path == api.PathChangeFinish) {
+		fail(w, http.StatusBadRequest, api.CodeBadRequest, "registration state of another kind", nil)
 		return
 	}
 	if _, err := api.Suite.UnmarshalRegistrationRecord(req.Record); err != nil {
@@ -504,53 +406,38 @@ func (s *Server) registerFinish(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, api.CodeBadRequest, "blob must be 1 to 1024 bytes", nil)
 		return
 	}
-	limit := req.Guesses
-	if limit <= 0 {
-		limit = s.cfg.DefaultGuesses
+	if req.Guesses != 0 && req.Guesses != s.limit {
+		fail(w, http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf("this vault gives every record the same guess limit, %d, so that it cannot tell a registered credential from an unknown one", s.limit), nil)
+		return
 	}
-	limit = min(limit, s.cfg.MaxGuesses)
-	rec := &record{Record: req.Record, Blob: req.Blob, Limit: limit, Gen: randBytes(16)}
-	if req.Token != nil {
-		tk := s.lookToken(req.Token, true)
-		if tk == nil {
-			fail(w, http.StatusUnauthorized, api.CodeBadToken, "unknown or expired token: log in again", nil)
+	key := st.skey[:]
+	for {
+		old, ver, err := s.getEntry(key)
+		if err != nil {
+			s.internal(w, err)
 			return
 		}
-		for {
-			old, ver, err := s.getRecord(tk.key)
-			if err != nil {
-				s.internal(w, err)
-				return
-			}
-			if old == nil || !hmac.Equal(old.Gen, tk.gen) {
-				fail(w, http.StatusUnauthorized, api.CodeBadToken, "the record changed since the login", nil)
-				return
-			}
-			if req.Guesses <= 0 {
-				rec.Limit = old.Limit
-			}
-			if _, err := s.putRecord(tk.key, ver, rec); errors.Is(err, ErrConflict) {
-				continue
-			} else if err != nil {
-				s.internal(w, err)
-				return
-			}
-			break
-		}
-	} else {
-		if len(req.CredentialID) == 0 || len(req.CredentialID) > 1024 {
-			fail(w, http.StatusBadRequest, api.CodeBadRequest, "credential_id must be 1 to 1024 bytes", nil)
+		if change && (!old.real() || !hmac.Equal(old.Gen, st.gen[:])) {
+			badToken(w, "the record changed since the login")
 			return
 		}
-		if _, err := s.putRecord(s.storageKey(req.CredentialID), 0, rec); errors.Is(err, ErrConflict) {
+		if !change && old.real() {
 			fail(w, http.StatusConflict, api.CodeExists, "this credential is registered", nil)
 			return
+		}
+		rec := &entry{Record: req.Record, KeyID: append([]byte(nil), st.a[:32]...), Blob: req.Blob, Limit: s.limit, Gen: randBytes(16)}
+		if old != nil {
+			rec.Seq = old.Seq + 1
+		}
+		if _, err := s.putEntry(key, ver, rec); errors.Is(err, ErrConflict) {
+			continue
 		} else if err != nil {
 			s.internal(w, err)
 			return
 		}
+		break
 	}
-	reply(w, api.RegisterFinishReply{Guesses: rec.Limit})
+	reply(w, api.RegisterFinishReply{Guesses: s.limit})
 }
 
 func (s *Server) loginStart(w http.ResponseWriter, r *http.Request) {
@@ -558,8 +445,7 @@ func (s *Server) loginStart(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	if len(req.CredentialID) == 0 || len(req.CredentialID) > 1024 {
-		fail(w, http.StatusBadRequest, api.CodeBadRequest, "credential_id must be 1 to 1024 bytes", nil)
+	if !validCredID(w, req.CredentialID) {
 		return
 	}
 	ke1, err := api.Suite.UnmarshalKE1(req.KE1)
@@ -568,38 +454,49 @@ func (s *Server) loginStart(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key := s.storageKey(req.CredentialID)
-	rec, err := s.countAttempt(key)
+	st := &state{kind: kindLogin, expires: time.Now().Add(s.cfg.LoginTimeout), credID: req.CredentialID}
+	copy(st.skey[:], key)
+	copy(st.nonce[:], randBytes(16))
+	e, counted, err := s.countAttempt(key, st.nonce[:], st.expires)
 	if err != nil {
 		s.internal(w, err)
 		return
 	}
 	var oprec *opaque.RegistrationRecord
-	var gen []byte
-	if rec != nil {
-		if oprec, err = api.Suite.UnmarshalRegistrationRecord(rec.Record); err != nil {
-			s.internal(w, err)
-			return
+	ident := oprfIdentifier(req.CredentialID, &entry{})
+	copy(st.gen[:], randBytes(16))
+	if counted {
+		st.flags |= flagCounted
+		if e.real() {
+			if oprec, err = api.Suite.UnmarshalRegistrationRecord(e.Record); err != nil {
+				s.internal(w, err)
+				return
+			}
+			ident = oprfIdentifier(req.CredentialID, e)
+			copy(st.gen[:], e.Gen)
+			st.flags |= flagReal
+			if s.cfg.AfterCount != nil {
+				s.cfg.AfterCount()
+			}
 		}
-		gen = rec.Gen
-		if s.cfg.AfterCount != nil {
-			s.cfg.AfterCount()
-		}
-	} else {
-		if err := s.padWrite(); err != nil {
-			s.internal(w, err)
-			return
-		}
-		s.fakeCount(key)
 	}
-	ke2, st, err := s.op.KE2(ke1, req.CredentialID, nil, oprec)
+	ke2, lst, err := s.op.KE2(ke1, ident, nil, oprec)
 	if err != nil {
 		fail(w, http.StatusBadRequest, api.CodeBadRequest, err.Error(), nil)
 		return
 	}
-	id := randBytes(16)
-	s.mu.Lock()
-	s.pending[string(id)] = &pendingLogin{key: key, credID: req.CredentialID, st: st, gen: gen, expires: time.Now().Add(s.cfg.LoginTimeout)}
-	s.mu.Unlock()
+	ls, err := lst.MarshalBinary()
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	copy(st.a[:], ls[:64])
+	copy(st.b[:], ls[64:])
+	id, err := s.states.seal(st)
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
 	b, _ := ke2.MarshalBinary()
 	reply(w, api.LoginStartReply{LoginID: id, KE2: b})
 }
@@ -609,68 +506,67 @@ func (s *Server) loginFinish(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	s.mu.Lock()
-	p := s.pending[string(req.LoginID)]
-	delete(s.pending, string(req.LoginID))
-	s.mu.Unlock()
-	if p == nil || time.Now().After(p.expires) {
-		// The attempt stays counted; the client must start a new login.
+	st, expired, err := s.states.open(req.LoginID, kindLogin)
+	if err != nil || expired {
+		// An expired login's attempt stays counted; the client must start
+		// a new one.
 		fail(w, http.StatusUnauthorized, api.CodeLoginExpired, "unknown or expired login (the attempt was counted): start again", nil)
 		return
 	}
+	key := st.skey[:]
+	// Check KE3 before touching the store: a valid one proves the password.
 	var sessionKey []byte
-	var err error
-	if len(req.KE3) > 0 {
-		var ke3 *opaque.KE3
-		if ke3, err = api.Suite.UnmarshalKE3(req.KE3); err == nil {
-			sessionKey, err = s.op.Finish(p.st, ke3)
+	ok := false
+	if len(req.KE3) > 0 && st.flags&flagReal != 0 {
+		if ke3, err := api.Suite.UnmarshalKE3(req.KE3); err == nil {
+			lst, err := api.Suite.UnmarshalServerLoginState(append(st.a[:], st.b[:]...))
+			if err == nil {
+				sessionKey, err = s.op.Finish(lst, ke3)
+				ok = err == nil
+			}
 		}
-	} else {
-		err = errors.New("abandoned")
 	}
-	if err != nil || p.gen == nil {
-		left := 0
-		if p.gen == nil {
-			left = s.fakeLeft(p.key)
-		} else if left, err = s.destroyIfSpent(p.key, p.gen); err != nil {
-			s.internal(w, err)
-			return
-		}
-		fail(w, http.StatusUnauthorized, api.CodeWrongPassword, "wrong password", &left)
-		return
-	}
-	// A valid KE3: reset the counter and release the blob.
-	var rec *record
-	for {
-		var ver uint64
-		rec, ver, err = s.getRecord(p.key)
+	if st.flags&flagCounted == 0 {
+		// Answered uncounted (a spent record, or an unknown credential at
+		// its limit): nothing to finish.
+		e, _, err := s.getEntry(key)
 		if err != nil {
 			s.internal(w, err)
 			return
 		}
-		if rec == nil || !hmac.Equal(rec.Gen, p.gen) {
-			left := s.fakeLeft(p.key)
-			fail(w, http.StatusUnauthorized, api.CodeWrongPassword, "wrong password", &left)
-			return
+		left := s.limit
+		if e != nil {
+			left = max(0, e.Limit-e.Failed)
 		}
-		rec.Failed = 0
-		if _, err = s.putRecord(p.key, ver, rec); errors.Is(err, ErrConflict) {
-			continue
-		} else if err != nil {
-			s.internal(w, err)
-			return
-		}
-		break
+		fail(w, http.StatusUnauthorized, api.CodeWrongPassword, "wrong password", &left)
+		return
 	}
-	blob, err := api.Seal(sessionKey, api.ReleaseLabel, rec.Blob, req.LoginID)
+	e, taken, err := s.finishLogin(key, st, ok)
 	if err != nil {
 		s.internal(w, err)
 		return
 	}
-	tok := randBytes(32)
-	s.mu.Lock()
-	s.tokens[string(tok)] = &token{key: p.key, credID: p.credID, gen: p.gen, expires: time.Now().Add(s.cfg.LoginTimeout)}
-	s.mu.Unlock()
+	if !taken {
+		fail(w, http.StatusUnauthorized, api.CodeLoginExpired, "unknown or expired login (the attempt was counted): start again", nil)
+		return
+	}
+	if !ok || !e.real() {
+		left := max(0, e.Limit-e.Failed)
+		fail(w, http.StatusUnauthorized, api.CodeWrongPassword, "wrong password", &left)
+		return
+	}
+	blob, err := api.Seal(sessionKey, api.ReleaseLabel, e.Blob, req.LoginID)
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	tk := &state{kind: kindToken, expires: time.Now().Add(s.cfg.LoginTimeout), skey: st.skey, gen: st.gen, credID: st.credID}
+	copy(tk.nonce[:], randBytes(16))
+	tok, err := s.states.seal(tk)
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
 	reply(w, api.LoginFinishReply{Blob: blob, Token: tok})
 }
 
@@ -680,19 +576,23 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key := s.storageKey(req.CredentialID)
-	rec, ver, err := s.getRecord(key)
+	e, _, err := s.getEntry(key)
 	if err != nil {
 		s.internal(w, err)
 		return
 	}
-	if rec == nil {
-		reply(w, api.StatusReply{AttemptsLeft: s.fakeLeft(key), Limit: s.cfg.DefaultGuesses})
+	if e == nil {
+		reply(w, api.StatusReply{AttemptsLeft: s.limit, Limit: s.limit})
 		return
 	}
-	if rec.Failed >= rec.Limit && time.Since(time.Unix(0, rec.LastTry)) > s.cfg.LoginTimeout {
-		_ = s.cfg.Store.Delete(key, ver)
+	e.prune(time.Now())
+	if e.spent() {
+		if err := s.destroyIfSpent(key); err != nil {
+			s.internal(w, err)
+			return
+		}
 	}
-	reply(w, api.StatusReply{AttemptsLeft: max(0, rec.Limit-rec.Failed), Limit: rec.Limit})
+	reply(w, api.StatusReply{AttemptsLeft: max(0, e.Limit-e.Failed), Limit: e.Limit})
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
@@ -700,22 +600,21 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	tk := s.lookToken(req.Token, true)
+	tk := s.openToken(w, req.Token)
 	if tk == nil {
-		fail(w, http.StatusUnauthorized, api.CodeBadToken, "unknown or expired token: log in again", nil)
 		return
 	}
 	for {
-		rec, ver, err := s.getRecord(tk.key)
+		e, ver, err := s.getEntry(tk.skey[:])
 		if err != nil {
 			s.internal(w, err)
 			return
 		}
-		if rec == nil || !hmac.Equal(rec.Gen, tk.gen) {
-			fail(w, http.StatusUnauthorized, api.CodeBadToken, "the record changed since the login", nil)
+		if !e.real() || !hmac.Equal(e.Gen, tk.gen[:]) {
+			badToken(w, "the record changed since the login")
 			return
 		}
-		if err := s.cfg.Store.Delete(tk.key, ver); errors.Is(err, ErrConflict) {
+		if err := s.cfg.Store.Delete(tk.skey[:], ver); errors.Is(err, ErrConflict) {
 			continue
 		} else if err != nil {
 			s.internal(w, err)
@@ -723,46 +622,14 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		}
 		break
 	}
+	s.compact()
 	reply(w, struct{}{})
 }
 
-// rateLimiter is a token bucket per client address.
-type rateLimiter struct {
-	mu      sync.Mutex
-	rate    float64
-	burst   float64
-	buckets map[string]*bucket
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func newRateLimiter(rate float64, burst int) *rateLimiter {
-	if burst < 1 {
-		burst = 1
-	}
-	return &rateLimiter{rate: rate, burst: float64(burst), buckets: map[string]*bucket{}}
-}
-
-func (l *rateLimiter) allow(addr string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	b := l.buckets[addr]
-	if b == nil {
-		if len(l.buckets) > 1<<16 {
-			clear(l.buckets)
-		}
-		b = &bucket{tokens: l.burst, last: now}
-		l.buckets[addr] = b
-	}
-	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+// Registered reports whether a record is registered under credID (for
+// operators' tools and tests; the API answers unknown credentials as if
+// they were registered).
+func (s *Server) Registered(credID []byte) (bool, error) {
+	e, _, err := s.getEntry(s.storageKey(credID))
+	return e.real(), err
 }

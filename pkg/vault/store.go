@@ -134,3 +134,11 @@ func (s *BoltStore) Delete(key []byte, old uint64) error {
 
 // Close implements Store.
 func (s *BoltStore) Close() error { return s.db.Close() }
+
+// Compactor is implemented by stores that keep superseded values (etcd
+// keeps every revision until compacted). The vault calls Compact after it
+// destroys or deletes a record, so no old copy of it stays readable
+// through the store's history.
+type Compactor interface {
+	Compact() error
+}

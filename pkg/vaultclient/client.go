@@ -299,7 +299,7 @@ func (c *Client) register(ctx context.Context, credID, tok, password, secret []b
 	if tok != nil {
 		path = api.PathChangeFinish
 	}
-	if err := c.call(ctx, path, api.RegisterFinish{CredentialID: credIfNoToken(credID, tok), Token: tok, Record: recb, Blob: blob, Guesses: guesses}, &fr); err != nil {
+	if err := c.call(ctx, path, api.RegisterFinish{CredentialID: credIfNoToken(credID, tok), Token: tok, Record: recb, Blob: blob, Guesses: guesses, State: sr.State}, &fr); err != nil {
 		return 0, err
 	}
 	return fr.Guesses, nil

@@ -129,6 +129,10 @@ type RegisterStart struct {
 // RegisterStartReply carries the OPAQUE registration response.
 type RegisterStartReply struct {
 	Response []byte `json:"response"`
+	// State is the vault's sealed registration state (the randomness of
+	// the record's fresh OPRF key among it): send it back with
+	// RegisterFinish, to any replica.
+	State []byte `json:"state"`
 }
 
 // RegisterFinish uploads the record and the escrowed ciphertext.
@@ -138,6 +142,7 @@ type RegisterFinish struct {
 	Record       []byte `json:"record"`
 	Blob         []byte `json:"blob"`
 	Guesses      int    `json:"guesses,omitempty"`
+	State        []byte `json:"state"`
 }
 
 // RegisterFinishReply says how many guesses the record allows.

@@ -293,6 +293,25 @@ func (s *Store) Delete(key []byte, old uint64) error {
 	})
 }
 
+// Compact implements vault.Compactor: it compacts the cluster's history up
+// to its current revision and has every member free the space
+// (WithCompactPhysical waits until they have), so a destroyed or deleted
+// record cannot be read back through an older revision. Compaction is
+// cluster-wide: other users of the cluster lose their history too.
+func (s *Store) Compact() error {
+	return s.do("compact", func(ctx context.Context, _ bool) error {
+		resp, err := s.cli.Get(ctx, s.prefix+"server-keys", clientv3.WithKeysOnly())
+		if err != nil {
+			return err
+		}
+		_, err = s.cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical())
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return nil // someone compacted at least as far
+		}
+		return err
+	})
+}
+
 // loseReply, set by tests, makes a transaction's answer look lost after
 // etcd executed it when it returns true: the unknown-outcome case.
 var loseReply func() bool

@@ -10,13 +10,12 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/wabackup/wabackup/internal/testservers"
 	"github.com/wabackup/wabackup/pkg/keys"
@@ -130,25 +129,6 @@ func (in *instance) client(t testing.TB) *vaultclient.Client {
 	return c
 }
 
-// records lists the credential records under the site's prefix.
-func (s *site) records(t testing.TB) int {
-	t.Helper()
-	st := openStore(t, s.cluster, s.prefix, 5*time.Second)
-	defer st.Close()
-	resp, err := st.Client().Get(context.Background(), s.prefix+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, kv := range resp.Kvs {
-		k := strings.TrimPrefix(string(kv.Key), s.prefix+"/")
-		if k != "server-keys" && k != "timing-pad" && !strings.HasPrefix(k, "_txn/") {
-			n++
-		}
-	}
-	return n
-}
-
 func secret32() []byte {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b)
@@ -209,9 +189,134 @@ func TestInstancesShareSealedKeys(t *testing.T) {
 	}
 }
 
-// Acceptance: 16 clients spread 1,000 wrong guesses over three instances;
-// exactly the limit are answered with a counted KE2, then the record is
-// gone everywhere.
+// rotating sends each request to the next of the instances, so that the
+// KE1 and the KE3 of one login reach different replicas (a load balancer
+// across sites, failing over between the two).
+type rotating struct {
+	hosts []string
+	next  atomic.Int64
+	rt    http.RoundTripper
+}
+
+func (r *rotating) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.URL.Host = r.hosts[int(r.next.Add(1))%len(r.hosts)]
+	return r.rt.RoundTrip(req)
+}
+
+func rotatingClient(t testing.TB, ins []*instance, start int) *vaultclient.Client {
+	t.Helper()
+	r := &rotating{rt: ins[0].ts.Client().Transport}
+	for _, in := range ins {
+		u, _ := url.Parse(in.ts.URL)
+		r.hosts = append(r.hosts, u.Host)
+	}
+	r.next.Store(int64(start))
+	c, err := vaultclient.New(ins[0].ts.URL, vaultclient.Options{HTTPClient: &http.Client{Transport: r}, KSF: opaque.IdentityKSF{}, PinFile: "-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func postTo(t testing.TB, in *instance, path string, body, out any) (int, *api.Error) {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	resp, err := in.ts.Client().Post(in.ts.URL+path, "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		var ae api.Error
+		_ = json.NewDecoder(resp.Body).Decode(&ae)
+		return resp.StatusCode, &ae
+	}
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return 200, nil
+}
+
+// Any replica finishes a login: KE1 to one instance, KE3 to another
+// succeeds; the same KE3 replayed to a third is refused; registration and
+// password change also move between instances.
+func TestLoginAcrossReplicas(t *testing.T) {
+	c := testservers.Etcd(t, 3)
+	s := newSite(t, c, vault.Config{MaxGuesses: 10})
+	ins := s.instances(t, 3)
+	ctx := context.Background()
+	id := api.CredentialID("failover", "")
+	sec := secret32()
+	// Registration: start and finish on different instances.
+	if _, _, err := rotatingClient(t, ins, 0).Register(ctx, id, []byte("pw"), sec, 0); err != nil {
+		t.Fatal(err)
+	}
+	op, err := api.Suite.NewClient(opaque.IdentityKSF{}, opaque.Identities{}, api.Context)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ke1, st, err := op.KE1([]byte("pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, _ := ke1.MarshalBinary()
+	var lr api.LoginStartReply
+	if code, ae := postTo(t, ins[0], api.PathLoginStart, api.LoginStart{CredentialID: id, KE1: k1}, &lr); code != 200 {
+		t.Fatalf("KE1 to instance 0: %d %v", code, ae)
+	}
+	ke2, err := api.Suite.UnmarshalKE2(lr.KE2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ke3, sessionKey, _, err := op.KE3(st, ke2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k3, _ := ke3.MarshalBinary()
+	var fr api.LoginFinishReply
+	if code, ae := postTo(t, ins[1], api.PathLoginFinish, api.LoginFinish{LoginID: lr.LoginID, KE3: k3}, &fr); code != 200 {
+		t.Fatalf("KE3 to instance 1: %d %v", code, ae)
+	}
+	if _, err := api.Open(sessionKey, api.ReleaseLabel, fr.Blob, lr.LoginID); err != nil {
+		t.Fatal("the released blob does not open under the session key")
+	}
+	code, ae := postTo(t, ins[2], api.PathLoginFinish, api.LoginFinish{LoginID: lr.LoginID, KE3: k3}, nil)
+	if code != 401 || ae.Code != api.CodeLoginExpired {
+		t.Fatalf("the same KE3 replayed to instance 2: %d %+v, want 401 %s", code, ae, api.CodeLoginExpired)
+	}
+	if code, _ := postTo(t, ins[0], api.PathLoginFinish, api.LoginFinish{LoginID: lr.LoginID, KE3: k3}, nil); code != 401 {
+		t.Fatalf("the same KE3 replayed to instance 0: %d", code)
+	}
+	// The success reset the counter; the replays counted nothing.
+	if left, _, err := ins[2].client(t).Status(ctx, id); err != nil || left != 10 {
+		t.Fatalf("status: %d left, %v", left, err)
+	}
+	// A password change and a recovery through rotating instances.
+	rc := rotatingClient(t, ins, 1)
+	if err := rc.ChangePassword(ctx, id, []byte("pw"), []byte("new pw")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := rotatingClient(t, ins, 2).Recover(ctx, id, []byte("new pw"))
+	if err != nil || !bytes.Equal(got, sec) {
+		t.Fatalf("recover after the change: %v", err)
+	}
+	// A deletion: the token from one instance works at another.
+	if err := rotatingClient(t, ins, 0).Delete(ctx, id, []byte("new pw")); err != nil {
+		t.Fatal(err)
+	}
+	for i, in := range ins {
+		if reg, err := in.srv.Registered(id); err != nil || reg {
+			t.Fatalf("instance %d: registered %v after the delete (%v)", i, reg, err)
+		}
+	}
+}
+
+// Acceptance: 16 clients spread 1,000 wrong guesses over three instances,
+// the KE1 and the KE3 of each login to different ones; exactly the limit
+// are answered with a counted KE2, then the record is gone everywhere.
 func TestBruteForceAcrossInstances(t *testing.T) {
 	c := testservers.Etcd(t, 3)
 	s := newSite(t, c, vault.Config{MaxGuesses: 10})
@@ -229,13 +334,13 @@ func TestBruteForceAcrossInstances(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cls := []*vaultclient.Client{ins[0].client(t), ins[1].client(t), ins[2].client(t)}
+			cl := rotatingClient(t, ins, w)
 			for {
 				n := next.Add(1)
 				if n > guesses {
 					return
 				}
-				_, err := cls[(int(n)+w)%3].Recover(ctx, id, []byte("guess "+randHex(4)))
+				_, err := cl.Recover(ctx, id, []byte("guess "+randHex(4)))
 				var wp *vaultclient.WrongPasswordError
 				if errors.As(err, &wp) {
 					wrong.Add(1)
@@ -253,8 +358,13 @@ func TestBruteForceAcrossInstances(t *testing.T) {
 	if total != 10 {
 		t.Fatalf("%d counted KE2s across the instances, want exactly the limit 10", total)
 	}
-	if n := s.records(t); n != 0 {
-		t.Fatalf("%d records left in etcd after the limit", n)
+	for i, in := range ins {
+		if reg, err := in.srv.Registered(id); err != nil || reg {
+			t.Fatalf("instance %d: the record is still registered after the limit (%v)", i, err)
+		}
+		if left, _, err := in.client(t).Status(ctx, id); err != nil || left != 0 {
+			t.Fatalf("instance %d: status %d left (%v), want 0", i, left, err)
+		}
 	}
 	for i, in := range ins {
 		if _, err := in.client(t).Recover(ctx, id, []byte("the right one")); !errors.Is(err, keys.ErrWrongKey) {
@@ -263,6 +373,25 @@ func TestBruteForceAcrossInstances(t *testing.T) {
 	}
 	if got := ins[0].counted.Load() + ins[1].counted.Load() + ins[2].counted.Load(); got != 10 {
 		t.Fatalf("a destroyed record was counted: %d", got)
+	}
+}
+
+// Unknown credentials are counted in the shared store: attempts through
+// any instance add up, and a new instance sees them.
+func TestUnknownCountedAcrossInstances(t *testing.T) {
+	c := testservers.Etcd(t, 3)
+	s := newSite(t, c, vault.Config{MaxGuesses: 10})
+	ins := s.instances(t, 3)
+	ctx := context.Background()
+	id := api.CredentialID("nobody", "")
+	for i := range 4 {
+		if _, err := ins[i%3].client(t).Recover(ctx, id, []byte("guess")); !errors.Is(err, keys.ErrWrongKey) {
+			t.Fatal(err)
+		}
+	}
+	late := s.instances(t, 1)[0]
+	if left, limit, err := late.client(t).Status(ctx, id); err != nil || left != 6 || limit != 10 {
+		t.Fatalf("status on a new instance: %d of %d left (%v), want 6 of 10", left, limit, err)
 	}
 }
 
