@@ -315,6 +315,7 @@ func (r *Repository) Unlock(ctx context.Context, c Credentials) (err error) {
 		return fmt.Errorf("repository has no usable key slots: %w", ErrCorrupt)
 	}
 	var lastErr error = ErrWrongKey
+	budget, tried := keys.Argon2Budget, 0
 	for _, s := range slots {
 		var secret []byte
 		switch {
@@ -327,7 +328,19 @@ func (r *Repository) Unlock(ctx context.Context, c Credentials) (err error) {
 		default:
 			continue
 		}
-		master, err := s.Unwrap(secret)
+		master, err := s.UnwrapWithin(secret, &budget)
+		if errors.Is(err, keys.ErrArgon2Budget) {
+			n := 0
+			for _, s := range slots {
+				if s.Kind == keys.KindPassword {
+					n++
+				}
+			}
+			return fmt.Errorf("%w: stopped after trying %d of the repository's %d password slots, at the Argon2id work one open may do (a repository with many or costly slots could otherwise keep an open busy for hours); open it with the 64-digit key and remove the slots you do not use (wabackup key list, key remove)", keys.ErrWrongKey, tried, n)
+		}
+		if s.Kind == keys.KindPassword {
+			tried++
+		}
 		if err != nil {
 			if !errors.Is(err, keys.ErrWrongKey) {
 				lastErr = err

@@ -203,13 +203,54 @@ func newSlot(kind SlotKind, master Key, secret []byte, p *Argon2Params, label st
 // from what was typed and does not open the slot, as typed: slots made
 // before passwords were normalized still open.
 func (s *Slot) Unwrap(secret []byte) (Key, error) {
+	budget := ^uint64(0)
+	return s.UnwrapWithin(secret, &budget)
+}
+
+// Argon2Budget is the Argon2id work one open of a repository may spend on
+// its password slots, in passes × KiB: what one slot at the caps costs
+// (MaxArgon2Time × MaxArgon2MemoryKiB), or 21 slots at DefaultArgon2. A
+// hostile repository holding many password slots cannot make an open run
+// Argon2id more than that.
+const Argon2Budget = uint64(MaxArgon2Time) * MaxArgon2MemoryKiB
+
+// ErrArgon2Budget is returned by UnwrapWithin when the next Argon2id run
+// would exceed the budget left.
+var ErrArgon2Budget = errors.New("keys: the Argon2id work allowed for one open is spent")
+
+// Cost is the Argon2id work of one try of a password slot, in passes ×
+// KiB (0 for other kinds).
+func (s *Slot) Cost() uint64 {
+	if s.Kind != KindPassword || s.KDF == nil {
+		return 0
+	}
+	return uint64(s.KDF.Time) * uint64(s.KDF.MemoryKiB)
+}
+
+// UnwrapWithin is Unwrap that deducts each Argon2id run's cost from
+// *budget first, and fails with ErrArgon2Budget instead of running one
+// that does not fit.
+func (s *Slot) UnwrapWithin(secret []byte, budget *uint64) (Key, error) {
 	if err := s.check(); err != nil {
 		return Key{}, err
 	}
 	if s.Kind == KindPassword {
+		spend := func() error {
+			if s.Cost() > *budget {
+				return ErrArgon2Budget
+			}
+			*budget -= s.Cost()
+			return nil
+		}
+		if err := spend(); err != nil {
+			return Key{}, err
+		}
 		n := NormalizePassword(secret)
 		master, err := s.unwrap(n)
 		if errors.Is(err, ErrWrongKey) && !bytes.Equal(n, secret) {
+			if err := spend(); err != nil {
+				return Key{}, err
+			}
 			return s.unwrap(secret)
 		}
 		return master, err
