@@ -57,12 +57,25 @@
 // example when a password changes) always creates a new slot with a new
 // salt and nonce.
 //
+// A vault slot binds its extra fields (the vault's address, fingerprint
+// and name) too: when it has any, its associated data goes on with them,
+// names in byte order, each name and value length-prefixed:
+//
+//	AAD_vault = AAD || "extra" || uint8(n)
+//	   || for each field: uint16be(len(name)) || name || uint16be(len(value)) || value
+//
+// (Vault slots made before this sealed their key under AAD alone; they
+// still open, and [Slot.ExtraAuthentic] reports them.)
+//
 // Unwrapping recomputes W and opens the ciphertext; any wrong secret or any
 // change to the salt, nonce, wrapped key, kind, id or Argon2 parameters
-// makes it fail with [ErrWrongKey]. The label, creation time and extra
-// fields are informational and NOT authenticated: callers must not make
-// security decisions based on them (a vault's address or pinned key
-// fingerprint must come from local configuration, not from the store).
+// (or a vault slot's extra fields) makes it fail with [ErrWrongKey]. The
+// label and creation time, and the extra fields of other kinds, are
+// informational and NOT authenticated. A vault slot's extra fields are
+// authenticated only once the slot is opened, which needs the secret the
+// vault releases: before that, whatever they say about the vault must be
+// checked against what the user pinned (a fingerprint given out of band,
+// or the local pin file).
 //
 // Argon2 parameters read from a slot are checked against hard caps (see
 // [Argon2Params.Check]) before any key derivation runs, so a hostile

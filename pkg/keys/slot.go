@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -121,7 +122,9 @@ type Slot struct {
 	Salt    []byte            `json:"salt"`               // 32 random bytes
 	Nonce   []byte            `json:"nonce"`              // 12 random bytes
 	Wrapped []byte            `json:"wrapped"`            // AES-256-GCM ciphertext and tag of the master key (48 bytes)
-	Extra   map[string]string `json:"extra,omitempty"`    // kind-specific data (e.g. a vault's URL); not authenticated
+	Extra   map[string]string `json:"extra,omitempty"`    // kind-specific data (e.g. a vault's URL); authenticated for vault slots only (ExtraAuthentic)
+
+	extraAuthentic bool
 }
 
 // NewRecoverySlot wraps master under a recovery key.
@@ -147,8 +150,9 @@ func NewPasswordSlot(master Key, password []byte, p Argon2Params, label string) 
 }
 
 // NewVaultSlot wraps master under a 32-byte secret held by a key vault.
-// extra records how to reach the vault; it is stored in the clear and is
-// not authenticated. The map is copied.
+// extra records how to reach the vault; it is stored in the clear, and
+// bound into the slot's associated data, so an opened slot's extra is the
+// one it was made with (ExtraAuthentic). The map is copied.
 func NewVaultSlot(master, secret Key, label string, extra map[string]string) (*Slot, error) {
 	if secret == (Key{}) {
 		return nil, errors.New("keys: refusing an all-zero vault secret")
@@ -189,7 +193,7 @@ func newSlot(kind SlotKind, master Key, secret []byte, p *Argon2Params, label st
 	if err != nil {
 		return nil, err
 	}
-	s.Wrapped = aead.Seal(nil, s.Nonce, master[:], s.aad())
+	s.Wrapped = aead.Seal(nil, s.Nonce, master[:], s.boundAAD())
 	return s, nil
 }
 
@@ -267,11 +271,50 @@ func (s *Slot) unwrap(secret []byte) (Key, error) {
 		return Key{}, err
 	}
 	var master Key
-	out, err := aead.Open(master[:0], s.Nonce, s.Wrapped, s.aad())
-	if err != nil || len(out) != KeySize {
-		return Key{}, ErrWrongKey
+	s.extraAuthentic = false
+	out, err := aead.Open(master[:0], s.Nonce, s.Wrapped, s.boundAAD())
+	if err == nil && len(out) == KeySize {
+		s.extraAuthentic = s.Kind == KindVault
+		return master, nil
 	}
-	return master, nil
+	if s.Kind == KindVault && len(s.Extra) > 0 {
+		// A vault slot made before its extra fields were bound.
+		if out, err := aead.Open(master[:0], s.Nonce, s.Wrapped, s.aad()); err == nil && len(out) == KeySize {
+			return master, nil
+		}
+	}
+	return Key{}, ErrWrongKey
+}
+
+// ExtraAuthentic reports whether the slot's Extra fields are the ones it
+// was made with: true for a vault slot that Unwrap opened whose
+// associated data binds them. It is false before
+// the slot is opened, for other kinds, and for vault slots made before
+// the binding existed, whose extra fields anyone could have changed.
+func (s *Slot) ExtraAuthentic() bool { return s.extraAuthentic }
+
+// boundAAD is the associated data a slot is sealed with: aad, and for a
+// vault slot with extra fields, those fields in canonical order (see the
+// package documentation).
+func (s *Slot) boundAAD() []byte {
+	b := s.aad()
+	if s.Kind != KindVault || len(s.Extra) == 0 {
+		return b
+	}
+	names := make([]string, 0, len(s.Extra))
+	for k := range s.Extra {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	b = append(b, "extra"...)
+	b = append(b, byte(len(names)))
+	for _, k := range names {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(k)))
+		b = append(b, k...)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(s.Extra[k])))
+		b = append(b, s.Extra[k]...)
+	}
+	return b
 }
 
 // aead derives the slot's wrapping key from secret and returns AES-256-GCM

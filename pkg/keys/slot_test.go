@@ -75,6 +75,7 @@ func slotsEqual(a, b *Slot) bool {
 	}
 	a2, b2 := *a, *b
 	a2.Created, b2.Created = time.Time{}, time.Time{}
+	a2.extraAuthentic, b2.extraAuthentic = false, false // state of the last Unwrap, not content
 	return reflect.DeepEqual(a2, b2)
 }
 
@@ -329,9 +330,41 @@ func TestSlotInformationalFieldsNotAuthenticated(t *testing.T) {
 	s := cloneSlot(c.slot)
 	s.Label = "renamed"
 	s.Created = s.Created.Add(-time.Hour)
-	s.Extra["url"] = "https://elsewhere.example/"
-	if m, err := s.Unwrap(c.secret); err != nil || m != master {
-		t.Fatalf("Unwrap = %x, %v", m, err)
+	if m, err := s.Unwrap(c.secret); err != nil || m != master || !s.ExtraAuthentic() {
+		t.Fatalf("Unwrap = %x, %v (extra authentic %v)", m, err, s.ExtraAuthentic())
+	}
+}
+
+// A vault slot's extra fields (the vault's address, fingerprint and name)
+// are bound: a slot whose extra was changed, added to or emptied does not
+// open. A vault slot sealed before the binding (under the header alone)
+// still opens, and says its extra is not authentic.
+func TestVaultSlotExtraAuthenticated(t *testing.T) {
+	master := seqKey(0x40)
+	c := newSlots(t, master)[2]
+	if c.slot.Kind != KindVault || len(c.slot.Extra) == 0 {
+		t.Fatal("slot 2 is not a vault slot with extra fields")
+	}
+	for name, change := range map[string]func(s *Slot){
+		"changed": func(s *Slot) { s.Extra["url"] = "https://elsewhere.example/" },
+		"added":   func(s *Slot) { s.Extra["vault_fingerprint"] = "00" },
+		"removed": func(s *Slot) { s.Extra = nil },
+	} {
+		s := cloneSlot(c.slot)
+		change(s)
+		if _, err := s.Unwrap(c.secret); !errors.Is(err, ErrWrongKey) {
+			t.Errorf("%s extra: Unwrap %v, want ErrWrongKey", name, err)
+		}
+	}
+	legacy := cloneSlot(c.slot)
+	aead, err := legacy.aead(c.secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy.Wrapped = aead.Seal(nil, legacy.Nonce, master[:], legacy.aad())
+	legacy.Extra["url"] = "https://changed.example/"
+	if m, err := legacy.Unwrap(c.secret); err != nil || m != master || legacy.ExtraAuthentic() {
+		t.Fatalf("legacy vault slot: %x, %v, authentic %v", m, err, legacy.ExtraAuthentic())
 	}
 }
 
