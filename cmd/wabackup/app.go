@@ -46,6 +46,7 @@ type app struct {
 	vaultURL    string
 	vaultCACert string
 	vaultName   string
+	vaultFP     string
 }
 
 func newApp(stdout, stderr io.Writer) *app {
@@ -86,6 +87,7 @@ and restores them on any machine with the 64-digit key or a password.`,
 	pf.StringVar(&a.vaultURL, "vault", "", "key vault URL (https://…): escrow the key there (init, key escrow) or open the repository through it")
 	pf.StringVar(&a.vaultCACert, "vault-cacert", "", "PEM file of extra CA certificates to trust for the key vault")
 	pf.StringVar(&a.vaultName, "vault-name", "", "name of the key in the vault (default \"default\")")
+	pf.StringVar(&a.vaultFP, "vault-fingerprint", "", "the key vault's public key fingerprint (64 hex digits, printed by wabackup-vault at start): talk to the vault only if it presents this key")
 	pf.BoolVar(&a.out.json, "json", false, "machine-readable output (one JSON object per line)")
 	pf.BoolVarP(&a.out.quiet, "quiet", "q", false, "print nothing unless there is an error")
 

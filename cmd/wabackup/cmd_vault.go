@@ -24,10 +24,29 @@ const (
 	vaultExtraName        = "vault_name"
 )
 
-// vaultClient returns a client for --vault, pinned to pin if given.
-func (a *app) vaultClient(pin string) (*vaultclient.Client, error) {
-	return vaultclient.New(a.vaultURL, vaultclient.Options{CACertFile: a.vaultCACert, Pin: pin})
+// vaultClient returns a client for --vault, pinned to --vault-fingerprint
+// if given, else to slotPin (what the repository's vault slot records).
+// A slot that names another fingerprint than --vault-fingerprint is an
+// error: its key was escrowed in another vault, or it was altered.
+func (a *app) vaultClient(slotPin string) (*vaultclient.Client, error) {
+	opt := vaultclient.Options{CACertFile: a.vaultCACert, Pin: slotPin}
+	if a.vaultFP != "" {
+		fp := strings.ToLower(strings.TrimSpace(a.vaultFP))
+		if len(fp) != 64 || strings.Trim(fp, "0123456789abcdef") != "" {
+			return nil, fmt.Errorf("--vault-fingerprint %q: want the 64 hex digits wabackup-vault prints at start", a.vaultFP)
+		}
+		if slotPin != "" && slotPin != fp {
+			return nil, fmt.Errorf("the repository's vault slot for %s records vault fingerprint %s, not %s (--vault-fingerprint): the slot belongs to another vault or was altered", a.vaultURL, slotPin, fp)
+		}
+		opt.Pin, opt.PinSource = fp, "--vault-fingerprint"
+	}
+	return vaultclient.New(a.vaultURL, opt)
 }
+
+// noVaultSlotError: the repository has no vault slot for --vault.
+type noVaultSlotError struct{ msg string }
+
+func (e *noVaultSlotError) Error() string { return e.msg }
 
 // vaultPassword reads the vault password: --password-file,
 // --password-command, WABACKUP_PASSWORD or a prompt (twice if confirm).
@@ -80,41 +99,20 @@ func (a *app) escrow(ctx context.Context, r *archive.Repository, pw []byte) (*ke
 }
 
 // vaultCredentials recovers the repository's vault secret from --vault
-// with the password. The vault slot (if any names this vault) supplies the
-// pinned fingerprint and the credential name.
+// with the password. The repository's vault slot for this vault supplies
+// the pinned fingerprint and the credential name.
 func (a *app) vaultCredentials(ctx context.Context, r *archive.Repository) (archive.Credentials, error) {
 	var cred archive.Credentials
 	slots, err := r.Slots(ctx)
 	if err != nil {
 		return cred, err
 	}
-	// The vault slot for this URL (or the only vault slot: the same vault
-	// may be reached under another address) gives the pin and the name.
-	var vs []*keys.Slot
-	var chosen *keys.Slot
-	for _, s := range slots {
-		if s.Kind != keys.KindVault {
-			continue
-		}
-		vs = append(vs, s)
-		if strings.TrimRight(s.Extra[vaultExtraURL], "/") == strings.TrimRight(a.vaultURL, "/") && chosen == nil {
-			chosen = s
-		}
+	chosen, err := a.vaultSlot(ctx, slots)
+	if err != nil {
+		return cred, err
 	}
-	if len(vs) == 0 {
-		return cred, errors.New("the repository has no vault key slot, so it does not open through a vault (the key was never escrowed, or was deleted with key vault-delete): use the 64-digit key or a password, or escrow the key with wabackup key escrow --vault URL")
-	}
-	if chosen == nil && len(vs) == 1 {
-		chosen = vs[0]
-	}
-	pin, name := "", a.vaultName
-	if chosen != nil {
-		pin = chosen.Extra[vaultExtraFingerprint]
-		if name == "" {
-			name = chosen.Extra[vaultExtraName]
-		}
-	}
-	c, err := a.vaultClient(pin)
+	name := slotVaultName(chosen)
+	c, err := a.vaultClient(chosen.Extra[vaultExtraFingerprint])
 	if err != nil {
 		return cred, err
 	}
@@ -212,27 +210,50 @@ func slotVaultName(s *keys.Slot) string {
 }
 
 // vaultSlot picks the repository's vault slot that --vault (and
-// --vault-name) name: the one for this URL or else, as opening through
-// the vault does, the only vault slot (the same vault may be reached under
-// another address; the slot's pin tells). Of several for the same URL and
-// name it takes the newest. It fails if no slot fits, or if slots for the
-// URL name several keys and --vault-name does not pick one.
-func (a *app) vaultSlot(slots []*keys.Slot) (*keys.Slot, error) {
-	var byURL, all []*keys.Slot
+// --vault-name) name: the one recording this URL or else the one
+// recording the fingerprint of the vault at this URL (the same vault may
+// be reached under another address; --vault-fingerprint, if given, must
+// match what the vault presents). Of several for the same vault and name
+// it takes the newest. It fails (with a *noVaultSlotError) if no slot
+// fits, or if the vault's slots name several keys and --vault-name does
+// not pick one.
+func (a *app) vaultSlot(ctx context.Context, slots []*keys.Slot) (*keys.Slot, error) {
+	var byURL, vaultSlots []*keys.Slot
 	for _, s := range slots {
 		if s.Kind != keys.KindVault || (a.vaultName != "" && slotVaultName(s) != a.vaultName) {
 			continue
 		}
-		all = append(all, s)
+		vaultSlots = append(vaultSlots, s)
 		if strings.TrimRight(s.Extra[vaultExtraURL], "/") == strings.TrimRight(a.vaultURL, "/") {
 			byURL = append(byURL, s)
 		}
 	}
-	if len(byURL) == 0 && len(all) == 1 {
-		byURL = all
+	if len(vaultSlots) == 0 {
+		return nil, &noVaultSlotError{"the repository has no vault key slot, so it does not open through a vault (the key was never escrowed, or was deleted with key vault-delete): use the 64-digit key or a password, or escrow the key with wabackup key escrow --vault URL"}
 	}
 	if len(byURL) == 0 {
-		return nil, fmt.Errorf("the repository has no vault key slot for %s, so it does not open through that vault (the key was never escrowed there, or was deleted with key vault-delete)", a.vaultURL)
+		// Another address of a vault a slot names? Only the vault's own
+		// key says so.
+		c, err := a.vaultClient("")
+		if err != nil {
+			return nil, err
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range vaultSlots {
+			if s.Extra[vaultExtraFingerprint] == info.Fingerprint {
+				byURL = append(byURL, s)
+			}
+		}
+	}
+	if len(byURL) == 0 {
+		var l []string
+		for _, s := range vaultSlots {
+			l = append(l, fmt.Sprintf("%s (fingerprint %.16s…)", s.Extra[vaultExtraURL], s.Extra[vaultExtraFingerprint]))
+		}
+		return nil, &noVaultSlotError{fmt.Sprintf("the repository has no vault key slot for %s, so it does not open through that vault (the key was never escrowed there, or was deleted with key vault-delete); its vault slots are for %s", a.vaultURL, strings.Join(l, ", "))}
 	}
 	chosen, names := byURL[0], map[string]bool{}
 	for _, s := range byURL {
@@ -287,7 +308,7 @@ func (a *app) openVaultTarget(ctx context.Context) (_ *vaultTarget, err error) {
 	if t.slots, err = r.Slots(ctx); err != nil {
 		return nil, err
 	}
-	if t.slot, err = a.vaultSlot(t.slots); err != nil {
+	if t.slot, err = a.vaultSlot(ctx, t.slots); err != nil {
 		return nil, err
 	}
 	if t.client, err = a.vaultClient(t.slot.Extra[vaultExtraFingerprint]); err != nil {
@@ -321,8 +342,12 @@ func (a *app) keyVaultStatusCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				a.out.JSON(map[string]any{"message_type": "vault_status", "vault": c.URL(), "attempts_left": left, "limit": limit})
-				a.out.Printf("vault %s: %d of %d attempts left\n", c.URL(), left, limit)
+				info, err := c.Info(cmd.Context())
+				if err != nil {
+					return err
+				}
+				a.out.JSON(map[string]any{"message_type": "vault_status", "vault": c.URL(), "fingerprint": info.Fingerprint, "attempts_left": left, "limit": limit})
+				a.out.Printf("vault %s (fingerprint %s): %d of %d attempts left\n", c.URL(), info.Fingerprint, left, limit)
 				return nil
 			})
 		},
@@ -377,11 +402,16 @@ vault destroy the record for good, then remove the repository's vault slot
 for it, so the repository no longer opens through that vault. The 64-digit
 key and the other slots still open it. Refused when that vault slot is the
 repository's only key slot: get a 64-digit key first with
-wabackup key recover --vault URL.`,
+wabackup key recover --vault URL.
+
+When the repository has no vault slot for --vault any more (it was
+removed with key remove), the key escrowed under --vault-name (default
+"default") is deleted all the same; give --vault-fingerprint to be sure of
+the vault.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			return a.withVaultTarget(ctx, func(t *vaultTarget) error {
+			err := a.withVaultTarget(ctx, func(t *vaultTarget) error {
 				c := t.client
 				info, err := c.Info(ctx)
 				if err != nil {
@@ -420,8 +450,50 @@ wabackup key recover --vault URL.`,
 				a.out.Printf("deleted the key escrowed in vault %s and removed the repository's vault slot %s: the repository no longer opens through this vault (the 64-digit key and its other slots still open it)\n", c.URL(), strings.Join(shortIDs(removed), ", "))
 				return nil
 			})
+			var nv *noVaultSlotError
+			if errors.As(err, &nv) {
+				return a.deleteRecordWithoutSlot(ctx)
+			}
+			return err
 		},
 	}
+}
+
+// deleteRecordWithoutSlot deletes the key escrowed in --vault for the
+// repository when the repository has no vault slot for it: nothing in the
+// repository depends on it, and the vault would otherwise keep it.
+func (a *app) deleteRecordWithoutSlot(ctx context.Context) error {
+	st, err := a.openStore(ctx, false)
+	if err != nil {
+		return err
+	}
+	r, err := archive.Open(ctx, st)
+	if err != nil {
+		st.Close()
+		return err
+	}
+	defer r.Close()
+	name := a.vaultName
+	if name == "" {
+		name = api.DefaultName
+	}
+	c, err := a.vaultClient("")
+	if err != nil {
+		return err
+	}
+	if _, err := c.Info(ctx); err != nil {
+		return err
+	}
+	pw, err := a.vaultPassword(false, "")
+	if err != nil {
+		return err
+	}
+	if err := c.Delete(ctx, api.CredentialID(r.Config().ID, name), pw); err != nil {
+		return err
+	}
+	a.out.JSON(map[string]any{"message_type": "vault_deleted", "vault": c.URL(), "name": name, "removed": []string{}})
+	a.out.Printf("deleted the key escrowed in vault %s under the name %q (the repository had no vault slot for it)\n", c.URL(), name)
+	return nil
 }
 
 func shortIDs(ids []string) []string {

@@ -315,7 +315,7 @@ func TestVaultKeyDelete(t *testing.T) {
 	if code != exitFatal {
 		t.Fatalf("vault-status after vault-delete: exit %d %s %s", code, out, errs)
 	}
-	oneErrorLine(t, "vault-status after vault-delete", errs, "the repository has no vault key slot for "+v.URL+", so it does not open through that vault")
+	oneErrorLine(t, "vault-status after vault-delete", errs, "the repository has no vault key slot, so it does not open through a vault")
 	// The 64-digit key still opens it.
 	if code, out, errs := wabIn(t, home, "snapshots", "--repo", repo, "--key-file", key2); code != 0 {
 		t.Fatalf("snapshots with the 64-digit key: %d %s %s", code, out, errs)
@@ -325,5 +325,89 @@ func TestVaultKeyDelete(t *testing.T) {
 	code, out, errs = wabIn(t, home, append([]string{"key", "escrow", "--repo", repo, "--key-file", key2, "--new-password-file", bad}, vflags...)...)
 	if code != 0 || !strings.Contains(out, "escrowed the key in vault") {
 		t.Fatalf("key escrow after vault-delete: %d %s %s", code, out, errs)
+	}
+}
+
+// The vault can be pinned out of band with --vault-fingerprint; the
+// repository's vault slot is used for another address of its vault only if
+// that vault presents the slot's key (not "the only vault slot" for any
+// URL); a record whose slot was removed can still be deleted.
+func TestVaultPinsAndSlots(t *testing.T) {
+	v := vaulttest.Start(t, vaulttest.Options{})
+	other := vaulttest.Start(t, vaulttest.Options{})
+	work := t.TempDir()
+	repo := filepath.Join(work, "repo")
+	key1 := filepath.Join(work, "key1.txt")
+	pw := filepath.Join(work, "pw.txt")
+	if err := os.WriteFile(pw, []byte("pin me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	home := filepath.Join(work, "home")
+	if code, out, errs := wabIn(t, home, "init", "--repo", repo, "--key-out", key1); code != 0 {
+		t.Fatalf("init: %d %s %s", code, out, errs)
+	}
+	vflags := []string{"--vault", v.URL, "--vault-cacert", v.CACert}
+	// First contact pinned out of band: a wrong fingerprint is refused
+	// before anything is escrowed.
+	wrongFP := strings.Repeat("ab", 32)
+	code, out, errs := wabIn(t, home, append([]string{"key", "escrow", "--repo", repo, "--key-file", key1, "--new-password-file", pw, "--vault-fingerprint", wrongFP}, vflags...)...)
+	if code == 0 {
+		t.Fatalf("escrow to a vault with another fingerprint: %s %s", out, errs)
+	}
+	oneErrorLine(t, "escrow with a wrong --vault-fingerprint", errs, "but --vault-fingerprint pins "+wrongFP)
+	code, out, errs = wabIn(t, home, append([]string{"key", "escrow", "--repo", repo, "--key-file", key1, "--new-password-file", pw, "--vault-fingerprint", "12ab"}, vflags...)...)
+	if code == 0 {
+		t.Fatalf("escrow with a malformed fingerprint: %s %s", out, errs)
+	}
+	oneErrorLine(t, "a malformed --vault-fingerprint", errs, "want the 64 hex digits")
+	if code, out, errs := wabIn(t, home, append([]string{"key", "escrow", "--repo", repo, "--key-file", key1, "--new-password-file", pw}, vflags...)...); code != 0 {
+		t.Fatalf("key escrow: %d %s %s", code, out, errs)
+	}
+	code, out, errs = wabIn(t, home, append([]string{"key", "vault-status", "--json", "--repo", repo}, vflags...)...)
+	if code != 0 {
+		t.Fatalf("vault-status: %d %s %s", code, out, errs)
+	}
+	fp, _ := jsonLines(t, out)[0]["fingerprint"].(string)
+	if len(fp) != 64 {
+		t.Fatalf("vault-status gives no fingerprint: %s", out)
+	}
+	// A new machine (fresh home: no pin file) pinning the right key opens
+	// the repository, under another address of the same vault too.
+	fresh := filepath.Join(work, "fresh")
+	localhost := strings.Replace(v.URL, "127.0.0.1", "localhost", 1)
+	for _, u := range []string{v.URL, localhost} {
+		if code, out, errs := wabIn(t, fresh, "snapshots", "--repo", repo, "--password-file", pw, "--vault", u, "--vault-cacert", v.CACert, "--vault-fingerprint", fp); code != 0 {
+			t.Fatalf("open through %s pinned to %s: %d %s %s", u, fp, code, out, errs)
+		}
+	}
+	// A wrong pin on a new machine is refused before the password is
+	// spent.
+	code, _, errs = wabIn(t, filepath.Join(work, "fresh2"), append([]string{"snapshots", "--repo", repo, "--password-file", pw, "--vault-fingerprint", wrongFP}, vflags...)...)
+	if code == 0 {
+		t.Fatal("opened through a vault that does not match --vault-fingerprint")
+	}
+	oneErrorLine(t, "a wrong --vault-fingerprint", errs, "records vault fingerprint "+fp+", not "+wrongFP)
+	// Another vault is not "the only vault slot's" vault.
+	code, _, errs = wabIn(t, filepath.Join(work, "fresh3"), "snapshots", "--repo", repo, "--password-file", pw, "--vault", other.URL, "--vault-cacert", other.CACert)
+	if code != exitFatal {
+		t.Fatalf("open through another vault: exit %d %s", code, errs)
+	}
+	oneErrorLine(t, "open through another vault", errs, "the repository has no vault key slot for "+other.URL)
+	if code, out, errs := wabIn(t, home, append([]string{"key", "vault-status", "--repo", repo}, vflags...)...); code != 0 || !strings.Contains(out, "10 of 10 attempts left") {
+		t.Fatalf("the other vault's refusal spent an attempt: %d %s %s", code, out, errs)
+	}
+
+	// The vault slot removed: vault-delete still deletes the record (a
+	// second escrow under the same name is refused while it exists).
+	for _, id := range vaultSlots(t, home, "--repo", repo, "--key-file", key1) {
+		if code, out, errs := wabIn(t, home, "key", "remove", "--repo", repo, "--key-file", key1, id); code != 0 {
+			t.Fatalf("key remove: %d %s %s", code, out, errs)
+		}
+	}
+	if code, out, errs := wabIn(t, home, append([]string{"key", "vault-delete", "--repo", repo, "--password-file", pw}, vflags...)...); code != 0 || !strings.Contains(out, "had no vault slot for it") {
+		t.Fatalf("vault-delete without a vault slot: %d %s %s", code, out, errs)
+	}
+	if code, out, errs := wabIn(t, home, append([]string{"key", "escrow", "--repo", repo, "--key-file", key1, "--new-password-file", pw}, vflags...)...); code != 0 {
+		t.Fatalf("key escrow after deleting the orphaned record: %d %s %s", code, out, errs)
 	}
 }

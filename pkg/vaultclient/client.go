@@ -43,6 +43,9 @@ type Options struct {
 	// PinFile is the local pin store (default
 	// $XDG_CONFIG_HOME/wabackup/vaults.json); "-" disables it.
 	PinFile string
+	// PinSource names where Pin comes from, for errors (default "the
+	// repository's vault slot").
+	PinSource string
 	// Pin, if set, is the fingerprint the vault must have (e.g. the one
 	// recorded in the repository's vault slot).
 	Pin string
@@ -217,7 +220,11 @@ func (c *Client) Info(ctx context.Context) (*api.Info, error) {
 	}
 	fp := api.Fingerprint(in.PublicKey)
 	if c.opts.Pin != "" && c.opts.Pin != fp {
-		return nil, &PinMismatchError{URL: c.url, Pinned: c.opts.Pin, Got: fp, Where: "the repository's vault slot"}
+		where := c.opts.PinSource
+		if where == "" {
+			where = "the repository's vault slot"
+		}
+		return nil, &PinMismatchError{URL: c.url, Pinned: c.opts.Pin, Got: fp, Where: where}
 	}
 	if err := c.checkPinFile(fp); err != nil {
 		return nil, err
