@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/wabackup/wabackup/internal/testservers"
 	"github.com/wabackup/wabackup/pkg/keys"
 	"github.com/wabackup/wabackup/pkg/opaque"
@@ -684,5 +687,42 @@ func TestLostReplies(t *testing.T) {
 	}
 	if _, ver, _ := st.Get(k); ver != 0 {
 		t.Fatal("not deleted")
+	}
+}
+
+// A destroyed record cannot be read back through etcd's history: the
+// vault compacts the cluster after a destroy (and after a delete).
+func TestDestroyCompactsHistory(t *testing.T) {
+	c := testservers.Etcd(t, 3)
+	s := newSite(t, c, vault.Config{MaxGuesses: 2})
+	in := s.instances(t, 1)[0]
+	ctx := context.Background()
+	cl := in.client(t)
+	for _, name := range []string{"destroyed", "deleted"} {
+		id := api.CredentialID("compact", name)
+		if _, _, err := cl.Register(ctx, id, []byte("pw"), secret32(), 0); err != nil {
+			t.Fatal(err)
+		}
+		before, err := in.store.Client().Get(ctx, s.prefix+"/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev := before.Header.Revision
+		if name == "destroyed" {
+			for range 2 {
+				if _, err := cl.Recover(ctx, id, []byte("wrong")); !errors.Is(err, keys.ErrWrongKey) {
+					t.Fatal(err)
+				}
+			}
+		} else if err := cl.Delete(ctx, id, []byte("pw")); err != nil {
+			t.Fatal(err)
+		}
+		if reg, err := in.srv.Registered(id); err != nil || reg {
+			t.Fatalf("%s: still registered (%v)", name, err)
+		}
+		_, err = in.store.Client().Get(ctx, s.prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(rev))
+		if !errors.Is(err, rpctypes.ErrCompacted) {
+			t.Fatalf("%s: reading the revision that held the record: %v, want ErrCompacted", name, err)
+		}
 	}
 }
