@@ -43,7 +43,7 @@ func FuzzHandler(f *testing.F) {
 		f.Add(uint8(i), []byte(`not json`))
 	}
 	f.Add(uint8(0), seed(api.RegisterStart{CredentialID: id, Request: make([]byte, 32)}))
-	f.Add(uint8(1), seed(api.RegisterFinish{CredentialID: id, Token: []byte("t"), Record: make([]byte, 192), Blob: make([]byte, 60), Guesses: 3}))
+	f.Add(uint8(1), seed(api.RegisterFinish{CredentialID: id, Token: []byte("t"), Record: make([]byte, 192), Blob: make([]byte, 60), Guesses: 3, State: make([]byte, 300)}))
 	f.Add(uint8(2), seed(api.LoginStart{CredentialID: id, KE1: make([]byte, 96)}))
 	f.Add(uint8(2), seed(api.LoginStart{CredentialID: []byte("unknown"), KE1: make([]byte, 96)}))
 	f.Add(uint8(3), seed(api.LoginFinish{LoginID: make([]byte, 16), KE3: make([]byte, 64)}))

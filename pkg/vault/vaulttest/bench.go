@@ -165,7 +165,7 @@ func register(b *testing.B, hs []http.Handler, n int, prefix string, timed bool)
 		b.StartTimer()
 	}
 	parallel(n, func(i int) {
-		call(b, hs[i%len(hs)], api.PathRegisterFinish, api.RegisterFinish{CredentialID: []byte(fmt.Sprint(prefix, i)), Record: recs[i], Blob: make([]byte, 60)}, nil)
+		call(b, hs[i%len(hs)], api.PathRegisterFinish, api.RegisterFinish{CredentialID: []byte(fmt.Sprint(prefix, i)), Record: recs[i], Blob: make([]byte, 60), State: resps[i].State}, nil)
 	})
 	if timed {
 		b.StopTimer()
