@@ -119,7 +119,7 @@ func run(args []string) error {
 	}
 	defer sealer.Close()
 
-	store, err := openStore(*storeURL, *data, *etcdCA, *etcdCert, *etcdKey, *etcdTimeout)
+	store, err := openStore(*storeURL, *data, *etcdCA, *etcdCert, *etcdKey, *etcdTimeout, sealer)
 	if err != nil {
 		return err
 	}
@@ -169,14 +169,23 @@ func run(args []string) error {
 	return hs.Shutdown(sctx)
 }
 
-// openStore opens the bbolt file in dataDir, or the etcd cluster the
-// store URL names.
-func openStore(storeURL, dataDir, caFile, certFile, keyFile string, timeout time.Duration) (vault.Store, error) {
+// openStore opens the bbolt file in dataDir (a RatchetStore, whose key
+// table the sealer anchors), or the etcd cluster the store URL names.
+func openStore(storeURL, dataDir, caFile, certFile, keyFile string, timeout time.Duration, sealer vault.Sealer) (vault.Store, error) {
 	if storeURL == "" || storeURL == "bbolt" {
 		if caFile != "" || certFile != "" || keyFile != "" {
 			return nil, errors.New("--etcd-cacert, --etcd-cert and --etcd-key need --store etcd://HOSTS/PREFIX")
 		}
-		return vault.OpenBolt(filepath.Join(dataDir, "vault.db"))
+		r, ok := sealer.(vault.Ratchet)
+		if !ok {
+			return nil, errors.New("the sealer cannot make epoch keys")
+		}
+		st, err := vault.OpenRatchet(filepath.Join(dataDir, "vault.db"), r)
+		if err != nil {
+			return nil, err
+		}
+		st.Logf = log.Printf
+		return st, nil
 	}
 	endpoints, prefix, secure, err := etcdstore.ParseURL(storeURL)
 	if err != nil {

@@ -43,3 +43,9 @@ func (s *Server) RecordForTest(credID []byte) []byte {
 	}
 	return r.Record
 }
+
+// SetFailCommitForTest makes the store's commits fail while f returns true.
+func (s *RatchetStore) SetFailCommitForTest(f func() bool) { s.failCommit = f }
+
+// TableIDForTest returns the prefix of the store's epoch key ids.
+func (s *RatchetStore) TableIDForTest() []byte { return s.tableID }

@@ -1,12 +1,19 @@
 package vault
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/wabackup/wabackup/internal/atomicfile"
 )
 
 // Sealer encrypts the vault's secrets and records at rest. The production
@@ -24,10 +31,36 @@ type Sealer interface {
 // ErrUnseal is returned when a sealed value does not open.
 var ErrUnseal = errors.New("vault: sealed value does not open (wrong sealing key or tampered data)")
 
+// Ratchet is implemented by sealers that can also make and destroy keys
+// on demand: the HSM (a token object per key) and, for development, the
+// file sealer. RatchetStore seals its key table under a new epoch key at
+// every commit and destroys the one before, so no copy of the storage
+// taken earlier opens again (docs/VAULT.md, "Rollback").
+type Ratchet interface {
+	// NewEpochKey makes a new key and returns its id, which starts with
+	// prefix (the store's own, so several stores may share a sealer).
+	NewEpochKey(prefix []byte) (id []byte, err error)
+	// EpochKeys lists the ids of the epoch keys the sealer holds that
+	// start with prefix.
+	EpochKeys(prefix []byte) ([][]byte, error)
+	// DestroyEpochKey destroys a key for good.
+	DestroyEpochKey(id []byte) error
+	// SealEpoch and OpenEpoch are Seal and Open under an epoch key.
+	SealEpoch(id, plaintext, aad []byte) ([]byte, error)
+	OpenEpoch(id, sealed, aad []byte) ([]byte, error)
+}
+
 // FileSealer seals with an AES-256-GCM key kept in a file. The key sits
 // next to the data it protects, so it only protects against nothing more
-// than a careless copy of the database: use it for development only.
-type FileSealer struct{ aead cipher.AEAD }
+// than a careless copy of the database: use it for development only. Its
+// epoch keys (Ratchet) are files in an "epoch" directory beside the key
+// file, or, for NewKeySealer, kept in memory.
+type FileSealer struct {
+	aead     cipher.AEAD
+	epochDir string // "": in memory
+	mu       sync.Mutex
+	epochs   map[string][]byte
+}
 
 // OpenFileSealer reads the 32-byte key at path, creating it (mode 0600) if
 // create is set and it does not exist.
@@ -59,7 +92,12 @@ func OpenFileSealer(path string, create bool) (*FileSealer, error) {
 	if len(key) != 32 {
 		return nil, fmt.Errorf("vault: sealing key file %s holds %d bytes, want 32", path, len(key))
 	}
-	return NewKeySealer(key)
+	fs, err := NewKeySealer(key)
+	if err != nil {
+		return nil, err
+	}
+	fs.epochDir = filepath.Join(filepath.Dir(path), "epoch")
+	return fs, nil
 }
 
 // NewKeySealer seals with the given 32-byte AES key (tests, development).
@@ -72,7 +110,7 @@ func NewKeySealer(key []byte) (*FileSealer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &FileSealer{aead: a}, nil
+	return &FileSealer{aead: a, epochs: map[string][]byte{}}, nil
 }
 
 // Seal implements Sealer: nonce(12) || ciphertext || tag(16).
@@ -98,3 +136,123 @@ func (s *FileSealer) Open(sealed, aad []byte) ([]byte, error) {
 
 // Close implements Sealer.
 func (s *FileSealer) Close() error { return nil }
+
+func gcm(key []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(b)
+}
+
+// NewEpochKey implements Ratchet.
+func (s *FileSealer) NewEpochKey(prefix []byte) ([]byte, error) {
+	id, key := append(bytes.Clone(prefix), randBytes(8)...), randBytes(32)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.epochDir == "" {
+		s.epochs[hex.EncodeToString(id)] = key
+		return id, nil
+	}
+	if err := os.MkdirAll(s.epochDir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(filepath.Join(s.epochDir, hex.EncodeToString(id)+".key"), key, 0o600); err != nil {
+		return nil, err
+	}
+	return id, nil
+}
+
+// EpochKeys implements Ratchet.
+func (s *FileSealer) EpochKeys(prefix []byte) ([][]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids [][]byte
+	if s.epochDir == "" {
+		for h := range s.epochs {
+			if id, _ := hex.DecodeString(h); bytes.HasPrefix(id, prefix) {
+				ids = append(ids, id)
+			}
+		}
+		return ids, nil
+	}
+	des, err := os.ReadDir(s.epochDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, de := range des {
+		if h, ok := strings.CutSuffix(de.Name(), ".key"); ok {
+			if id, err := hex.DecodeString(h); err == nil && bytes.HasPrefix(id, prefix) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids, nil
+}
+
+// DestroyEpochKey implements Ratchet: the file is removed and the
+// directory synced.
+func (s *FileSealer) DestroyEpochKey(id []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := hex.EncodeToString(id)
+	if s.epochDir == "" {
+		delete(s.epochs, h)
+		return nil
+	}
+	if err := os.Remove(filepath.Join(s.epochDir, h+".key")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	d, err := os.Open(s.epochDir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func (s *FileSealer) epochAEAD(id []byte) (cipher.AEAD, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := hex.EncodeToString(id)
+	key := s.epochs[h]
+	if key == nil && s.epochDir != "" {
+		var err error
+		if key, err = os.ReadFile(filepath.Join(s.epochDir, h+".key")); err != nil {
+			return nil, fmt.Errorf("vault: epoch key %s: %w", h, err)
+		}
+	}
+	if len(key) != 32 {
+		return nil, fmt.Errorf("vault: no epoch key %s", h)
+	}
+	return gcm(key)
+}
+
+// SealEpoch implements Ratchet.
+func (s *FileSealer) SealEpoch(id, plaintext, aad []byte) ([]byte, error) {
+	a, err := s.epochAEAD(id)
+	if err != nil {
+		return nil, err
+	}
+	nonce := randBytes(12)
+	return a.Seal(nonce, nonce, plaintext, aad), nil
+}
+
+// OpenEpoch implements Ratchet.
+func (s *FileSealer) OpenEpoch(id, sealed, aad []byte) ([]byte, error) {
+	a, err := s.epochAEAD(id)
+	if err != nil {
+		return nil, err
+	}
+	if len(sealed) < 28 {
+		return nil, ErrUnseal
+	}
+	pt, err := a.Open(nil, sealed[:12], sealed[12:], aad)
+	if err != nil {
+		return nil, ErrUnseal
+	}
+	return pt, nil
+}

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,17 +30,27 @@ type env struct {
 	ts      *httptest.Server
 	dir     string
 	counted atomic.Int64
-	store   *vault.BoltStore
+	store   vault.Store
 }
 
 func newEnv(t testing.TB, cfg vault.Config) *env {
 	t.Helper()
-	e := &env{dir: t.TempDir()}
-	st, err := vault.OpenBolt(filepath.Join(e.dir, "vault.db"))
+	dir := t.TempDir()
+	st, err := vault.OpenBolt(filepath.Join(dir, "vault.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.store = st
+	e := newEnvStore(t, cfg, st)
+	e.dir, e.store = dir, st
+	t.Cleanup(func() { st.Close() })
+	return e
+}
+
+// newEnvStore runs a vault on st over HTTPS; the caller closes st.
+func newEnvStore(t testing.TB, cfg vault.Config, st vault.Store) *env {
+	t.Helper()
+	e := &env{}
+	var err error
 	if cfg.Sealer == nil {
 		s, err := vault.OpenFileSealer(filepath.Join(t.TempDir(), "seal.key"), true)
 		if err != nil {
@@ -70,7 +81,6 @@ func newEnv(t testing.TB, cfg vault.Config) *env {
 	t.Cleanup(func() {
 		e.ts.Close()
 		e.srv.Close()
-		st.Close()
 	})
 	return e
 }
@@ -352,11 +362,23 @@ func TestNoSecretsAtRest(t *testing.T) {
 		}
 		t.Cleanup(func() { s.Close() })
 		testNoSecretsAtRest(t, s)
+		t.Run("ratchet", func(t *testing.T) { testNoSecretsAtRest(t, s) })
 	})
 }
 
 func testNoSecretsAtRest(t *testing.T, sealer vault.Sealer) {
-	e := newEnv(t, vault.Config{Sealer: sealer})
+	var e *env
+	if r, ok := sealer.(vault.Ratchet); ok && strings.HasSuffix(t.Name(), "/ratchet") {
+		dir := t.TempDir()
+		st, err := vault.OpenRatchet(filepath.Join(dir, "vault.db"), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e = newEnvStore(t, vault.Config{Sealer: sealer}, st)
+		e.dir, e.store = dir, st
+	} else {
+		e = newEnv(t, vault.Config{Sealer: sealer})
+	}
 	c := e.client(t)
 	ctx := context.Background()
 	id := api.CredentialID("repo-at-rest", "")

@@ -142,3 +142,12 @@ func (s *BoltStore) Close() error { return s.db.Close() }
 type Compactor interface {
 	Compact() error
 }
+
+// ValueSealer is implemented by stores that seal every value themselves,
+// bound to its key and version, under keys anchored in the Sealer
+// (RatchetStore): the vault then stores entries as they are, instead of
+// sealing each once more with the Sealer. Values sealed by the Sealer
+// before (a taken-over BoltStore file) still open.
+type ValueSealer interface {
+	SealsValues()
+}

@@ -5,6 +5,7 @@
 package hsm
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -34,6 +35,13 @@ type Sealer struct {
 	sessions chan pkcs11.SessionHandle
 	all      []pkcs11.SessionHandle
 	once     sync.Once
+
+	// epochMu serializes making, destroying and finding epoch keys:
+	// SoftHSM2 fails (CKR_GENERAL_ERROR) or crashes when token objects
+	// are created and destroyed from several sessions at once.
+	epochMu   sync.Mutex
+	handlesMu sync.Mutex
+	handles   map[string]pkcs11.ObjectHandle // epoch key id → handle
 }
 
 // ErrUnseal is returned when a sealed value does not open.
@@ -55,7 +63,7 @@ func Open(cfg Config) (_ *Sealer, err error) {
 		p.Destroy()
 		return nil, fmt.Errorf("hsm: initialize %s: %w", cfg.Module, err)
 	}
-	s := &Sealer{ctx: p, sessions: make(chan pkcs11.SessionHandle, cfg.Sessions)}
+	s := &Sealer{ctx: p, sessions: make(chan pkcs11.SessionHandle, cfg.Sessions), handles: map[string]pkcs11.ObjectHandle{}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -187,4 +195,187 @@ func (s *Sealer) Close() error {
 		s.ctx.Destroy()
 	})
 	return nil
+}
+
+// EpochLabel labels the epoch keys (vault.Ratchet) on the token; their
+// CKA_ID is the epoch key's id.
+const EpochLabel = "wabackup-vault-epoch"
+
+func (s *Sealer) session() (pkcs11.SessionHandle, func()) {
+	sh := <-s.sessions
+	return sh, func() { s.sessions <- sh }
+}
+
+// NewEpochKey implements vault.Ratchet: an AES-256 token key, sensitive
+// and non-extractable, labelled EpochLabel, whose CKA_ID is prefix and 8
+// random bytes.
+func (s *Sealer) NewEpochKey(prefix []byte) ([]byte, error) {
+	id := make([]byte, len(prefix)+8)
+	copy(id, prefix)
+	if _, err := rand.Read(id[len(prefix):]); err != nil {
+		return nil, err
+	}
+	s.epochMu.Lock()
+	defer s.epochMu.Unlock()
+	sh, done := s.session()
+	defer done()
+	h, err := s.ctx.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, EpochLabel),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: generate epoch key: %w", err)
+	}
+	s.handlesMu.Lock()
+	s.handles[string(id)] = h
+	s.handlesMu.Unlock()
+	return id, nil
+}
+
+func (s *Sealer) findEpoch(sh pkcs11.SessionHandle, id []byte) ([]pkcs11.ObjectHandle, error) {
+	tmpl := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, EpochLabel),
+	}
+	if id != nil {
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_ID, id))
+	}
+	if err := s.ctx.FindObjectsInit(sh, tmpl); err != nil {
+		return nil, err
+	}
+	defer s.ctx.FindObjectsFinal(sh)
+	var all []pkcs11.ObjectHandle
+	for {
+		objs, _, err := s.ctx.FindObjects(sh, 64)
+		if err != nil {
+			return nil, err
+		}
+		if len(objs) == 0 {
+			return all, nil
+		}
+		all = append(all, objs...)
+	}
+}
+
+// EpochKeys implements vault.Ratchet.
+func (s *Sealer) EpochKeys(prefix []byte) ([][]byte, error) {
+	s.epochMu.Lock()
+	defer s.epochMu.Unlock()
+	sh, done := s.session()
+	defer done()
+	objs, err := s.findEpoch(sh, nil)
+	if err != nil {
+		return nil, fmt.Errorf("hsm: find epoch keys: %w", err)
+	}
+	var ids [][]byte
+	for _, o := range objs {
+		a, err := s.ctx.GetAttributeValue(sh, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+		if err != nil {
+			return nil, fmt.Errorf("hsm: epoch key id: %w", err)
+		}
+		if bytes.HasPrefix(a[0].Value, prefix) {
+			ids = append(ids, a[0].Value)
+		}
+	}
+	return ids, nil
+}
+
+// DestroyEpochKey implements vault.Ratchet (C_DestroyObject).
+func (s *Sealer) DestroyEpochKey(id []byte) error {
+	s.epochMu.Lock()
+	defer s.epochMu.Unlock()
+	s.handlesMu.Lock()
+	delete(s.handles, string(id))
+	s.handlesMu.Unlock()
+	sh, done := s.session()
+	defer done()
+	objs, err := s.findEpoch(sh, id)
+	if err != nil {
+		return fmt.Errorf("hsm: find epoch key: %w", err)
+	}
+	for _, o := range objs {
+		if err := s.ctx.DestroyObject(sh, o); err != nil {
+			return fmt.Errorf("hsm: destroy epoch key: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Sealer) epochKey(sh pkcs11.SessionHandle, id []byte) (pkcs11.ObjectHandle, error) {
+	s.handlesMu.Lock()
+	h, ok := s.handles[string(id)]
+	s.handlesMu.Unlock()
+	if ok {
+		return h, nil
+	}
+	s.epochMu.Lock()
+	defer s.epochMu.Unlock()
+	objs, err := s.findEpoch(sh, id)
+	if err != nil {
+		return 0, fmt.Errorf("hsm: find epoch key: %w", err)
+	}
+	if len(objs) != 1 {
+		return 0, fmt.Errorf("hsm: %d epoch keys with id %x", len(objs), id)
+	}
+	s.handlesMu.Lock()
+	s.handles[string(id)] = objs[0]
+	s.handlesMu.Unlock()
+	return objs[0], nil
+}
+
+// SealEpoch implements vault.Ratchet: CKM_AES_GCM under the epoch key,
+// iv(12) || ciphertext || tag(16). Each epoch key seals one value.
+func (s *Sealer) SealEpoch(id, plaintext, aad []byte) ([]byte, error) {
+	iv := make([]byte, ivLen)
+	if _, err := rand.Read(iv); err != nil {
+		return nil, err
+	}
+	params := pkcs11.NewGCMParams(iv, aad, tagBits)
+	defer params.Free()
+	sh, done := s.session()
+	defer done()
+	k, err := s.epochKey(sh, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ctx.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, k); err != nil {
+		return nil, fmt.Errorf("hsm: encrypt: %w", err)
+	}
+	ct, err := s.ctx.Encrypt(sh, plaintext)
+	if err != nil {
+		return nil, fmt.Errorf("hsm: encrypt: %w", err)
+	}
+	return append(iv, ct...), nil
+}
+
+// OpenEpoch implements vault.Ratchet.
+func (s *Sealer) OpenEpoch(id, sealed, aad []byte) ([]byte, error) {
+	if len(sealed) < ivLen+tagBits/8 {
+		return nil, ErrUnseal
+	}
+	params := pkcs11.NewGCMParams(sealed[:ivLen], aad, tagBits)
+	defer params.Free()
+	sh, done := s.session()
+	defer done()
+	k, err := s.epochKey(sh, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ctx.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, k); err != nil {
+		return nil, fmt.Errorf("hsm: decrypt: %w", err)
+	}
+	pt, err := s.ctx.Decrypt(sh, sealed[ivLen:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnseal, err)
+	}
+	return pt, nil
 }
