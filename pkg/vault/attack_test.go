@@ -129,3 +129,38 @@ func TestUnknownCredentialCounted(t *testing.T) {
 		t.Fatalf("attempts left after each guess on an unknown credential: %v, want %v", lefts, want)
 	}
 }
+
+// status cannot tell a registered credential from an unknown one by its
+// limit: every record gets the vault's limit, a registration asking for
+// another is refused, and both answer alike before and after guesses.
+func TestStatusSameForRealAndUnknown(t *testing.T) {
+	e := newEnv(t, vault.Config{MaxGuesses: 7})
+	c := e.client(t)
+	ctx := context.Background()
+	realID, unknown := api.CredentialID("real-repo", ""), api.CredentialID("unknown-repo", "")
+	if _, _, err := c.Register(ctx, api.CredentialID("fewer", ""), []byte("pw"), secret32(t), 3); err == nil {
+		t.Fatal("a registration with its own guess limit was accepted")
+	}
+	if _, limit, err := c.Register(ctx, realID, []byte("pw"), secret32(t), 0); err != nil || limit != 7 {
+		t.Fatalf("register: limit %d, %v", limit, err)
+	}
+	same := func(when string) {
+		t.Helper()
+		l1, m1, err1 := c.Status(ctx, realID)
+		l2, m2, err2 := c.Status(ctx, unknown)
+		if err1 != nil || err2 != nil || l1 != l2 || m1 != m2 {
+			t.Fatalf("%s: real %d of %d (%v), unknown %d of %d (%v)", when, l1, m1, err1, l2, m2, err2)
+		}
+	}
+	same("fresh")
+	for range 3 {
+		_, _ = c.Recover(ctx, realID, []byte("wrong"))
+		_, _ = c.Recover(ctx, unknown, []byte("wrong"))
+	}
+	same("after 3 wrong guesses each")
+	for range 5 {
+		_, _ = c.Recover(ctx, realID, []byte("wrong"))
+		_, _ = c.Recover(ctx, unknown, []byte("wrong"))
+	}
+	same("after the limit (the record destroyed)")
+}

@@ -222,8 +222,8 @@ func (s *Server) finishLogin(key []byte, st *state, ok bool) (e *entry, taken bo
 			return e, false, nil
 		}
 		e.Seq++
-		real := st.flags&flagReal != 0 && e.real() && bytes.Equal(e.Gen, st.gen[:])
-		ok = ok && real
+		genuine := st.flags&flagReal != 0 && e.real() && bytes.Equal(e.Gen, st.gen[:])
+		ok = ok && genuine
 		if ok {
 			e.Failed = 0
 		}
