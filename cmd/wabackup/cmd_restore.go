@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,7 +17,14 @@ func (a *app) restoreCommand() *cobra.Command {
 		Short: "Restore a snapshot",
 		Long: `Restore a snapshot (default: the latest) below --target. Every chunk is
 verified before it is written; files are written under a temporary name and
-renamed, and existing files are never replaced unless --overwrite is given.`,
+renamed, and existing files are never replaced unless --overwrite is given.
+
+Running a restore again into the same target continues it: files already
+there with the snapshot's size, time and content (checked against the
+snapshot's chunk ids) are kept and not downloaded again. Files whose data is
+damaged or missing in the repository are left out (never left under their
+name) and every other file is restored; they are listed at the end, the
+database first, and the exit code is 1.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -41,10 +49,32 @@ renamed, and existing files are never replaced unless --overwrite is given.`,
 						defer bar.Finish()
 					}
 					total, err = r.Restore(ctx, snap, opt)
-					if err == nil {
-						a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "files": total.Files, "bytes": total.Bytes, "target": opt.Target, "duration_seconds": time.Since(start).Seconds()})
-						a.out.Printf("restored %d files, %s from snapshot %s to %s in %s\n", total.Files, humanBytes(total.Bytes), snap.ID.Short(), opt.Target, time.Since(start).Round(time.Millisecond))
+					var inc *archive.IncompleteError
+					if err != nil && !errors.As(err, &inc) {
+						return err
 					}
+					if bar != nil {
+						bar.Finish()
+					}
+					var failed []map[string]any
+					if inc != nil {
+						for _, f := range inc.Failed {
+							what := ""
+							if f.DB {
+								what = " (the database)"
+							}
+							if !a.out.json {
+								a.out.Warnf("not restored: %s%s: %v", f.Path, what, f.Err)
+							}
+							failed = append(failed, map[string]any{"path": f.Path, "database": f.DB, "error": f.Err.Error()})
+						}
+					}
+					a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "files": total.Files, "bytes": total.Bytes, "kept": total.Kept, "not_restored": failed, "target": opt.Target, "duration_seconds": time.Since(start).Seconds()})
+					kept := ""
+					if total.Kept > 0 {
+						kept = fmt.Sprintf(" (%d already there, kept)", total.Kept)
+					}
+					a.out.Printf("restored %d files%s, %s from snapshot %s to %s in %s\n", total.Files, kept, humanBytes(total.Bytes), snap.ID.Short(), opt.Target, time.Since(start).Round(time.Millisecond))
 					return err
 				})
 			})

@@ -87,6 +87,9 @@ func (b *blobReader) chunk(ctx context.Context, id ID) ([]byte, error) {
 		return nil, fmt.Errorf("chunk %s is not in the index: %w", id.Short(), ErrCorrupt)
 	}
 	name := packName(pack.id)
+	if b.r.chunkReadHook != nil {
+		b.r.chunkReadHook(int(loc.length))
+	}
 	if cap(b.ct) < int(loc.length) {
 		b.ct = make([]byte, loc.length)
 	}

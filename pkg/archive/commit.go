@@ -19,8 +19,10 @@ import (
 // ever gets its real name before its contents are on disk.
 //
 // Its life: add for every file, then flush (every file renamed), sync
-// once the caller is done (the renames durable); stop, deferred, ends it
-// whatever happened and removes the temporary files never renamed.
+// once the caller is done (the renames durable) — an interrupted restore
+// does this too, for the files finished before the interruption; stop,
+// deferred, ends it whatever happened and removes the temporary files
+// never renamed.
 type committer struct {
 	dir  *os.File // any file on the target's file system, for syncfs
 	mu   sync.Mutex

@@ -103,6 +103,10 @@ func ParseConfig(data []byte) (*Config, error) {
 // Repository is an open repository. Methods other than the key-slot ones
 // need Unlock first.
 type Repository struct {
+	// chunkReadHook, set by tests, is told the length of every blob read
+	// for a restore or check.
+	chunkReadHook func(n int)
+
 	store     cloud.Store
 	cfg       *Config
 	keys      *keySet

@@ -27,9 +27,12 @@ type RestoreOptions struct {
 	Progress  func(RestoreProgress)
 }
 
-// RestoreProgress is a running count.
+// RestoreProgress is a running count. Kept counts the files the target
+// already held, identical to the snapshot's (a resumed restore), which
+// are not downloaded again; Files and Bytes include them.
 type RestoreProgress struct {
 	Files, Bytes int64
+	Kept         int64
 	Current      string
 }
 
@@ -40,6 +43,13 @@ var ErrExists = errors.New("file exists")
 // authenticated and checked against its id before it is written; each
 // file is written under a temporary name and renamed into place, so an
 // interrupted restore never leaves a partial file under a real name.
+//
+// A file the target already holds with the snapshot's size, time and
+// content (verified against the chunk ids, or the database's page tags)
+// is kept, so running an interrupted restore again finishes it without
+// downloading anything twice. A file whose data is damaged or missing in
+// the repository is left out and the others are restored; the error is
+// then an *IncompleteError listing what was left out.
 func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOptions) (RestoreProgress, error) {
 	var total RestoreProgress
 	if err := r.LoadIndex(ctx); err != nil {
@@ -99,7 +109,9 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 	}
 	files := make(chan *Node, opt.Workers)
 	var wg sync.WaitGroup
-	var nfiles, nbytes atomic.Int64
+	var nfiles, nbytes, nkept atomic.Int64
+	var failMu sync.Mutex
+	var failed []RestoreFailure
 	for i := 0; i < opt.Workers; i++ {
 		wg.Add(1)
 		go func() {
@@ -108,7 +120,16 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 				if ctx.Err() != nil {
 					continue
 				}
-				if err := r.restoreFile(ctx, readers, streams, com, anon, target, n, opt); err != nil {
+				err := r.restoreFile(ctx, readers, streams, com, anon, target, n, opt)
+				switch {
+				case errors.Is(err, errKept):
+					nkept.Add(1)
+				case isDataDamage(err) && ctx.Err() == nil:
+					failMu.Lock()
+					failed = append(failed, RestoreFailure{Path: n.Path, DB: n.Type == TypeDB, Err: err})
+					failMu.Unlock()
+					continue
+				case err != nil:
 					cancel(err)
 					continue
 				}
@@ -158,7 +179,11 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 				removeRestoreTemps(dst)
 				dirs = append(dirs, dirMeta{dst, n.FileMode(), n.ModTime()})
 			case TypeSymlink:
-				if _, err := os.Lstat(dst); err == nil {
+				if fi, err := os.Lstat(dst); err == nil {
+					if t, err := os.Readlink(dst); err == nil && fi.Mode()&fs.ModeSymlink != 0 && t == n.Target {
+						symlinks = append(symlinks, n.Path)
+						continue // restored before
+					}
 					if !opt.Overwrite {
 						return fmt.Errorf("%s: %w (use --overwrite to replace it)", dst, ErrExists)
 					}
@@ -184,6 +209,12 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 	close(files)
 	wg.Wait()
 	if c := context.Cause(ctx); c != nil {
+		// The files finished so far are whole: give them their names
+		// (after the sync that covers them), so that running the restore
+		// again keeps them instead of downloading them again.
+		if com != nil && com.flush() == nil {
+			_ = com.sync()
+		}
 		return total, c
 	}
 	if walkErr != nil {
@@ -215,7 +246,11 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 			return total, err
 		}
 	}
-	total.Files, total.Bytes = nfiles.Load(), nbytes.Load()
+	total.Files, total.Bytes, total.Kept = nfiles.Load(), nbytes.Load(), nkept.Load()
+	if len(failed) > 0 {
+		sortFailures(failed)
+		return total, &IncompleteError{Failed: failed}
+	}
 	return total, nil
 }
 
@@ -239,30 +274,6 @@ func included(p string, includes []string) bool {
 // nil, else through the committer once a file-system sync has covered it.
 func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, streams *packStreams, com *committer, anon bool, target string, n *Node, opt RestoreOptions) (err error) {
 	dst := filepath.Join(target, filepath.FromSlash(n.Path))
-	// An anonymous file is linked in without replacing anything (EEXIST
-	// is ErrExists then), so only the other cases look first.
-	if opt.Overwrite || !anon {
-		if fi, err := os.Lstat(dst); err == nil {
-			if !opt.Overwrite {
-				return fmt.Errorf("%s: %w (use --overwrite to replace it)", dst, ErrExists)
-			}
-			if fi.IsDir() {
-				return fmt.Errorf("%s exists and is a directory", dst)
-			}
-		}
-	}
-	// Its directory exists: the walk made it before it handed out the
-	// files below it.
-	pf, err := createPending(filepath.Dir(dst), dst, anon, opt.Overwrite)
-	if err != nil {
-		return err
-	}
-	pf.size = n.Size
-	defer func() {
-		if err != nil {
-			pf.discard()
-		}
-	}()
 	load := func(ctx context.Context, id ID, use func([]byte) error) error {
 		br := <-readers
 		if br == nil {
@@ -278,6 +289,43 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 		readers <- br
 		return err
 	}
+	if fi, err := os.Lstat(dst); err == nil {
+		if fi.IsDir() {
+			return fmt.Errorf("%s exists and is a directory", dst)
+		}
+		loadMeta := func(ctx context.Context, id ID) ([]byte, error) {
+			var b []byte
+			err := load(ctx, id, func(data []byte) error { b = append(b, data...); return nil })
+			return b, err
+		}
+		same, err := r.sameAsSnapshot(ctx, dst, n, loadMeta)
+		if err != nil {
+			return err
+		}
+		if same {
+			if fi.Mode().Perm() != n.FileMode().Perm() {
+				if err := os.Chmod(dst, n.FileMode()); err != nil {
+					return err
+				}
+			}
+			return errKept
+		}
+		if !opt.Overwrite {
+			return fmt.Errorf("%s: %w (use --overwrite to replace it)", dst, ErrExists)
+		}
+	}
+	// Its directory exists: the walk made it before it handed out the
+	// files below it.
+	pf, err := createPending(filepath.Dir(dst), dst, anon, opt.Overwrite)
+	if err != nil {
+		return err
+	}
+	pf.size = n.Size
+	defer func() {
+		if err != nil {
+			pf.discard()
+		}
+	}()
 	if err := writeContents(ctx, pf.f, dst, n, load); err != nil {
 		return err
 	}
