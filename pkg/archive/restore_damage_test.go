@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
 )
 
 // damageFixture is a repository whose media files (single-chunk, random)
