@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wabackup/wabackup/pkg/cloud/gdrive"
+	"github.com/wabackup/wabackup/pkg/cloud/local"
 	"github.com/wabackup/wabackup/pkg/cloud/s3"
 )
 
@@ -16,9 +17,13 @@ func (a *app) cleanupCommand() *cobra.Command {
 	var olderThan time.Duration
 	cmd := &cobra.Command{
 		Use:   "cleanup",
-		Short: "Abort S3 multipart uploads this repository abandoned",
-		Long: `Abort S3 multipart uploads left behind under the repository's prefix by
-interrupted backups (prune does this too, under its exclusive lock).`,
+		Short: "Remove what interrupted backups left in the store",
+		Long: `Remove what interrupted backups left behind: on S3, the multipart uploads
+they abandoned under the repository's prefix (prune does this too, under its
+exclusive lock); in a local repository, staged files in its .tmp directory
+(backups write anonymous files where the file system has them, so a killed
+backup leaves none there; older versions and other systems did). Google
+Drive drops abandoned uploads by itself.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := a.openStore(cmd.Context(), false)
@@ -26,21 +31,29 @@ interrupted backups (prune does this too, under its exclusive lock).`,
 				return err
 			}
 			defer st.Close()
-			s, ok := st.(*s3.Store)
-			if !ok {
-				a.out.Printf("nothing to clean up: %s is not an S3 repository\n", st.Location())
-				return nil
+			switch s := st.(type) {
+			case *s3.Store:
+				n, err := s.CleanupIncomplete(cmd.Context(), olderThan)
+				if err != nil {
+					return err
+				}
+				a.out.JSON(map[string]any{"message_type": "cleanup", "aborted_uploads": n})
+				a.out.Printf("aborted %d incomplete upload(s)\n", n)
+			case *local.Store:
+				n, b, err := s.CleanupStaging(olderThan)
+				if err != nil {
+					return err
+				}
+				a.out.JSON(map[string]any{"message_type": "cleanup", "removed_files": n, "removed_bytes": b})
+				a.out.Printf("removed %d staged file(s), %s\n", n, humanBytes(b))
+			default:
+				a.out.JSON(map[string]any{"message_type": "cleanup"})
+				a.out.Printf("nothing to clean up in %s: the store drops abandoned uploads by itself\n", st.Location())
 			}
-			n, err := s.CleanupIncomplete(cmd.Context(), olderThan)
-			if err != nil {
-				return err
-			}
-			a.out.JSON(map[string]any{"message_type": "cleanup", "aborted_uploads": n})
-			a.out.Printf("aborted %d incomplete upload(s)\n", n)
 			return nil
 		},
 	}
-	cmd.Flags().DurationVar(&olderThan, "older-than", 24*time.Hour, "only uploads started longer ago than this (a running backup's are younger)")
+	cmd.Flags().DurationVar(&olderThan, "older-than", 24*time.Hour, "only what was started longer ago than this (a running backup's is younger)")
 	return cmd
 }
 

@@ -116,3 +116,85 @@ func TestInterruptedBackup(t *testing.T) {
 		t.Fatalf("check: %d %s", code, out)
 	}
 }
+
+// stagedFiles lists what is left in a local repository's staging
+// directory.
+func stagedFiles(t *testing.T, repo string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(repo, ".tmp"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// Acceptance 5 of issue 12: a backup to a local repository killed
+// (SIGKILL) ten times at random moments leaves no staged file, and after
+// the next backup check reports no orphan.
+func TestKilledBackupsLeaveNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 40 MiB ten times")
+	}
+	bin := intrBin(t)
+	dir := t.TempDir()
+	media := filepath.Join(dir, "Media")
+	os.MkdirAll(media, 0o755)
+	var seed [32]byte
+	seed[0] = 5
+	rng := rand.NewChaCha8(seed)
+	buf := make([]byte, 4<<20)
+	for i := 0; i < 10; i++ {
+		rng.Read(buf)
+		if err := os.WriteFile(filepath.Join(media, "VID-"+string(rune('a'+i))+".mp4"), buf, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, code := intrRun(t, bin, dir, "init", "--repo", "timing", "--key-out", "k0.txt", "-q"); code != 0 {
+		t.Fatalf("init: %d %s", code, out)
+	}
+	start := time.Now()
+	intrRun(t, bin, dir, "backup", "--repo", "timing", "--key-file", "k0.txt", "--media", "Media", "-q")
+	full := time.Since(start)
+	if out, code := intrRun(t, bin, dir, "init", "--repo", "repo", "--key-out", "key.txt", "-q"); code != 0 {
+		t.Fatalf("init: %d %s", code, out)
+	}
+	pick := rand.New(rand.NewPCG(3, 4))
+	killed := 0
+	for i := 0; i < 10; i++ {
+		// Change most files each time, so every run has as much to store
+		// as the timed one.
+		for k := 0; k < 8; k++ {
+			rng.Read(buf)
+			os.WriteFile(filepath.Join(media, "VID-"+string(rune('a'+k))+".mp4"), buf, 0o644)
+		}
+		cmd := exec.Command(bin, "backup", "--repo", "repo", "--key-file", "key.txt", "--media", "Media", "-q")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+filepath.Join(dir, ".config"), "XDG_CACHE_HOME="+filepath.Join(dir, ".cache"))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration((0.1 + 0.8*pick.Float64()) * float64(full)))
+		cmd.Process.Signal(syscall.SIGKILL)
+		if err := cmd.Wait(); err != nil {
+			killed++
+		}
+		if left := stagedFiles(t, filepath.Join(dir, "repo")); len(left) > 0 {
+			t.Fatalf("kill %d left staged files: %v", i+1, left)
+		}
+	}
+	t.Logf("%d of 10 backups were killed before they finished", killed)
+	if out, code := intrRun(t, bin, dir, "backup", "--repo", "repo", "--key-file", "key.txt", "--media", "Media", "-q"); code != 0 {
+		t.Fatalf("backup after the kills: %d %s", code, out)
+	}
+	if left := stagedFiles(t, filepath.Join(dir, "repo")); len(left) > 0 {
+		t.Fatalf("staged files after the next backup: %v", left)
+	}
+	out, code := intrRun(t, bin, dir, "check", "--repo", "repo", "--key-file", "key.txt")
+	if code != 0 || strings.Contains(out, "warning") || strings.Contains(out, "orphan") || strings.Contains(out, "not in any index") {
+		t.Fatalf("check after the kills and a backup: %d %s", code, out)
+	}
+}

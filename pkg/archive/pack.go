@@ -3,16 +3,14 @@ package archive
 import (
 	"bufio"
 	"context"
-	"path/filepath"
-
-	"golang.org/x/sys/unix"
-
 	"crypto/cipher"
 	"encoding/binary"
 	"fmt"
-	"github.com/wabackup/wabackup/pkg/cloud"
 	"io"
 	"os"
+
+	"github.com/wabackup/wabackup/internal/anonfile"
+	"github.com/wabackup/wabackup/pkg/cloud"
 )
 
 // Blob flags (FORMAT.md §Packs).
@@ -53,20 +51,19 @@ type packWriter struct {
 	anon    bool // the file has no name to remove
 }
 
-// newPackWriter starts a pack in a new file in dir. An anonymous file
-// has no name at all (O_TMPFILE where the file system supports it, else
-// created and unlinked at once), so a killed process leaves nothing.
-func (k *keySet) newPackWriter(dir string, anonymous bool) (*packWriter, error) {
-	var f *os.File
-	var err error
-	if anonymous {
-		f, err = os.OpenFile(dir, os.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
-	}
-	named := !anonymous || err != nil
-	if named {
+// newPackWriter starts a pack in a new file in dir. It is anonymous
+// where the file system supports it (O_TMPFILE: no name at all until a
+// FileStore links it into place), so a killed process leaves nothing.
+// Where it does not, the file is named, and with unlinked it is unlinked
+// at once (it is then read back through its descriptor, never linked).
+func (k *keySet) newPackWriter(dir string, unlinked bool) (*packWriter, error) {
+	f, err := anonfile.Open(dir, true)
+	anonymous := err == nil
+	if !anonymous {
 		f, err = os.CreateTemp(dir, "pack-*.tmp")
-		if err == nil && anonymous {
+		if err == nil && unlinked {
 			os.Remove(f.Name())
+			anonymous = true
 		}
 	}
 	if err != nil {
@@ -204,9 +201,10 @@ func (r *Repository) newPackWriter() (*packWriter, error) {
 	return r.keys.newPackWriter(dir, !ok || dir != fs.StagingDir())
 }
 
-// putPack stores a finished pack, moving the file when the store allows.
+// putPack stores a finished pack, moving (or linking) the file when the
+// store allows.
 func (r *Repository) putPack(ctx context.Context, pw *packWriter) error {
-	if fs, ok := r.store.(cloud.FileStore); ok && filepath.Dir(pw.f.Name()) == fs.StagingDir() {
+	if fs, ok := r.store.(cloud.FileStore); ok && r.packDir() == fs.StagingDir() {
 		return fs.PutFile(ctx, packName(pw.id), pw.f, pw.size)
 	}
 	return r.store.Put(ctx, packName(pw.id), pw.f, pw.size)

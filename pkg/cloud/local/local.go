@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wabackup/wabackup/internal/anonfile"
 	"github.com/wabackup/wabackup/pkg/cloud"
 )
 
@@ -70,6 +71,32 @@ func Open(dir string, create bool) (*Store, error) {
 // writer is removed. No live writer keeps one that long.
 const staleTemp = 24 * time.Hour
 
+// CleanupStaging removes the files in the staging directory older than
+// olderThan (a writer killed while it wrote one; since writers use
+// anonymous files where the file system has them, these come from
+// systems without, or from older versions) and returns how many and how
+// many bytes.
+func (s *Store) CleanupStaging(olderThan time.Duration) (n int, bytes int64, err error) {
+	ents, err := os.ReadDir(filepath.Join(s.root, tmpDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() || time.Since(fi.ModTime()) < olderThan {
+			continue
+		}
+		if os.Remove(filepath.Join(s.root, tmpDir, e.Name())) == nil {
+			n++
+			bytes += fi.Size()
+		}
+	}
+	return n, bytes, nil
+}
+
 func (s *Store) removeStaleTemp() {
 	ents, err := os.ReadDir(filepath.Join(s.root, tmpDir))
 	if err != nil {
@@ -105,10 +132,21 @@ func (s *Store) Put(ctx context.Context, name string, r io.Reader, size int64) (
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	tmp := filepath.Join(tdir, hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// Anonymous while it is written (nothing is left if we are killed),
+	// else a named temporary.
+	f, err := anonfile.Open(tdir, false)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = os.MkdirAll(tdir, 0o700); err == nil {
-			f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			f, err = anonfile.Open(tdir, false)
+		}
+	}
+	anon := err == nil
+	if !anon {
+		f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err = os.MkdirAll(tdir, 0o700); err == nil {
+				f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			}
 		}
 	}
 	if err != nil {
@@ -131,11 +169,18 @@ func (s *Store) Put(ctx context.Context, name string, r io.Reader, size int64) (
 	if err = f.Sync(); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
-	}
 	if err = ctx.Err(); err != nil {
 		return err
+	}
+	if anon {
+		// A name in the staging directory for just as long as the rename
+		// takes (which replaces an existing object atomically).
+		if err = anonfile.Link(f, tmp); err != nil {
+			return fmt.Errorf("put %s: %w", name, err)
+		}
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
 	}
 	dir := filepath.Dir(dst)
 	if err = os.Rename(tmp, dst); errors.Is(err, fs.ErrNotExist) {
@@ -185,6 +230,23 @@ func (s *Store) PutFile(ctx context.Context, name string, f *os.File, size int64
 	}
 	if err == nil {
 		err = f.Sync()
+	}
+	if err == nil && anonfile.IsAnonymous(f) {
+		// Made with anonfile.Open in the staging directory: it gets its
+		// name now, and had none before (a killed writer left nothing).
+		dir := filepath.Dir(dst)
+		if err = anonfile.Link(f, dst); errors.Is(err, fs.ErrNotExist) {
+			if err = os.MkdirAll(dir, 0o700); err == nil {
+				err = anonfile.Link(f, dst)
+			}
+		}
+		if err == nil {
+			err = syncDir(dir)
+		}
+		if err != nil {
+			return fmt.Errorf("put %s: %w", name, err)
+		}
+		return nil
 	}
 	if err == nil && filepath.Dir(tmp) != filepath.Join(s.root, tmpDir) {
 		err = fmt.Errorf("put %s: %s is not in the staging directory", name, tmp)
