@@ -63,11 +63,15 @@ read again.`,
 				s := snap.Stats
 				a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
 					"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
-					"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "warnings": snap.Warnings, "db_check": snap.DBCheck,
+					"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "resent_chunks": s.Resent, "resent_bytes": s.ResentBytes,
+					"warnings": snap.Warnings, "db_check": snap.DBCheck,
 					"duration_seconds": time.Since(start).Seconds()})
 				a.out.Printf("snapshot %s saved: %d files, %s (%d unchanged); read %s, added %s to the repository in %s\n",
 					snap.ID.Short(), s.Files, humanBytes(s.Bytes), s.Unchanged, humanBytes(s.ReadBytes), humanBytes(s.AddedBytes),
 					time.Since(start).Round(time.Millisecond))
+				if s.Resent > 0 {
+					a.out.Printf("healed: sent %d chunk(s), %s, again from the source (their packs were missing or truncated in the store)\n", s.Resent, humanBytes(s.ResentBytes))
+				}
 				if snap.Partial {
 					first := ""
 					if len(warnings) > 0 {

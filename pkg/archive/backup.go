@@ -73,16 +73,31 @@ func (r *Repository) Backup(ctx context.Context, opt BackupOptions) (*Snapshot, 
 	if err := r.LoadIndex(ctx); err != nil {
 		return nil, err
 	}
-	adopted, warns, err := r.adoptPacks(ctx)
+	// What the store holds: packs no index lists are adopted; packs the
+	// index lists that are missing or truncated are marked bad, so their
+	// chunks count as not stored and are sent again from the source
+	// (FORMAT.md §8, "Healing").
+	stored, _, err := r.listPacks(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for _, w := range warns {
+	lost, badWarns, err := r.markBadPacks(stored)
+	if err != nil {
+		return nil, err
+	}
+	adopted, warns, err := r.adoptPacksFrom(ctx, stored)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range append(badWarns, warns...) {
 		if opt.Warn != nil {
 			opt.Warn("", errors.New(w))
 		}
 	}
-	b := &backup{r: r, opt: opt, adopted: adopted, start: time.Now()}
+	b := &backup{r: r, opt: opt, adopted: adopted, start: time.Now(), lost: map[ID]bool{}}
+	for _, id := range lost {
+		b.lost[id] = true
+	}
 	if b.opt.Workers <= 0 {
 		b.opt.Workers = runtime.GOMAXPROCS(0)
 		b.workersAuto = true
@@ -107,6 +122,7 @@ type backup struct {
 	opt     BackupOptions
 	adopted []packIndex
 	start   time.Time
+	lost    map[ID]bool // chunks whose pack is missing or truncated (read-only)
 
 	stats    Stats
 	warnings atomic.Int64
@@ -746,8 +762,7 @@ func (b *backup) process(ctx context.Context, job *chunkJob, h hash.Hash, z *com
 	if err := (*pw).add(job.id, flags, payload, len(job.data)); err != nil {
 		return fmt.Errorf("writing pack: %w", err)
 	}
-	atomic.AddInt64(&b.stats.NewChunks, 1)
-	atomic.AddInt64(&b.stats.NewBytes, int64(len(job.data)))
+	b.countNew(job.id, len(job.data))
 	if (*pw).size >= b.r.cfg.PackSize {
 		p := *pw
 		*pw = nil
@@ -892,4 +907,15 @@ func (c *compressor) compress(data []byte, hint compressHint) ([]byte, uint8) {
 		return data, 0
 	}
 	return c.out, flagZstd
+}
+
+// countNew counts a chunk stored by this backup (and whether it heals a
+// lost one).
+func (b *backup) countNew(id ID, n int) {
+	atomic.AddInt64(&b.stats.NewChunks, 1)
+	atomic.AddInt64(&b.stats.NewBytes, int64(n))
+	if b.lost[id] {
+		atomic.AddInt64(&b.stats.Resent, 1)
+		atomic.AddInt64(&b.stats.ResentBytes, int64(n))
+	}
 }

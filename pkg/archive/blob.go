@@ -86,6 +86,24 @@ func (b *blobReader) chunk(ctx context.Context, id ID) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("chunk %s is not in the index: %w", id.Short(), ErrCorrupt)
 	}
+	data, err := b.read(ctx, id, loc, pack)
+	if err != nil && isDataDamage(err) {
+		// Another copy (a backup that healed the repository sent it
+		// again, or two sent it at once)?
+		for _, alt := range b.r.idx.alternatives(id) {
+			if alt.pack.id == pack.id {
+				continue
+			}
+			if d, aerr := b.read(ctx, id, alt.loc, alt.pack); aerr == nil {
+				return d, nil
+			}
+		}
+	}
+	return data, err
+}
+
+// read reads and opens the copy of chunk id at loc in pack.
+func (b *blobReader) read(ctx context.Context, id ID, loc blobLoc, pack packInfo) ([]byte, error) {
 	name := packName(pack.id)
 	if b.r.chunkReadHook != nil {
 		b.r.chunkReadHook(int(loc.length))

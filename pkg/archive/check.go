@@ -32,6 +32,9 @@ type CheckResult struct {
 	Packs     int
 	PacksRead int
 	Chunks    int
+	// BadPacks are the packs the index lists that the store lacks or has
+	// at another size (reported above; not read).
+	BadPacks []ID
 }
 
 // ErrCheckFailed is returned when Check found damage.
@@ -80,23 +83,60 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 	if err != nil {
 		return nil, err
 	}
+	// Packs missing or truncated: their chunks are located in other
+	// copies where there are some (a backup that healed the repository);
+	// a pack whose chunks are all stored elsewhere loses nothing.
+	var bad []ID
 	for _, p := range packs {
-		size, ok := stored[p.id]
-		switch {
-		case !ok:
-			errf("%s: pack is missing (listed in the index)", packName(p.id))
-		case size != p.size:
-			errf("%s: pack size is %d, index says %d (truncated or replaced)", packName(p.id), size, p.size)
+		if size, ok := stored[p.id]; !ok || size != p.size {
+			bad = append(bad, p.id)
 		}
 	}
+	_, lostIn, err := r.idx.markBadCounted(bad)
+	if err != nil {
+		return nil, err
+	}
+	res.BadPacks = bad
+	for _, p := range packs {
+		size, ok := stored[p.id]
+		what := ""
+		switch {
+		case !ok:
+			what = "pack is missing (listed in the index)"
+		case size != p.size:
+			what = fmt.Sprintf("pack size is %d, index says %d (truncated or replaced)", size, p.size)
+		default:
+			continue
+		}
+		if n := lostIn[p.id]; n > 0 {
+			errf("%s: %s: %d chunk(s) stored nowhere else", packName(p.id), what, n)
+		} else {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %s, but every chunk it held is stored in another pack: nothing is lost (repair index or prune drops the reference)", packName(p.id), what))
+		}
+	}
+	// Packs no index object lists: an interrupted backup's, or an index
+	// object went missing. Their chunks are read from the packs' own
+	// trailers (as restore does), so they are not reported lost.
 	unindexed := 0
-	for id := range stored {
-		if !r.idx.hasPack(id) {
-			unindexed++
+	for id, size := range stored {
+		if r.idx.hasPack(id) {
+			continue
+		}
+		unindexed++
+		entries, err := r.readTrailer(ctx, id, size)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			errf("%v", err)
+			continue
+		}
+		if err := r.idx.addPacks([]packIndex{{id: id, size: size, entries: entries}}, ""); err != nil {
+			return nil, err
 		}
 	}
 	if unindexed > 0 {
-		res.Warnings = append(res.Warnings, fmt.Sprintf("%d pack(s) are not in any index (left by an interrupted backup; the next backup adopts them, prune removes unused ones)", unindexed))
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%d pack(s) are not in any index (an interrupted backup, or a missing index object): their data is intact and was checked from the packs themselves; the next backup or repair index adds them to the index, prune removes unused ones", unindexed))
 	}
 
 	// Snapshots and their trees.

@@ -138,6 +138,25 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 			return nil, err
 		}
 	}
+	// Packs the index lists that are missing or truncated: their chunks
+	// are located in other copies where there are some, so the packs
+	// holding those copies are kept; a truncated pack is left as it is
+	// (it may still hold readable chunks) and out of the new index.
+	stored0, _, err := r.listPacks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := r.markBadPacks(stored0); err != nil {
+		return nil, err
+	}
+	bad := map[ID]bool{}
+	if packs, err := r.idx.allPacks(); err == nil {
+		for _, p := range packs {
+			if size, ok := stored0[p.id]; !ok || size != p.size {
+				bad[p.id] = true
+			}
+		}
+	}
 	snaps, err := r.Snapshots(ctx)
 	if err != nil {
 		return nil, err
@@ -171,9 +190,12 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	err = r.idx.eachPack(func(p packInfo, entries []blobEntry) error {
 		size, ok := stored[p.id]
 		if !ok {
-			return nil // listed in an index but gone: check reports it
+			return nil // listed in an index but gone: dropped from it
 		}
 		delete(stored, p.id)
+		if bad[p.id] {
+			return nil // truncated: kept in the store, not indexed
+		}
 		var usedBytes int64
 		var usedEntries []blobEntry
 		for _, e := range entries {

@@ -121,6 +121,9 @@ CREATE TABLE IF NOT EXISTS packs (seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQ
 CREATE TABLE IF NOT EXISTS blobs (id BLOB PRIMARY KEY, pack INTEGER NOT NULL, counter INTEGER NOT NULL,
 	off INTEGER NOT NULL, len INTEGER NOT NULL, raw INTEGER NOT NULL, flags INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blobs_pack ON blobs (pack, counter);
+CREATE TABLE IF NOT EXISTS blobs_alt (id BLOB NOT NULL, pack INTEGER NOT NULL, counter INTEGER NOT NULL,
+	off INTEGER NOT NULL, len INTEGER NOT NULL, raw INTEGER NOT NULL, flags INTEGER NOT NULL,
+	PRIMARY KEY (id, pack)) WITHOUT ROWID;
 `
 
 // openIndex opens (creating) the index cache at path; "" makes a
@@ -210,7 +213,14 @@ func (x *Index) addPacks(packs []packIndex, file string) error {
 	if err != nil {
 		return err
 	}
-	insBlob, err := tx.Prepare("INSERT OR IGNORE INTO blobs (id, pack, counter, off, len, raw, flags) VALUES (?, ?, ?, ?, ?, ?, ?)")
+	insBlob, err := tx.Prepare("INSERT INTO blobs (id, pack, counter, off, len, raw, flags) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
+	if err != nil {
+		return err
+	}
+	// A chunk stored in another pack too (a healing backup sent it again,
+	// two backups sent it at once): the other copy is kept as an
+	// alternative, for when the first one's pack is missing or damaged.
+	insAlt, err := tx.Prepare("INSERT OR IGNORE INTO blobs_alt (id, pack, counter, off, len, raw, flags) SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM blobs WHERE id = ? AND pack = ?)")
 	if err != nil {
 		return err
 	}
@@ -220,8 +230,14 @@ func (x *Index) addPacks(packs []packIndex, file string) error {
 			return fmt.Errorf("index cache: %w", err)
 		}
 		for _, e := range p.entries {
-			if _, err := insBlob.Exec(e.ID[:], seq, e.Counter, e.Offset, e.Length, e.RawLen, e.Flags); err != nil {
+			res, err := insBlob.Exec(e.ID[:], seq, e.Counter, e.Offset, e.Length, e.RawLen, e.Flags)
+			if err != nil {
 				return fmt.Errorf("index cache: %w", err)
+			}
+			if n, err := res.RowsAffected(); err == nil && n == 0 {
+				if _, err := insAlt.Exec(e.ID[:], seq, e.Counter, e.Offset, e.Length, e.RawLen, e.Flags, e.ID[:], seq); err != nil {
+					return fmt.Errorf("index cache: %w", err)
+				}
 			}
 		}
 	}
@@ -608,4 +624,108 @@ func (u *usedSet) has(id ID) bool {
 func (u *usedSet) drop() {
 	u.flush()
 	u.x.db.Exec("DROP TABLE IF EXISTS used")
+}
+
+// blobAt is one stored copy of a chunk.
+type blobAt struct {
+	loc  blobLoc
+	pack packInfo
+}
+
+// alternatives returns the other stored copies of a chunk (in packs other
+// than the one lookup gives).
+func (x *Index) alternatives(id ID) []blobAt {
+	rows, err := x.db.Query("SELECT a.counter, a.off, a.len, a.raw, a.flags, p.id, p.size FROM blobs_alt a JOIN packs p ON p.seq = a.pack WHERE a.id = ?", id[:])
+	if err != nil {
+		return nil
+	}
+	defer rows.Close()
+	var out []blobAt
+	for rows.Next() {
+		var b blobAt
+		var pid []byte
+		if rows.Scan(&b.loc.counter, &b.loc.offset, &b.loc.length, &b.loc.rawLen, &b.loc.flags, &pid, &b.pack.size) == nil && len(pid) == len(b.pack.id) {
+			copy(b.pack.id[:], pid)
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// markBad stops the index from locating chunks in the given packs (the
+// store no longer has them, or has them truncated): a chunk with a copy
+// in another pack is located there instead; one without is no longer
+// "stored", so a backup sends it again. It returns those lost chunks. The
+// packs stay listed (so they are not adopted again); their locations move
+// to the alternatives.
+func (x *Index) markBad(bad []ID) (lost []ID, err error) {
+	lost, _, err = x.markBadCounted(bad)
+	return lost, err
+}
+
+// markBadCounted is markBad that also counts the lost chunks per pack.
+func (x *Index) markBadCounted(bad []ID) (lost []ID, lostIn map[ID]int, err error) {
+	lostIn = map[ID]int{}
+	if len(bad) == 0 {
+		return nil, lostIn, nil
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	defer x.gen.Add(1)
+	tx, err := x.db.Begin()
+	if err != nil {
+		return nil, nil, fmt.Errorf("index cache: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec("CREATE TEMP TABLE IF NOT EXISTS bad (seq INTEGER PRIMARY KEY); DELETE FROM bad"); err != nil {
+		return nil, nil, err
+	}
+	for _, id := range bad {
+		if _, err := tx.Exec("INSERT OR IGNORE INTO bad (seq) SELECT seq FROM packs WHERE id = ?", id[:]); err != nil {
+			return nil, nil, err
+		}
+	}
+	rows, err := tx.Query("SELECT b.id, p.id FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.pack IN (SELECT seq FROM bad)")
+	if err != nil {
+		return nil, nil, err
+	}
+	var ids, packOf [][]byte
+	for rows.Next() {
+		var b, pk []byte
+		if err := rows.Scan(&b, &pk); err != nil {
+			rows.Close()
+			return nil, nil, err
+		}
+		ids = append(ids, b)
+		packOf = append(packOf, pk)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	for i, id := range ids {
+		// Keep the bad copy as an alternative, then take a good one, if
+		// any, as the chunk's location.
+		if _, err := tx.Exec("INSERT OR IGNORE INTO blobs_alt SELECT id, pack, counter, off, len, raw, flags FROM blobs WHERE id = ?", id); err != nil {
+			return nil, nil, err
+		}
+		if _, err := tx.Exec("DELETE FROM blobs WHERE id = ?", id); err != nil {
+			return nil, nil, err
+		}
+		res, err := tx.Exec(`INSERT INTO blobs SELECT id, pack, counter, off, len, raw, flags FROM blobs_alt
+			WHERE id = ? AND pack NOT IN (SELECT seq FROM bad) LIMIT 1`, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			var c, pk ID
+			copy(c[:], id)
+			copy(pk[:], packOf[i])
+			lost = append(lost, c)
+			lostIn[pk]++
+		} else if _, err := tx.Exec("DELETE FROM blobs_alt WHERE id = ? AND pack = (SELECT pack FROM blobs WHERE id = ?)", id, id); err != nil {
+			return nil, nil, err
+		}
+	}
+	return lost, lostIn, tx.Commit()
 }

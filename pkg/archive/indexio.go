@@ -221,6 +221,11 @@ func (r *Repository) adoptPacks(ctx context.Context) ([]packIndex, []string, err
 	if err != nil {
 		return nil, nil, err
 	}
+	return r.adoptPacksFrom(ctx, stored)
+}
+
+// adoptPacksFrom is adoptPacks with the listing already made.
+func (r *Repository) adoptPacksFrom(ctx context.Context, stored map[ID]int64) ([]packIndex, []string, error) {
 	var adopted []packIndex
 	var warns []string
 	for id, size := range stored {
@@ -245,4 +250,36 @@ func shortName(name string) string {
 		return name[:i+1] + name[i+1:i+13] + "…"
 	}
 	return name
+}
+
+// markBadPacks compares the index with a listing of the store: an indexed
+// pack the store does not have, or has at another size, is marked bad in
+// the index (its chunks are located in other copies, or count as not
+// stored). It returns the chunks no other pack holds, and one warning
+// about the bad packs, if any.
+func (r *Repository) markBadPacks(stored map[ID]int64) ([]ID, []string, error) {
+	packs, err := r.idx.allPacks()
+	if err != nil {
+		return nil, nil, err
+	}
+	var bad []ID
+	var names []string
+	for _, p := range packs {
+		if size, ok := stored[p.id]; !ok || size != p.size {
+			bad = append(bad, p.id)
+			names = append(names, shortName(packName(p.id)))
+		}
+	}
+	lost, err := r.idx.markBad(bad)
+	if err != nil || len(bad) == 0 {
+		return lost, nil, err
+	}
+	if len(names) > 3 {
+		names = append(names[:3], "…")
+	}
+	what := "their chunks are all stored in other packs (prune, or repair index, drops the reference)"
+	if len(lost) > 0 {
+		what = fmt.Sprintf("%d of their chunks are stored nowhere else: sent again if the source still has them", len(lost))
+	}
+	return lost, []string{fmt.Sprintf("%d pack(s) the index lists are missing or truncated in the store (%s): %s", len(bad), strings.Join(names, ", "), what)}, nil
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"hash"
 	"sync"
-	"sync/atomic"
 )
 
 // metaSaver stores the small blobs that describe a snapshot — directory
@@ -61,8 +60,7 @@ func (m *metaSaver) save(ctx context.Context, data []byte) (ID, error) {
 	if err := m.pw.add(id, flags, payload, len(data)); err != nil {
 		return id, fmt.Errorf("writing pack: %w", err)
 	}
-	atomic.AddInt64(&m.b.stats.NewChunks, 1)
-	atomic.AddInt64(&m.b.stats.NewBytes, int64(len(data)))
+	m.b.countNew(id, len(data))
 	if m.pw.size >= m.b.r.cfg.PackSize {
 		pw := m.pw
 		m.pw = nil

@@ -257,3 +257,67 @@ func TestRestoreResumes(t *testing.T) {
 	}
 	compareTrees(t, fx.digest, treeDigest(t, filepath.Join(target, "Media")))
 }
+
+// Acceptance 2 of issue 12: after a pack is deleted from the store, the
+// next backup sends its chunks again from the source; check --read-data
+// finds no error, and the new snapshot (and the old one, whose chunks are
+// stored again) restores completely, on a machine with a fresh index
+// cache too.
+func TestBackupHeals(t *testing.T) {
+	ctx := context.Background()
+	fx := newDamageFixture(t, 24)
+	packs := fx.packs(t)
+	var victim ID
+	for id := range packs {
+		victim = id
+		break
+	}
+	tamperDelete(t, fx.tr.dir, packName(victim))
+	lost := map[ID]bool{}
+	for _, e := range packs[victim] {
+		lost[e.ID] = true
+	}
+	var warned []string
+	snap, err := fx.tr.Backup(ctx, BackupOptions{Media: fx.src, Warn: func(_ string, err error) { warned = append(warned, err.Error()) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Stats.Resent != int64(len(lost)) {
+		t.Fatalf("re-sent %d chunks, want the %d of the deleted pack (warnings %q)", snap.Stats.Resent, len(lost), warned)
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "missing or truncated in the store") {
+		t.Fatalf("warnings: %q", warned)
+	}
+	r := fx.tr.reopen(t)
+	res, err := r.Check(ctx, CheckOptions{ReadData: true})
+	if err != nil {
+		t.Fatalf("check --read-data after the healing backup: %v %q", err, res.Errors)
+	}
+	t.Logf("check warnings: %q", res.Warnings)
+	for i, s := range []*Snapshot{snap, fx.snap} {
+		r := fx.tr.reopen(t) // a fresh index cache: every index object loaded anew
+		target := t.TempDir()
+		if _, err := r.Restore(ctx, s, RestoreOptions{Target: target}); err != nil {
+			t.Fatalf("restore of snapshot %d: %v", i, err)
+		}
+		compareTrees(t, fx.digest, treeDigest(t, filepath.Join(target, "Media")))
+	}
+	// A second backup has nothing to heal.
+	snap2, err := fx.tr.Backup(ctx, BackupOptions{Media: fx.src})
+	if err != nil || snap2.Stats.Resent != 0 || snap2.Stats.NewChunks != 0 {
+		t.Fatalf("the next backup: %v, re-sent %d, new %d", err, snap2.Stats.Resent, snap2.Stats.NewChunks)
+	}
+	// Prune keeps the new copies and drops the reference to the lost pack.
+	if _, err := fx.tr.reopen(t).Prune(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	res, err = fx.tr.reopen(t).Check(ctx, CheckOptions{ReadData: true})
+	if err != nil || len(res.Warnings) != 0 {
+		t.Fatalf("check after prune: %v, errors %q, warnings %q", err, res.Errors, res.Warnings)
+	}
+	target := t.TempDir()
+	if _, err := fx.tr.reopen(t).Restore(ctx, snap, RestoreOptions{Target: target}); err != nil {
+		t.Fatalf("restore after prune: %v", err)
+	}
+	compareTrees(t, fx.digest, treeDigest(t, filepath.Join(target, "Media")))
+}

@@ -50,6 +50,11 @@ type Stats struct {
 	NewBytes   int64 `json:"new_bytes"`   // their plaintext size
 	AddedBytes int64 `json:"added_bytes"` // bytes added to the store (packs, after compression and encryption)
 	Unchanged  int64 `json:"unchanged"`   // files skipped as unchanged since the parent
+	// Resent counts the chunks stored again because the pack that held
+	// them was missing or truncated (the backup healed the repository),
+	// ResentBytes their plaintext size; both are among NewChunks.
+	Resent      int64 `json:"resent_chunks,omitempty"`
+	ResentBytes int64 `json:"resent_bytes,omitempty"`
 }
 
 func snapshotName(id ID) string { return "snapshots/" + id.String() }
