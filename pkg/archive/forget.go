@@ -362,9 +362,18 @@ func (r *Repository) markUsed(ctx context.Context, s *Snapshot, used *usedSet, s
 
 // repack copies the given chunks into new packs and stores them.
 func (r *Repository) repack(ctx context.Context, entries []blobEntry) ([]packIndex, error) {
+	out, _, err := r.copyChunks(ctx, entries, false)
+	return out, err
+}
+
+// copyChunks stores the given chunks again in new packs; with
+// skipDamaged, a chunk that cannot be read intact is left out and
+// counted instead of failing.
+func (r *Repository) copyChunks(ctx context.Context, entries []blobEntry, skipDamaged bool) ([]packIndex, int, error) {
 	if len(entries) == 0 {
-		return nil, nil
+		return nil, 0, nil
 	}
+	skipped := 0
 	br := r.newBlobReader()
 	defer br.close()
 	z := newCompressor(chunkWindow)
@@ -390,27 +399,31 @@ func (r *Repository) repack(ctx context.Context, entries []blobEntry) ([]packInd
 	buf := make([]byte, 0, r.cfg.MaxChunk+tagSize)
 	for _, e := range entries {
 		data, err := br.chunk(ctx, e.ID)
+		if err != nil && skipDamaged && isDataDamage(err) {
+			skipped++
+			continue
+		}
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		buf = append(buf[:0], data...)
 		payload, flags := z.compress(buf, hintAuto)
 		if pw == nil {
 			if pw, err = r.newPackWriter(); err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 		}
 		if err := pw.add(e.ID, flags, payload, len(buf)); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if pw.size >= r.cfg.PackSize {
 			if err := flush(); err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 		}
 	}
 	if err := flush(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return out, nil
+	return out, skipped, nil
 }

@@ -194,7 +194,7 @@ func (x *Index) reset() error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	defer x.gen.Add(1)
-	_, err := x.db.Exec("DELETE FROM blobs; DELETE FROM packs; DELETE FROM files;")
+	_, err := x.db.Exec("DELETE FROM blobs; DELETE FROM blobs_alt; DELETE FROM packs; DELETE FROM files;")
 	return err
 }
 
