@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+
 	"github.com/spf13/cobra"
 
 	"github.com/wabackup/wabackup/pkg/archive"
@@ -10,9 +12,10 @@ func (a *app) repairCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "repair",
 		Short: "Repair a damaged repository",
-		Long: `Repair what check reports. 'repair index' rebuilds the index from the packs.
-Backups heal what they can by themselves: a chunk whose pack is missing is
-sent again from the source.`,
+		Long: `Repair what check reports. 'repair index' rebuilds the index from the packs;
+'repair snapshots' makes copies of damaged snapshots without the files whose
+data is lost. Backups heal what they can by themselves: a chunk whose pack
+is missing is sent again from the source.`,
 	}
 	var dryRun bool
 	index := &cobra.Command{
@@ -51,6 +54,71 @@ store. Takes an exclusive lock; an interruption leaves a complete index.`,
 		},
 	}
 	index.Flags().BoolVar(&dryRun, "dry-run", false, "only say what would be done")
-	cmd.AddCommand(index)
+	var all bool
+	snaps := &cobra.Command{
+		Use:   "snapshots [ID|latest ...] [--all]",
+		Short: "Make copies of damaged snapshots without the files whose data is lost",
+		Long: `For each snapshot given (or every one with --all) that references data no
+longer stored, write a new snapshot without the files (and database) that
+need it, marked as repaired from the original. The originals are kept until
+you forget them; check reports their damage as warnings that point at the
+repaired copy. Run it when backups cannot heal the loss (the source no longer
+has the data). Takes an exclusive lock.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if all == (len(args) > 0) {
+				return errors.New("give snapshot ids (or latest), or --all")
+			}
+			return a.withRepo(ctx, func(r *archive.Repository) error {
+				return a.withLock(ctx, r, true, "repair", func() error {
+					var list []*archive.Snapshot
+					if all {
+						var err error
+						if list, err = r.Snapshots(ctx); err != nil {
+							return err
+						}
+					}
+					for _, ref := range args {
+						s, err := r.FindSnapshot(ctx, ref)
+						if err != nil {
+							return err
+						}
+						list = append(list, s)
+					}
+					reps, err := r.RepairSnapshots(ctx, list, dryRun)
+					if err != nil {
+						return err
+					}
+					made := 0
+					for _, rep := range reps {
+						m := map[string]any{"message_type": "repair_snapshot", "snapshot_id": rep.From.ID.String(), "dropped": rep.Dropped, "dry_run": dryRun}
+						switch {
+						case len(rep.Dropped) == 0:
+							a.out.Printf("snapshot %s: nothing lost\n", rep.From.ID.Short())
+						case rep.New != nil:
+							made++
+							m["repaired_id"] = rep.New.ID.String()
+							a.out.Printf("snapshot %s: repaired as %s, without %d file(s) whose data is lost\n", rep.From.ID.Short(), rep.New.ID.Short(), len(rep.Dropped))
+						default:
+							a.out.Printf("snapshot %s: would be repaired without %d file(s) whose data is lost\n", rep.From.ID.Short(), len(rep.Dropped))
+						}
+						for _, p := range rep.Dropped {
+							if !a.out.json {
+								a.out.Printf("    %s\n", p)
+							}
+						}
+						a.out.JSON(m)
+					}
+					if made > 0 {
+						a.out.Printf("the original snapshots are kept: forget them when you no longer want them\n")
+					}
+					return nil
+				})
+			})
+		},
+	}
+	snaps.Flags().BoolVar(&all, "all", false, "every snapshot")
+	snaps.Flags().BoolVar(&dryRun, "dry-run", false, "only say what would be done")
+	cmd.AddCommand(index, snaps)
 	return cmd
 }

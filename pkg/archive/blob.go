@@ -84,6 +84,9 @@ func (b *blobReader) chunk(ctx context.Context, id ID) ([]byte, error) {
 		loc, pack, ok = b.r.orphanLookup(ctx, id)
 	}
 	if !ok {
+		if w := b.r.whereLost(id); w != "" {
+			return nil, fmt.Errorf("chunk %s is lost%s: %w", id.Short(), w, ErrCorrupt)
+		}
 		return nil, fmt.Errorf("chunk %s is not in the index: %w", id.Short(), ErrCorrupt)
 	}
 	data, err := b.read(ctx, id, loc, pack)

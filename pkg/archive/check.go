@@ -109,7 +109,9 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 			continue
 		}
 		if n := lostIn[p.id]; n > 0 {
-			errf("%s: %s: %d chunk(s) stored nowhere else", packName(p.id), what, n)
+			// Lost data is reported below, with the snapshots and files
+			// that need it (none, if no snapshot does).
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %s: %d chunk(s) it held are stored nowhere else", packName(p.id), what, n))
 		} else {
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %s, but every chunk it held is stored in another pack: nothing is lost (repair index or prune drops the reference)", packName(p.id), what))
 		}
@@ -147,6 +149,16 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 	trees := map[string]bool{}
 	seenSegs := map[ID]bool{}     // page map segments verified so far
 	seenDirs := map[string]bool{} // directories (by pieces) verified so far
+	// Snapshots repair snapshots made a repaired copy of: their damage is
+	// known and superseded, so it is reported as warnings.
+	repairedAs := map[string]string{}
+	if all, _, err := r.loadSnapshots(ctx); err == nil {
+		for _, s := range all {
+			if s.RepairedFrom != "" {
+				repairedAs[s.RepairedFrom] = s.ID.Short()
+			}
+		}
+	}
 	for _, o := range snapObjs {
 		id, err := ParseID(strings.TrimPrefix(o.Name, "snapshots/"))
 		if err != nil {
@@ -163,7 +175,16 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 		}
 		res.Snapshots++
 		trees[s.Tree] = true
-		if err := r.checkTree(ctx, s, seenSegs, seenDirs, errf); err != nil {
+		report := errf
+		if rep, ok := repairedAs[s.ID.String()]; ok {
+			n := 0
+			report = func(format string, a ...any) {
+				if n++; n <= 3 {
+					res.Warnings = append(res.Warnings, fmt.Sprintf(format, a...)+fmt.Sprintf(" (snapshot %s has a repaired copy, %s: forget it when you no longer want it)", s.ID.Short(), rep))
+				}
+			}
+		}
+		if err := r.checkTree(ctx, s, seenSegs, seenDirs, report); err != nil {
 			return nil, err
 		}
 	}
@@ -222,7 +243,7 @@ func (r *Repository) checkTree(ctx context.Context, s *Snapshot, seenSegs map[ID
 			loc, _, ok := r.idx.lookup(id)
 			if !ok {
 				if missing < 10 {
-					errf("snapshot %s: %s: chunk %s is missing", s.ID.Short(), n.Path, id.Short())
+					errf("snapshot %s: %s: chunk %s is missing%s", s.ID.Short(), n.Path, id.Short(), r.whereLost(id))
 				}
 				missing++
 				continue
@@ -258,7 +279,7 @@ func (r *Repository) checkPageMap(ctx context.Context, s *Snapshot, n *Node, see
 		for g, id := range seg.groups {
 			if locs[g], _, ok[g] = r.idx.lookup(id); !ok[g] {
 				if problems < 10 {
-					errf("snapshot %s: %s: page group %s (pages %d…) is missing", s.ID.Short(), n.Path, id.Short(), seg.first)
+					errf("snapshot %s: %s: page group %s (pages %d…) is missing%s", s.ID.Short(), n.Path, id.Short(), seg.first, r.whereLost(id))
 				}
 				problems++
 			}
@@ -409,4 +430,13 @@ func (r *Repository) verifyPack(ctx context.Context, br *blobReader, id ID, size
 		}
 	}
 	return nil
+}
+
+// whereLost names the pack a missing chunk was in, if the index knew one
+// (a pack missing or truncated in the store).
+func (r *Repository) whereLost(id ID) string {
+	for _, a := range r.idx.alternatives(id) {
+		return fmt.Sprintf(" (its pack %s is missing or truncated)", packName(a.pack.id))
+	}
+	return ""
 }

@@ -2,10 +2,13 @@ package archive
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"sort"
+	"time"
 )
 
 // RepairIndexResult says what RepairIndex did (or, dry, would do).
@@ -142,4 +145,220 @@ func (r *Repository) moveAside(ctx context.Context, id ID) error {
 		return fmt.Errorf("moving %s aside: %w", name, err)
 	}
 	return r.store.Delete(ctx, name)
+}
+
+// RepairedSnapshot is a snapshot made by RepairSnapshots.
+type RepairedSnapshot struct {
+	From    *Snapshot
+	New     *Snapshot // nil if nothing was lost (no new snapshot made)
+	Dropped []string  // the files (and databases) left out
+}
+
+// RepairSnapshots makes, for each given snapshot that references data no
+// longer stored, a new snapshot without the files (and database) that
+// need it, marked RepairedFrom the original. Originals are kept (until
+// forget); check then reports their damage as warnings that point at the
+// repaired copy. What is lost is judged against a listing of the store
+// (missing or truncated packs) and the index, as check without
+// --read-data judges it. The caller holds an exclusive lock.
+func (r *Repository) RepairSnapshots(ctx context.Context, snaps []*Snapshot, dryRun bool) ([]RepairedSnapshot, error) {
+	if err := r.LoadIndex(ctx); err != nil {
+		return nil, err
+	}
+	stored, _, err := r.listPacks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := r.markBadPacks(stored); err != nil {
+		return nil, err
+	}
+	saver := &plainSaver{r: r, h: r.keys.newIDHasher(), z: newCompressor(256 << 10)}
+	defer saver.z.close()
+	var out []RepairedSnapshot
+	for _, s := range snaps {
+		rep, err := r.repairSnapshot(ctx, s, saver, dryRun)
+		if err != nil {
+			return out, fmt.Errorf("snapshot %s: %w", s.ID.Short(), err)
+		}
+		out = append(out, rep)
+	}
+	return out, nil
+}
+
+func (r *Repository) repairSnapshot(ctx context.Context, s *Snapshot, saver *plainSaver, dryRun bool) (RepairedSnapshot, error) {
+	rep := RepairedSnapshot{From: s}
+	tr, err := r.OpenTree(ctx, s)
+	if err != nil {
+		return rep, err
+	}
+	defer tr.Close()
+	tw := newDirTreeWriter(ctx, saver)
+	var stats Stats
+	br := r.newBlobReader()
+	defer br.close()
+	for {
+		n, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return rep, err
+		}
+		if n.Type == TypeFile || n.Type == TypeDB {
+			if !r.nodeStored(ctx, br, n) {
+				rep.Dropped = append(rep.Dropped, n.Path)
+				continue
+			}
+			stats.Files++
+			stats.Bytes += n.Size
+		}
+		if n.Type == TypeDir {
+			stats.Dirs++
+		}
+		if err := tw.add(n); err != nil {
+			return rep, err
+		}
+	}
+	if len(rep.Dropped) == 0 || dryRun {
+		return rep, nil
+	}
+	root, err := tw.finish()
+	if err != nil {
+		return rep, err
+	}
+	if err := saver.flush(ctx); err != nil {
+		return rep, err
+	}
+	ns := *s
+	ns.Version = FormatVersion
+	ns.Tree = ""
+	ns.Root = nil
+	for _, id := range root {
+		ns.Root = append(ns.Root, id.String())
+	}
+	// The same moment as the original, one nanosecond later, so that
+	// "latest" names the repaired copy.
+	ns.Time = s.Time.Add(time.Nanosecond)
+	ns.RepairedFrom = s.ID.String()
+	ns.Dropped = len(rep.Dropped)
+	ns.Stats = stats
+	ns.ID = NewRandomID()
+	data, err := json.Marshal(&ns)
+	if err != nil {
+		return rep, err
+	}
+	if _, err := r.saveObject(ctx, snapshotName(ns.ID), false, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	}); err != nil {
+		return rep, err
+	}
+	rep.New = &ns
+	return rep, nil
+}
+
+// nodeStored reports whether everything a file or database node needs is
+// indexed in a stored pack.
+func (r *Repository) nodeStored(ctx context.Context, br *blobReader, n *Node) bool {
+	if n.Type == TypeFile {
+		for _, c := range n.Chunks {
+			id, err := ParseID(c)
+			if err != nil || !r.idx.Has(id) {
+				return false
+			}
+		}
+		return true
+	}
+	root, err := ParseID(n.PageMap)
+	if err != nil || !r.idx.Has(root) {
+		return false
+	}
+	ok := true
+	_, err = walkSegments(ctx, br.chunk, root, map[ID]bool{}, nil, func(m *pageMap, seg *pageSegment) error {
+		for _, g := range seg.groups {
+			if !r.idx.Has(g) {
+				ok = false
+				return errStopWalk
+			}
+		}
+		return nil
+	})
+	return ok && err == nil
+}
+
+var errStopWalk = errors.New("stop")
+
+// plainSaver stores tree blobs outside a backup: deduplicated against the
+// index, in packs of their own, described by one index object at flush.
+type plainSaver struct {
+	r     *Repository
+	h     hash.Hash
+	z     *compressor
+	pw    *packWriter
+	packs []packIndex
+	buf   []byte
+	seen  map[ID]bool
+}
+
+func (p *plainSaver) saveTreeBlob(ctx context.Context, data []byte) (ID, error) {
+	var id ID
+	p.h.Reset()
+	p.h.Write(data)
+	p.h.Sum(id[:0])
+	if p.seen == nil {
+		p.seen = map[ID]bool{}
+	}
+	if p.seen[id] || p.r.idx.Has(id) {
+		return id, nil
+	}
+	p.seen[id] = true
+	if cap(p.buf) < len(data)+tagSize {
+		p.buf = make([]byte, 0, len(data)+tagSize)
+	}
+	p.buf = append(p.buf[:0], data...)
+	payload, flags := p.z.compress(p.buf, hintAuto)
+	if p.pw == nil {
+		pw, err := p.r.newPackWriter()
+		if err != nil {
+			return id, err
+		}
+		p.pw = pw
+	}
+	if err := p.pw.add(id, flags, payload, len(data)); err != nil {
+		return id, err
+	}
+	if p.pw.size >= p.r.cfg.PackSize {
+		return id, p.finishPack(ctx)
+	}
+	return id, nil
+}
+
+func (p *plainSaver) finishPack(ctx context.Context) error {
+	pw := p.pw
+	p.pw = nil
+	defer pw.discard()
+	size, err := pw.finish()
+	if err != nil {
+		return err
+	}
+	if err := p.r.putPack(ctx, pw); err != nil {
+		return err
+	}
+	p.packs = append(p.packs, packIndex{id: pw.id, size: size, entries: pw.entries})
+	return nil
+}
+
+// flush stores the open pack and writes an index object for the packs.
+func (p *plainSaver) flush(ctx context.Context) error {
+	if p.pw != nil {
+		if err := p.finishPack(ctx); err != nil {
+			return err
+		}
+	}
+	if len(p.packs) == 0 {
+		return nil
+	}
+	_, _, err := p.r.writeIndex(ctx, p.packs)
+	p.packs = nil
+	return err
 }

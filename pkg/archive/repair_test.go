@@ -90,3 +90,72 @@ func TestRepairIndexSalvagesDamagedPack(t *testing.T) {
 		t.Fatalf("not restored %v, want %v", got, want)
 	}
 }
+
+// Acceptance 3 of issue 12 (second half): a pack lost and the source
+// gone, repair snapshots makes a copy of the snapshot without the files
+// that needed it; the copy restores everything else, and check passes
+// (the original's damage is a warning pointing at the copy).
+func TestRepairSnapshots(t *testing.T) {
+	ctx := context.Background()
+	fx := newDamageFixture(t, 24)
+	packs := fx.packs(t)
+	var victim ID
+	for id := range packs {
+		victim = id
+		break
+	}
+	tamperDelete(t, fx.tr.dir, packName(victim))
+	lost := map[ID]bool{}
+	for _, e := range packs[victim] {
+		lost[e.ID] = true
+	}
+	want := fx.filesNeeding(lost)
+	if _, err := fx.tr.reopen(t).Check(ctx, CheckOptions{}); !errors.Is(err, ErrCheckFailed) {
+		t.Fatalf("check before the repair: %v", err)
+	}
+	reps, err := fx.tr.reopen(t).RepairSnapshots(ctx, []*Snapshot{fx.snap}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reps) != 1 || reps[0].New == nil || strings.Join(reps[0].Dropped, ",") != strings.Join(want, ",") {
+		t.Fatalf("repair snapshots: %+v, want %v dropped", reps, want)
+	}
+	ns := reps[0].New
+	if ns.RepairedFrom != fx.snap.ID.String() || ns.Dropped != len(want) {
+		t.Fatalf("repaired snapshot header: %+v", ns)
+	}
+	res, err := fx.tr.reopen(t).Check(ctx, CheckOptions{ReadData: true})
+	if err != nil {
+		t.Fatalf("check after repair snapshots: %v %q", err, res.Errors)
+	}
+	target := t.TempDir()
+	stored, err := fx.tr.reopen(t).LoadSnapshot(ctx, ns.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fx.tr.reopen(t).Restore(ctx, stored, RestoreOptions{Target: target}); err != nil {
+		t.Fatalf("restore of the repaired snapshot: %v", err)
+	}
+	restored := treeDigest(t, filepath.Join(target, "Media"))
+	drop := map[string]bool{}
+	for _, p := range want {
+		drop[strings.TrimPrefix(p, "Media/")] = true
+	}
+	for rel, d := range fx.digest {
+		if strings.HasPrefix(d, "d") {
+			continue
+		}
+		if drop[rel] {
+			if _, ok := restored[rel]; ok {
+				t.Errorf("%s was dropped but restored", rel)
+			}
+		} else if restored[rel] != d {
+			t.Errorf("%s: restored %q, want %q", rel, restored[rel], d)
+		}
+	}
+	// A second repair finds nothing to do in the copy.
+	reps, err = fx.tr.reopen(t).RepairSnapshots(ctx, []*Snapshot{stored}, false)
+	if err != nil || reps[0].New != nil {
+		t.Fatalf("repairing the repaired copy: %v %+v", err, reps)
+	}
+}

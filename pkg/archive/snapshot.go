@@ -36,6 +36,10 @@ type Snapshot struct {
 	Partial     bool       `json:"partial,omitempty"`
 	Warnings    int        `json:"warnings,omitempty"`
 	Stats       Stats      `json:"stats"`
+	// RepairedFrom names the snapshot this one was made from by repair
+	// snapshots, which left out the Dropped files whose data is lost.
+	RepairedFrom string `json:"repaired_from,omitempty"`
+	Dropped      int    `json:"dropped,omitempty"`
 
 	ID ID `json:"-"` // from the object name
 }
