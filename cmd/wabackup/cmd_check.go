@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -35,14 +36,16 @@ func parseSubset(s string) (float64, error) {
 }
 
 func (a *app) checkCommand() *cobra.Command {
-	var readData, checkDB bool
+	var readData, checkDB, repair bool
 	var subset string
 	cmd := &cobra.Command{
 		Use:   "check [--db [ID|latest]]",
 		Short: "Verify the repository",
 		Long: `Verify the repository's structure: every index and snapshot decrypts and every
 chunk a snapshot needs is stored. --read-data downloads and authenticates
-every chunk; --read-data-subset 10% a random tenth of the packs.
+every chunk; --read-data-subset 10% a random tenth of the packs. With
+--repair, a damaged or truncated pack of a repository made with --parity is
+rebuilt from its parity in place (within the parity's budget: FORMAT.md §5.1).
 
 --db rebuilds the chat database of a snapshot (default: the latest) into a
 temporary file and runs SQLite's full integrity_check on it, without the
@@ -60,7 +63,10 @@ source.`,
 			if len(args) > 0 {
 				return fmt.Errorf("check takes no snapshot unless --db is given")
 			}
-			opt := archive.CheckOptions{ReadData: readData}
+			opt := archive.CheckOptions{ReadData: readData, Repair: repair}
+			if repair && !readData && subset == "" {
+				return errors.New("--repair needs --read-data (a pack's damage is found by reading it)")
+			}
 			if subset != "" {
 				f, err := parseSubset(subset)
 				if err != nil {
@@ -103,6 +109,7 @@ source.`,
 		},
 	}
 	cmd.Flags().BoolVar(&readData, "read-data", false, "download and verify every chunk")
+	cmd.Flags().BoolVar(&repair, "repair", false, "with --read-data: rebuild damaged packs from their parity (repositories made with --parity)")
 	cmd.Flags().BoolVar(&checkDB, "db", false, "run the full integrity_check on a snapshot's stored database")
 	cmd.Flags().StringVar(&subset, "read-data-subset", "", "verify a random subset of the packs: a percentage (10%) or n/t")
 	return cmd

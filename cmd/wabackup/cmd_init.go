@@ -36,6 +36,7 @@ func hostLabel() string {
 
 func (a *app) initCommand() *cobra.Command {
 	var password bool
+	var parity int
 	var keyOut string
 	cmd := &cobra.Command{
 		Use:   "init",
@@ -64,7 +65,7 @@ that key vault (wabackup-vault), which allows only a few wrong guesses.`,
 				return err
 			}
 			defer st.Close()
-			r, rk, err := archive.Init(cmd.Context(), st, archive.InitOptions{Password: pw, Label: hostLabel()})
+			r, rk, err := archive.Init(cmd.Context(), st, archive.InitOptions{Password: pw, Label: hostLabel(), Parity: parity})
 			if err != nil {
 				return err
 			}
@@ -96,6 +97,7 @@ that key vault (wabackup-vault), which allows only a few wrong guesses.`,
 		},
 	}
 	cmd.Flags().BoolVar(&password, "password", false, "also protect the key with a password (asked for twice)")
+	cmd.Flags().IntVar(&parity, "parity", 0, "keep N % of Reed–Solomon parity for every pack (1 to 10; 0: none), so check --read-data --repair can rebuild a pack with a few damaged or missing bytes")
 	cmd.Flags().StringVar(&keyOut, "key-out", "", "also write the 64-digit key to this file (mode 0600)")
 	return cmd
 }

@@ -16,6 +16,9 @@ import (
 type CheckOptions struct {
 	// ReadData downloads every pack (or a subset) and verifies every chunk.
 	ReadData bool
+	// Repair (with ReadData) rebuilds damaged or truncated packs in place
+	// from their parity objects (repositories made with --parity).
+	Repair bool
 	// Subset, when 0 < Subset < 1, reads only that fraction of the packs,
 	// chosen at random.
 	Subset float64
@@ -35,6 +38,9 @@ type CheckResult struct {
 	// BadPacks are the packs the index lists that the store lacks or has
 	// at another size (reported above; not read).
 	BadPacks []ID
+	// Repaired are the packs rebuilt from their parity (Repair), with
+	// the number of 16 KiB shards rebuilt in each.
+	Repaired map[string]int
 }
 
 // ErrCheckFailed is returned when Check found damage.
@@ -82,6 +88,17 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 	packs, err := r.idx.allPacks()
 	if err != nil {
 		return nil, err
+	}
+	// With Repair, a truncated pack is first rebuilt from its parity.
+	if opt.Repair && opt.ReadData {
+		for _, p := range packs {
+			if size, ok := stored[p.id]; ok && size != p.size {
+				if n, err := r.RepairPack(ctx, p.id); err == nil && n > 0 {
+					res.repaired(p.id, n)
+					stored[p.id] = p.size
+				}
+			}
+		}
 	}
 	// Packs missing or truncated: their chunks are located in other
 	// copies where there are some (a backup that healed the repository);
@@ -379,10 +396,21 @@ func (r *Repository) readData(ctx context.Context, opt CheckOptions, stored map[
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	for _, err := range found {
-		if err != nil {
-			errf("%v", err)
+	for i, err := range found {
+		if err == nil {
+			continue
 		}
+		if opt.Repair && errors.Is(err, ErrCorrupt) {
+			n, rerr := r.RepairPack(ctx, ids[i])
+			if rerr == nil && n > 0 {
+				res.repaired(ids[i], n)
+				continue
+			}
+			if rerr != nil {
+				err = fmt.Errorf("%v; repair: %v", err, rerr)
+			}
+		}
+		errf("%v", err)
 	}
 	res.PacksRead += len(ids)
 	return nil
@@ -439,4 +467,12 @@ func (r *Repository) whereLost(id ID) string {
 		return fmt.Sprintf(" (its pack %s is missing or truncated)", packName(a.pack.id))
 	}
 	return ""
+}
+
+func (res *CheckResult) repaired(id ID, shards int) {
+	if res.Repaired == nil {
+		res.Repaired = map[string]int{}
+	}
+	res.Repaired[packName(id)] = shards
+	res.Warnings = append(res.Warnings, fmt.Sprintf("%s: damaged; %d shard(s) of 16 KiB rebuilt from its parity and the pack stored again", packName(id), shards))
 }

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/wabackup/wabackup/pkg/cloud"
 )
 
 // Policy says which snapshots to keep (FORMAT.md does not depend on it;
@@ -294,6 +296,9 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	}
 	for _, id := range drop {
 		if err := r.store.Delete(ctx, packName(id)); err != nil {
+			return nil, err
+		}
+		if err := r.store.Delete(ctx, parityName(id)); err != nil && !errors.Is(err, cloud.ErrNotFound) {
 			return nil, err
 		}
 	}

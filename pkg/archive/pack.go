@@ -204,6 +204,11 @@ func (r *Repository) newPackWriter() (*packWriter, error) {
 // putPack stores a finished pack, moving (or linking) the file when the
 // store allows.
 func (r *Repository) putPack(ctx context.Context, pw *packWriter) error {
+	// The parity object first: a pack is never stored without it (an
+	// orphan parity object is harmless; prune removes it).
+	if err := r.putParity(ctx, pw.id, pw.f, pw.size); err != nil {
+		return fmt.Errorf("parity of %s: %w", packName(pw.id), err)
+	}
 	if fs, ok := r.store.(cloud.FileStore); ok && r.packDir() == fs.StagingDir() {
 		return fs.PutFile(ctx, packName(pw.id), pw.f, pw.size)
 	}

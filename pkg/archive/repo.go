@@ -43,7 +43,10 @@ type Config struct {
 	AvgChunk int       `json:"avg_chunk"`
 	MaxChunk int       `json:"max_chunk"`
 	PackSize int64     `json:"pack_size"`
-	MAC      string    `json:"mac"`
+	// Parity is the percentage of Reed–Solomon parity kept for every
+	// pack (FORMAT.md §5.1); 0: none.
+	Parity int    `json:"parity,omitempty"`
+	MAC    string `json:"mac"`
 }
 
 func (c *Config) validate() error {
@@ -65,6 +68,9 @@ func (c *Config) validate() error {
 	if c.PackSize < 1<<20 || c.PackSize > 1<<30 {
 		return errors.New("invalid pack size")
 	}
+	if c.Parity < 0 || c.Parity > maxParity {
+		return fmt.Errorf("invalid parity %d%% (0 to %d)", c.Parity, maxParity)
+	}
 	return nil
 }
 
@@ -78,6 +84,12 @@ func (c *Config) mac(k *keySet) string {
 	m.Write(b[:])
 	for _, v := range []int64{int64(c.MinChunk), int64(c.AvgChunk), int64(c.MaxChunk), c.PackSize} {
 		binary.BigEndian.PutUint64(b[:], uint64(v))
+		m.Write(b[:])
+	}
+	if c.Parity != 0 {
+		// Only when set, so configs without parity keep their MAC.
+		m.Write([]byte("parity"))
+		binary.BigEndian.PutUint64(b[:], uint64(c.Parity))
 		m.Write(b[:])
 	}
 	return hex.EncodeToString(m.Sum(nil))
@@ -167,6 +179,7 @@ type InitOptions struct {
 	Password []byte             // optional: also add a password slot
 	Argon2   *keys.Argon2Params // nil: keys.DefaultArgon2
 	Label    string             // slot label (e.g. the host name)
+	Parity   int                // percent of Reed–Solomon parity per pack (0: none)
 }
 
 // Init creates a repository in an empty store and returns it unlocked,
@@ -188,7 +201,10 @@ func Init(ctx context.Context, store cloud.Store, opt InitOptions) (*Repository,
 	}
 	idb := NewRandomID()
 	cfg := &Config{Format: "wabackup", Version: FormatVersion, ID: hex.EncodeToString(idb[:16]), Created: time.Now().UTC().Truncate(time.Second),
-		MinChunk: DefaultMinChunk, AvgChunk: DefaultAvgChunk, MaxChunk: DefaultMaxChunk, PackSize: DefaultPackSize}
+		MinChunk: DefaultMinChunk, AvgChunk: DefaultAvgChunk, MaxChunk: DefaultMaxChunk, PackSize: DefaultPackSize, Parity: opt.Parity}
+	if err := cfg.validate(); err != nil {
+		return nil, none, err
+	}
 	r := &Repository{store: store, cfg: cfg, keys: deriveKeys(master), tmpDir: os.TempDir()}
 	cfg.MAC = cfg.mac(r.keys)
 	slot, err := keys.NewRecoverySlot(master, recovery, opt.Label)
