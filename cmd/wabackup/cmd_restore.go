@@ -69,7 +69,7 @@ database first, and the exit code is 1.`,
 							failed = append(failed, map[string]any{"path": f.Path, "database": f.DB, "error": f.Err.Error()})
 						}
 					}
-					a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "files": total.Files, "bytes": total.Bytes, "kept": total.Kept, "not_restored": failed, "target": opt.Target, "duration_seconds": time.Since(start).Seconds()})
+					a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "files": total.Files, "bytes": total.Bytes, "kept": total.Kept, "store_bytes": total.StoreBytes, "not_restored": failed, "target": opt.Target, "duration_seconds": time.Since(start).Seconds()})
 					kept := ""
 					if total.Kept > 0 {
 						kept = fmt.Sprintf(" (%d already there, kept)", total.Kept)

@@ -108,6 +108,7 @@ func (b *blobReader) chunk(ctx context.Context, id ID) ([]byte, error) {
 // read reads and opens the copy of chunk id at loc in pack.
 func (b *blobReader) read(ctx context.Context, id ID, loc blobLoc, pack packInfo) ([]byte, error) {
 	name := packName(pack.id)
+	b.r.blobBytesRead.Add(int64(loc.length))
 	if b.r.chunkReadHook != nil {
 		b.r.chunkReadHook(int(loc.length))
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wabackup/wabackup/pkg/cloud"
@@ -118,6 +119,8 @@ type Repository struct {
 	// chunkReadHook, set by tests, is told the length of every blob read
 	// for a restore or check.
 	chunkReadHook func(n int)
+	// blobBytesRead counts the bytes of blobs read from the store.
+	blobBytesRead atomic.Int64
 
 	store     cloud.Store
 	cfg       *Config

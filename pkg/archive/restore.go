@@ -33,7 +33,10 @@ type RestoreOptions struct {
 type RestoreProgress struct {
 	Files, Bytes int64
 	Kept         int64
-	Current      string
+	// StoreBytes counts the bytes of blobs read from the store (set in
+	// the total Restore returns).
+	StoreBytes int64
+	Current    string
 }
 
 // ErrExists is returned when a restore would overwrite an existing file.
@@ -50,11 +53,12 @@ var ErrExists = errors.New("file exists")
 // downloading anything twice. A file whose data is damaged or missing in
 // the repository is left out and the others are restored; the error is
 // then an *IncompleteError listing what was left out.
-func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOptions) (RestoreProgress, error) {
-	var total RestoreProgress
+func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOptions) (total RestoreProgress, err error) {
 	if err := r.LoadIndex(ctx); err != nil {
 		return total, err
 	}
+	read0 := r.blobBytesRead.Load()
+	defer func() { total.StoreBytes = r.blobBytesRead.Load() - read0 }()
 	if opt.Workers <= 0 {
 		// More files in flight than cores, so fsync and I/O waits overlap
 		// with decryption; chunk buffers come from a pool sized to the
