@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/cloud/local"
+	"github.com/wabackup/wabackup/pkg/cloud/s3"
 )
 
 func (a *app) backupCommand() *cobra.Command {
@@ -60,6 +63,7 @@ read again.`,
 				if err != nil {
 					return err
 				}
+				a.cleanupAbandoned(ctx, r)
 				s := snap.Stats
 				a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
 					"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
@@ -91,4 +95,21 @@ read again.`,
 	f.StringVar(&opt.Host, "host", "", "host name to record (default: this machine's)")
 	f.StringSliceVar(&opt.Tags, "tag", nil, "tag the snapshot (repeatable)")
 	return cmd
+}
+
+// cleanupAbandoned removes what interrupted backups left in the store and
+// nothing a running backup still uses: S3 multipart uploads and a local
+// repository's named staging files older than a day (best effort: a
+// failure is a warning).
+func (a *app) cleanupAbandoned(ctx context.Context, r *archive.Repository) {
+	switch s := r.Store().(type) {
+	case *s3.Store:
+		if _, err := s.CleanupIncomplete(ctx, 24*time.Hour); err != nil {
+			a.out.Warnf("aborting abandoned uploads: %v", err)
+		}
+	case *local.Store:
+		if _, _, err := s.CleanupStaging(24 * time.Hour); err != nil {
+			a.out.Warnf("removing abandoned staged files: %v", err)
+		}
+	}
 }
