@@ -103,6 +103,13 @@ func (s *Server) getEntry(key []byte) (*entry, uint64, error) {
 	if _, ok := s.cfg.Store.(ValueSealer); ok && json.Unmarshal(val, &e) == nil {
 		return &e, ver, nil
 	}
+	if pt, err := openSalted(s.entryKey, entryLabel, val, s.entryAAD(key)); err == nil {
+		if err := json.Unmarshal(pt, &e); err != nil {
+			return nil, 0, err
+		}
+		return &e, ver, nil
+	}
+	// Sealed by the Sealer (entries written before the entry key).
 	pt, err := s.cfg.Sealer.Open(val, s.entryAAD(key))
 	if err != nil {
 		// A record of the first format (same fields, its own label).
@@ -123,12 +130,16 @@ func (s *Server) putEntry(key []byte, old uint64, e *entry) (uint64, error) {
 	if _, ok := s.cfg.Store.(ValueSealer); ok {
 		return s.cfg.Store.CompareAndSwap(key, old, pt)
 	}
-	sealed, err := s.cfg.Sealer.Seal(pt, s.entryAAD(key))
+	sealed, err := sealSalted(s.entryKey, entryLabel, pt, s.entryAAD(key))
 	if err != nil {
 		return 0, err
 	}
 	return s.cfg.Store.CompareAndSwap(key, old, sealed)
 }
+
+// entryLabel is the HKDF info of the keys entries are sealed under (on a
+// store that does not seal values itself: etcd).
+const entryLabel = "wabackup-vault entry v2"
 
 // oprfIdentifier is the credential_identifier the OPRF key is derived
 // from (RFC 9807 §5.2.2: the server chooses it, the client never sees it).

@@ -56,13 +56,15 @@ type Config struct {
 // on one shared Store (etcd) are replicas of one vault: any of them
 // answers any request, whichever answered the one before.
 type Server struct {
-	cfg    Config
-	limit  int
-	op     *opaque.Server
-	pub    []byte
-	idKey  []byte // HMAC key for storage keys, derived from the OPRF seed
-	states stateSealer
-	rate   *rateLimiter
+	cfg   Config
+	limit int
+	op    *opaque.Server
+	pub   []byte
+	idKey []byte // HMAC key for storage keys, derived from the OPRF seed
+	// entryKey seals entries on stores that do not seal values (entryLabel)
+	entryKey []byte
+	states   stateSealer
+	rate     *rateLimiter
 
 	mu      sync.Mutex
 	watched map[string]time.Time // spent records to destroy once their last login expired
@@ -116,8 +118,18 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Entries on a store that does not seal values (etcd) are sealed under
+	// a key per entry from this one, not by the HSM directly: an HSM's
+	// GCM with random 96-bit IVs under one key would approach the 2³²
+	// bound on seals within weeks at a busy vault's write rate. Like the
+	// OPRF seed it comes from, it is sealed by the HSM at rest and held in
+	// the vault's memory while it runs.
+	entryKey, err := hkdf.Key(sha256.New, keys.OPRFSeed, nil, "wabackup-vault entry key v1", 32)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
-		cfg: cfg, limit: cfg.DefaultGuesses, op: op, pub: keys.Public, idKey: idKey,
+		cfg: cfg, limit: cfg.DefaultGuesses, op: op, pub: keys.Public, idKey: idKey, entryKey: entryKey,
 		states: stateSealer{key: stateKey}, watched: map[string]time.Time{},
 		stop: make(chan struct{}),
 	}

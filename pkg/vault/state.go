@@ -127,3 +127,45 @@ func (ss stateSealer) open(b []byte, kind stateKind) (st *state, expired bool, e
 	st.credID = pt[o:]
 	return st, time.Now().After(st.expires), nil
 }
+
+// sealSalted seals plaintext under a key used once: HKDF-SHA-256(key, a
+// fresh 32-byte salt, label), with the all-zero nonce. It returns salt ||
+// ciphertext || tag.
+func sealSalted(key []byte, label string, plaintext, aad []byte) ([]byte, error) {
+	salt := randBytes(stateSalt)
+	k, err := hkdf.Key(sha256.New, key, salt, label, 32)
+	if err != nil {
+		return nil, err
+	}
+	b, err := aes.NewCipher(k)
+	if err != nil {
+		return nil, err
+	}
+	a, err := cipher.NewGCM(b)
+	if err != nil {
+		return nil, err
+	}
+	var nonce [12]byte
+	return a.Seal(salt, nonce[:], plaintext, aad), nil
+}
+
+// openSalted reverses sealSalted.
+func openSalted(key []byte, label string, sealed, aad []byte) ([]byte, error) {
+	if len(sealed) < stateSalt+16 {
+		return nil, errBadState
+	}
+	k, err := hkdf.Key(sha256.New, key, sealed[:stateSalt], label, 32)
+	if err != nil {
+		return nil, err
+	}
+	b, err := aes.NewCipher(k)
+	if err != nil {
+		return nil, err
+	}
+	a, err := cipher.NewGCM(b)
+	if err != nil {
+		return nil, err
+	}
+	var nonce [12]byte
+	return a.Open(nil, nonce[:], sealed[stateSalt:], aad)
+}
