@@ -85,6 +85,13 @@ func (b *blobReader) chunk(ctx context.Context, id ID) ([]byte, error) {
 	}
 	if !ok {
 		if w := b.r.whereLost(id); w != "" {
+			// Its copies are in packs marked bad (missing or truncated):
+			// a truncated pack may still hold it intact.
+			for _, alt := range b.r.idx.alternatives(id) {
+				if d, err := b.read(ctx, id, alt.loc, alt.pack); err == nil {
+					return d, nil
+				}
+			}
 			return nil, fmt.Errorf("chunk %s is lost%s: %w", id.Short(), w, ErrCorrupt)
 		}
 		return nil, fmt.Errorf("chunk %s is not in the index: %w", id.Short(), ErrCorrupt)

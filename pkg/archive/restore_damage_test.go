@@ -321,3 +321,48 @@ func TestBackupHeals(t *testing.T) {
 	}
 	compareTrees(t, fx.digest, treeDigest(t, filepath.Join(target, "Media")))
 }
+
+// After a backup marked a truncated pack bad, a restore with that index
+// cache still reads the chunks the pack holds intact (before the cut).
+func TestRestoreReadsIntactChunksOfBadPack(t *testing.T) {
+	ctx := context.Background()
+	fx := newDamageFixture(t, 24)
+	packs := fx.packs(t)
+	var ids []ID
+	for id := range packs {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i].String() < ids[j].String() })
+	trunc := packs[ids[0]]
+	cut := int64(trunc[len(trunc)/2].Offset) + 10
+	tamperTruncate(t, fx.tr.dir, packName(ids[0]), func(int64) int64 { return cut })
+	lost := map[ID]bool{}
+	for _, e := range trunc {
+		if int64(e.Offset)+int64(e.Length) > cut {
+			lost[e.ID] = true
+		}
+	}
+	r := fx.tr.reopen(t)
+	if err := r.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stored, _, err := r.listPacks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.markBadPacks(stored); err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Restore(ctx, fx.snap, RestoreOptions{Target: t.TempDir()})
+	var inc *IncompleteError
+	if !errors.As(err, &inc) {
+		t.Fatalf("restore: %v", err)
+	}
+	var got []string
+	for _, f := range inc.Failed {
+		got = append(got, f.Path)
+	}
+	if want := fx.filesNeeding(lost); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("not restored %v, want only those needing chunks past the cut: %v", got, want)
+	}
+}
