@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -35,7 +36,7 @@ func hostLabel() string {
 }
 
 func (a *app) initCommand() *cobra.Command {
-	var password bool
+	var password, force bool
 	var parity int
 	var keyOut string
 	cmd := &cobra.Command{
@@ -60,6 +61,13 @@ that key vault (wabackup-vault), which allows only a few wrong guesses.`,
 				}
 				pw = nil
 			}
+			if keyOut != "" && !force {
+				// Before anything is created: the file may be another
+				// repository's only key.
+				if _, err := os.Lstat(keyOut); err == nil {
+					return fmt.Errorf("%s exists: refusing to overwrite it (it may be another repository's key); choose another --key-out, or add --force", keyOut)
+				}
+			}
 			st, err := a.openStore(cmd.Context(), true)
 			if err != nil {
 				return err
@@ -76,8 +84,8 @@ that key vault (wabackup-vault), which allows only a few wrong guesses.`,
 			}
 			formatted := keys.FormatRecoveryKey(rk)
 			if keyOut != "" {
-				if err := os.WriteFile(keyOut, []byte(formatted+"\n"), 0o600); err != nil {
-					return fmt.Errorf("writing the key to %s: %w (the repository was created; run wabackup key add --recovery to get a new key)", keyOut, err)
+				if err := writeKeyFile(keyOut, formatted, force); err != nil {
+					return fmt.Errorf("writing the key to %s: %w (the repository was created; its 64-digit key is %s)", keyOut, err, formatted)
 				}
 			}
 			cfg := r.Config()
@@ -97,7 +105,41 @@ that key vault (wabackup-vault), which allows only a few wrong guesses.`,
 		},
 	}
 	cmd.Flags().BoolVar(&password, "password", false, "also protect the key with a password (asked for twice)")
+	cmd.Flags().BoolVar(&force, "force", false, "with --key-out: overwrite an existing file")
 	cmd.Flags().IntVar(&parity, "parity", 0, "keep N % of Reed–Solomon parity for every pack (1 to 10; 0: none), so check --read-data --repair can rebuild a pack with a few damaged or missing bytes")
 	cmd.Flags().StringVar(&keyOut, "key-out", "", "also write the 64-digit key to this file (mode 0600)")
 	return cmd
+}
+
+// writeKeyFile writes the 64-digit key to path with mode 0600 and makes it
+// durable; it refuses to replace an existing file unless force.
+func writeKeyFile(path, key string, force bool) error {
+	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	if force {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(key + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
 }

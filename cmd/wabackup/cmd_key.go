@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -96,13 +97,48 @@ func (a *app) keyCommand() *cobra.Command {
 	add.Flags().BoolVar(&recovery, "recovery", false, "add a new 64-digit key instead of a password")
 	add.Flags().StringVar(&newPwFile, "new-password-file", "", "read the new password from this file")
 	add.Flags().StringVar(&label, "label", "", "a note to tell slots apart (default: host name)")
+	var force bool
 	remove := &cobra.Command{
 		Use:   "remove ID",
 		Short: "Remove a key slot (never the last one)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Remove the key slot whose id starts with ID (at least 4 hex digits, and
+unambiguous). Removing the slot this command opened the repository with, or
+the last 64-digit key, asks for confirmation on a terminal and needs --force
+otherwise. The last slot is never removed.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withRepo(cmd.Context(), func(r *archive.Repository) error {
-				s, err := r.RemoveSlot(cmd.Context(), args[0])
+				target, slots, err := r.FindSlot(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				var risk []string
+				if target.ID == r.UnlockedWith() {
+					risk = append(risk, "it is the slot this command opened the repository with")
+				}
+				if target.Kind == keys.KindRecovery {
+					others := 0
+					for _, s := range slots {
+						if s.Kind == keys.KindRecovery && s.ID != target.ID {
+							others++
+						}
+					}
+					if others == 0 {
+						risk = append(risk, "it is the repository's last 64-digit key")
+					}
+				}
+				if len(risk) > 0 && !force {
+					why := strings.Join(risk, ", and ")
+					if !secret.IsTerminal(os.Stdin) || a.out.json {
+						return fmt.Errorf("refusing to remove key slot %s without --force: %s", target.ID[:8], why)
+					}
+					fmt.Fprintf(a.out.stderr, "Key slot %s: %s. Type \"remove\" to remove it: ", target.ID[:8], why)
+					line, _ := secret.ReadLine(os.Stdin)
+					if strings.TrimSpace(string(line)) != "remove" {
+						return fmt.Errorf("not removed: key slot %s", target.ID[:8])
+					}
+				}
+				s, err := r.RemoveSlot(cmd.Context(), target.ID)
 				if err != nil {
 					return err
 				}
@@ -112,6 +148,7 @@ func (a *app) keyCommand() *cobra.Command {
 			})
 		},
 	}
+	remove.Flags().BoolVar(&force, "force", false, "remove without asking, even the slot in use or the last 64-digit key")
 	var slotID string
 	passwd := &cobra.Command{
 		Use:   "passwd",

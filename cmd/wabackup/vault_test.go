@@ -253,7 +253,7 @@ func TestVaultKeyDelete(t *testing.T) {
 	}
 	for _, m := range jsonLines(t, out) {
 		if m["kind"] != "vault" {
-			if code, out, errs := wabIn(t, home, append([]string{"key", "remove", m["id"].(string)}, viaVault...)...); code != 0 {
+			if code, out, errs := wabIn(t, home, append([]string{"key", "remove", "--force", m["id"].(string)}, viaVault...)...); code != 0 {
 				t.Fatalf("key remove: %d %s %s", code, out, errs)
 			}
 		}

@@ -427,24 +427,39 @@ func (r *Repository) AddVaultSlot(ctx context.Context, secret keys.Key, label st
 // RemoveSlot deletes a key slot by id or unique id prefix. It refuses to
 // remove the last slot.
 func (r *Repository) RemoveSlot(ctx context.Context, ref string) (*keys.Slot, error) {
-	slots, err := r.Slots(ctx)
+	found, slots, err := r.FindSlot(ctx, ref)
 	if err != nil {
 		return nil, err
-	}
-	var found *keys.Slot
-	for _, s := range slots {
-		if strings.HasPrefix(s.ID, strings.ToLower(ref)) && ref != "" {
-			if found != nil {
-				return nil, fmt.Errorf("key id %q is ambiguous", ref)
-			}
-			found = s
-		}
-	}
-	if found == nil {
-		return nil, fmt.Errorf("no key slot %q", ref)
 	}
 	if len(slots) == 1 {
 		return nil, errors.New("refusing to remove the last key slot: the repository would become unreadable")
 	}
 	return found, r.store.Delete(ctx, "keys/"+found.ID)
+}
+
+// FindSlot finds the key slot whose id starts with ref (at least 4 hex
+// digits, and no other slot's id may start with them), and returns it
+// with all the slots.
+func (r *Repository) FindSlot(ctx context.Context, ref string) (*keys.Slot, []*keys.Slot, error) {
+	ref = strings.ToLower(ref)
+	if len(ref) < 4 || strings.Trim(ref, "0123456789abcdef") != "" {
+		return nil, nil, fmt.Errorf("key id %q: give at least 4 hex digits of the id (wabackup key list shows them)", ref)
+	}
+	slots, err := r.Slots(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var found *keys.Slot
+	for _, s := range slots {
+		if strings.HasPrefix(s.ID, ref) {
+			if found != nil {
+				return nil, nil, fmt.Errorf("key id %q is ambiguous: it starts %s and %s; give more digits", ref, found.ID[:8], s.ID[:8])
+			}
+			found = s
+		}
+	}
+	if found == nil {
+		return nil, nil, fmt.Errorf("no key slot %q", ref)
+	}
+	return found, slots, nil
 }
