@@ -123,8 +123,34 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 			path, required = settings.DefaultPath(), false
 		}
 	}
-	file, err := settings.Load(path, required)
+	file, lines, err := settings.LoadLines(path, required)
 	if err != nil {
+		return err
+	}
+	// A setting no command knows is a typo: say so instead of ignoring it
+	// (settings for other commands are fine).
+	known, knownEnv := map[string]bool{}, map[string]bool{}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.Flags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				known[f.Name] = true
+				knownEnv[settings.EnvName(f.Name)] = true
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(cmd.Root())
+	delete(known, "config")
+	for _, e := range []string{"WABACKUP_CONFIG", "WABACKUP_KEY", "WABACKUP_PASSWORD", "WABACKUP_CPUPROFILE",
+		"WABACKUP_GDRIVE_CLIENT_SECRET", "WABACKUP_GDRIVE_ENDPOINT", "WABACKUP_VAULT_PKCS11_PIN"} {
+		knownEnv[e] = true
+	}
+	// Variables of the test suite and the vault server.
+	ignored := []string{"WABACKUP_TEST_", "WABACKUP_CRASH_", "WABACKUP_VAULT_TEST_", "WABACKUP_REQUIRE_SERVERS", "WABACKUP_TAMPER_SEED", "WABACKUP_TREE_SEED"}
+	if err := settings.CheckUnknown(path, file, lines, known, os.Environ(), knownEnv, ignored); err != nil {
 		return err
 	}
 	fs := pflag.NewFlagSet("all", pflag.ContinueOnError)

@@ -21,10 +21,19 @@ type File map[string]string
 
 const maxFile = 1 << 20
 
+// Lines says on which line of the config file each setting is.
+type Lines map[string]int
+
 // Parse reads a config file. Unknown names are kept (the caller decides
-// whether they apply); malformed lines are errors naming the line.
+// whether they apply: CheckUnknown); malformed lines are errors naming the
+// line.
 func Parse(r io.Reader) (File, error) {
-	f := File{}
+	f, _, err := parse(r)
+	return f, err
+}
+
+func parse(r io.Reader) (File, Lines, error) {
+	f, lines := File{}, Lines{}
 	sc := bufio.NewScanner(io.LimitReader(r, maxFile))
 	sc.Buffer(make([]byte, 0, 4096), 64<<10)
 	ln := 0
@@ -36,24 +45,25 @@ func Parse(r io.Reader) (File, error) {
 		}
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
-			return nil, fmt.Errorf("line %d: want name = value", ln)
+			return nil, nil, fmt.Errorf("line %d: want name = value", ln)
 		}
 		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
 		if k == "" || strings.ContainsAny(k, " \t\"'") {
-			return nil, fmt.Errorf("line %d: bad setting name %q", ln, k)
+			return nil, nil, fmt.Errorf("line %d: bad setting name %q", ln, k)
 		}
 		if len(v) >= 2 && (v[0] == '"' && v[len(v)-1] == '"' || v[0] == '\'' && v[len(v)-1] == '\'') {
 			v = v[1 : len(v)-1]
 		}
 		if _, dup := f[k]; dup {
-			return nil, fmt.Errorf("line %d: %s is set twice", ln, k)
+			return nil, nil, fmt.Errorf("line %d: %s is set twice", ln, k)
 		}
 		f[k] = v
+		lines[k] = ln
 	}
 	if err := sc.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return f, nil
+	return f, lines, nil
 }
 
 // ConfigDir is the wabackup directory under $XDG_CONFIG_HOME (or ~/.config).
@@ -74,19 +84,107 @@ func DefaultPath() string { return filepath.Join(ConfigDir(), "config") }
 // Load reads the config file at path. A missing file is an empty config
 // unless required.
 func Load(path string, required bool) (File, error) {
+	f, _, err := LoadLines(path, required)
+	return f, err
+}
+
+// LoadLines is Load that also says where each setting is.
+func LoadLines(path string, required bool) (File, Lines, error) {
 	fh, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) && !required {
-		return File{}, nil
+		return File{}, Lines{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("config file: %w", err)
+		return nil, nil, fmt.Errorf("config file: %w", err)
 	}
 	defer fh.Close()
-	f, err := Parse(fh)
+	f, lines, err := parse(fh)
 	if err != nil {
-		return nil, fmt.Errorf("config file %s: %w", path, err)
+		return nil, nil, fmt.Errorf("config file %s: %w", path, err)
 	}
-	return f, nil
+	return f, lines, nil
+}
+
+// CheckUnknown reports the first setting no command knows: a config file
+// name not in known (flag names), or a WABACKUP_* variable in environ not
+// in knownEnv and not under one of ignoredEnvPrefixes. The error names the
+// line or the variable and the closest known name.
+func CheckUnknown(path string, file File, lines Lines, known map[string]bool, environ []string, knownEnv map[string]bool, ignoredEnvPrefixes []string) error {
+	var names []string
+	for k := range file {
+		names = append(names, k)
+	}
+	sortByLine(names, lines)
+	for _, k := range names {
+		if !known[k] {
+			return fmt.Errorf("config file %s line %d: unknown setting %q%s", path, lines[k], k, suggest(k, known))
+		}
+	}
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "WABACKUP_") || knownEnv[name] {
+			continue
+		}
+		ignored := false
+		for _, p := range ignoredEnvPrefixes {
+			if strings.HasPrefix(name, p) {
+				ignored = true
+			}
+		}
+		if !ignored {
+			return fmt.Errorf("environment variable %s: unknown setting%s", name, suggest(name, knownEnv))
+		}
+	}
+	return nil
+}
+
+func sortByLine(names []string, lines Lines) {
+	for i := 1; i < len(names); i++ {
+		for j := i; j > 0 && lines[names[j]] < lines[names[j-1]]; j-- {
+			names[j], names[j-1] = names[j-1], names[j]
+		}
+	}
+}
+
+// suggest returns " (did you mean X?)" for the known name closest to s, if
+// it is within two edits.
+func suggest(s string, known map[string]bool) string {
+	best, bestD := "", 3
+	for k := range known {
+		if d := editDistance(strings.ToLower(s), strings.ToLower(k)); d < bestD || d == bestD && k < best {
+			best, bestD = k, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+// editDistance is the Levenshtein distance, transpositions counting one.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	d := make([][]int, len(ra)+1)
+	for i := range d {
+		d[i] = make([]int, len(rb)+1)
+		d[i][0] = i
+	}
+	for j := range rb {
+		d[0][j+1] = j + 1
+	}
+	for i := 1; i <= len(ra); i++ {
+		for j := 1; j <= len(rb); j++ {
+			c := 1
+			if ra[i-1] == rb[j-1] {
+				c = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+c)
+			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(ra)][len(rb)]
 }
 
 // EnvName is the environment variable for a flag: WABACKUP_ + upper snake.

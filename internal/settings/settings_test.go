@@ -78,3 +78,28 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestCheckUnknown(t *testing.T) {
+	known := map[string]bool{"repo": true, "media": true, "db": true, "key-file": true}
+	knownEnv := map[string]bool{"WABACKUP_REPO": true, "WABACKUP_MEDIA": true}
+	f, lines, err := parse(strings.NewReader("repo = r\n\n# c\nmeida = m\ndb = x\nzzzz = 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = CheckUnknown("cfg", f, lines, known, nil, knownEnv, nil)
+	if err == nil || err.Error() != `config file cfg line 4: unknown setting "meida" (did you mean "media"?)` {
+		t.Fatalf("got %v", err)
+	}
+	delete(f, "meida")
+	if err := CheckUnknown("cfg", f, lines, known, nil, knownEnv, nil); err == nil || !strings.Contains(err.Error(), `line 6: unknown setting "zzzz"`) || strings.Contains(err.Error(), "did you mean") {
+		t.Fatalf("got %v", err)
+	}
+	delete(f, "zzzz")
+	env := []string{"HOME=/h", "WABACKUP_REPO=r", "WABACKUP_TEST_X=1", "WABACKUP_MEDAI=m"}
+	if err := CheckUnknown("cfg", f, lines, known, env, knownEnv, []string{"WABACKUP_TEST_"}); err == nil || !strings.Contains(err.Error(), `WABACKUP_MEDAI: unknown setting (did you mean "WABACKUP_MEDIA"?)`) {
+		t.Fatalf("got %v", err)
+	}
+	if err := CheckUnknown("cfg", f, lines, known, env[:3], knownEnv, []string{"WABACKUP_TEST_"}); err != nil {
+		t.Fatal(err)
+	}
+}
