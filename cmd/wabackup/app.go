@@ -47,6 +47,7 @@ type app struct {
 	vaultCACert string
 	vaultName   string
 	vaultFP     string
+	typedKeyErr error // the prompt's input looked like a malformed 64-digit key
 }
 
 func newApp(stdout, stderr io.Writer) *app {
@@ -183,7 +184,7 @@ func (a *app) credentials() (archive.Credentials, error) {
 		c.Password = s
 		return c, nil
 	}
-	in, err := secret.Prompt("Enter the 64-digit key or the password: ", false)
+	in, err := promptSecret("Enter the 64-digit key or the password: ", false)
 	if errors.Is(err, secret.ErrNoSecret) {
 		return c, errors.New("no key or password given: use --key-file, --password-file, --password-command (or WABACKUP_KEY_FILE, WABACKUP_PASSWORD_FILE); there is no terminal to ask on")
 	}
@@ -192,9 +193,31 @@ func (a *app) credentials() (archive.Credentials, error) {
 	}
 	if k, err := keys.ParseRecoveryKey(string(in)); err == nil {
 		c.RecoveryKey = &k
+	} else if looksLikeKey(string(in)) {
+		// Tried as a password too; if that fails, this is what to say.
+		a.typedKeyErr = fmt.Errorf("the 64-digit key typed: %w", err)
 	}
 	c.Password = in
 	return c, nil
+}
+
+// promptSecret asks on the terminal (a variable for tests).
+var promptSecret = secret.Prompt
+
+// looksLikeKey reports input that is meant as a 64-digit key: hex digits
+// (at least 32) with spaces or dashes only.
+func looksLikeKey(s string) bool {
+	digits := 0
+	for _, r := range s {
+		switch {
+		case r >= '0' && r <= '9', r >= 'a' && r <= 'f', r >= 'A' && r <= 'F':
+			digits++
+		case r == ' ' || r == '-' || r == '\t':
+		default:
+			return false
+		}
+	}
+	return digits >= 32
 }
 
 // openStore opens the repository's store; create makes the container
@@ -276,6 +299,9 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 	}
 	r.SetCacheDir(a.cachePath())
 	if err := r.Unlock(ctx, cred); err != nil {
+		if errors.Is(err, keys.ErrWrongKey) && a.typedKeyErr != nil {
+			return nil, a.typedKeyErr
+		}
 		if errors.Is(err, keys.ErrWrongKey) {
 			return nil, fmt.Errorf("%w for %s", keys.ErrWrongKey, st.Location())
 		}

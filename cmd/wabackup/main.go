@@ -50,8 +50,9 @@ const exitCodesHelp = `Exit codes:
        message says how many attempts are left before the vault destroys the key)
   14   the store refused us: access denied, no credentials, not logged in to
        Google Drive, wrong S3 region, clock skew
-  15   the store is full, or Google Drive's daily upload cap was reached; what
-       was stored is kept and the next run goes on from there
+  15   the store (or a local disk: no space left, quota exceeded) is full, or
+       Google Drive's daily upload cap was reached; what was stored is kept
+       and the next run goes on from there
   130  interrupted (Ctrl-C / SIGTERM); nothing half-written is referenced
 
 With --json, a failure also prints {"message_type":"exit_error","code":N,"message":"…"}
@@ -80,7 +81,7 @@ func exitCode(err error, interrupted bool) int {
 	case errors.Is(err, s3.ErrAccessDenied), errors.Is(err, s3.ErrNoCredentials), errors.Is(err, s3.ErrWrongRegion),
 		errors.Is(err, s3.ErrClockSkew), errors.Is(err, gdrive.ErrNotLoggedIn):
 		return exitAccess
-	case errors.Is(err, gdrive.ErrUploadCap), errors.Is(err, gdrive.ErrQuota):
+	case errors.Is(err, gdrive.ErrUploadCap), errors.Is(err, gdrive.ErrQuota), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return exitStoreFull
 	}
 	return exitFatal
@@ -131,6 +132,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		msg := err.Error()
 		if code == exitInterrupted {
 			msg = "interrupted"
+		}
+		// A flag error stops parsing before a later --json is read.
+		for _, a := range args {
+			if a == "--" {
+				break
+			}
+			if a == "--json" || a == "--json=true" {
+				app.out.json = true
+			}
 		}
 		app.out.fail(code, oneLine(msg))
 	}

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// A 63-digit key typed at the prompt gets the key's format error (exit
+// 12), not "wrong key or password" (issue 13).
+func TestTypedMalformedKey(t *testing.T) {
+	work := t.TempDir()
+	home := filepath.Join(work, "home")
+	repo := filepath.Join(work, "repo")
+	key := filepath.Join(work, "key.txt")
+	if code, out, errs := wabIn(t, home, "init", "--repo", repo, "--key-out", key, "-q"); code != 0 {
+		t.Fatalf("init: %d %s %s", code, out, errs)
+	}
+	k, _ := os.ReadFile(key)
+	typed := strings.TrimSpace(string(k))
+	typed = typed[:len(typed)-1] // one digit short
+	defer func(p func(string, bool) ([]byte, error)) { promptSecret = p }(promptSecret)
+	promptSecret = func(string, bool) ([]byte, error) { return []byte(typed), nil }
+	code, _, errs := wabIn(t, home, "snapshots", "--repo", repo)
+	if code != exitWrongKey {
+		t.Fatalf("exit %d, want %d: %s", code, exitWrongKey, errs)
+	}
+	oneErrorLine(t, "a 63-digit key at the prompt", errs, "the 64-digit key typed: ")
+	if strings.Contains(errs, "wrong key or password") {
+		t.Fatalf("message %q", errs)
+	}
+	// A password is still a password.
+	promptSecret = func(string, bool) ([]byte, error) { return []byte("not a key at all"), nil }
+	if code, _, errs := wabIn(t, home, "snapshots", "--repo", repo); code != exitWrongKey || strings.Contains(errs, "typed") {
+		t.Fatalf("a wrong password: exit %d %s", code, errs)
+	}
+}
+
+// A full local disk is exit 15, as the table says; a flag error after
+// --json still answers in JSON.
+func TestExitCodesAndJSONFlagErrors(t *testing.T) {
+	err := fmt.Errorf("writing pack: %w", &os.PathError{Op: "write", Path: "/x", Err: syscall.ENOSPC})
+	if got := exitCode(err, false); got != exitStoreFull {
+		t.Fatalf("ENOSPC: exit %d, want %d", got, exitStoreFull)
+	}
+	var out, errb bytes.Buffer
+	code := run([]string{"snapshots", "--bogus", "--json"}, &out, &errb)
+	if code != exitFatal || !strings.Contains(out.String(), `"message_type":"exit_error"`) {
+		t.Fatalf("flag error with --json after it: exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+}
