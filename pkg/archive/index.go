@@ -607,6 +607,37 @@ func (u *usedSet) add(id ID) error {
 	return nil
 }
 
+// addNew adds id and reports whether it was not in the set yet (one
+// statement in the open transaction, so it sees what was added before).
+func (u *usedSet) addNew(id ID) (bool, error) {
+	if u.tx == nil {
+		tx, err := u.x.db.Begin()
+		if err != nil {
+			return false, err
+		}
+		ins, err := tx.Prepare("INSERT OR IGNORE INTO used (id) VALUES (?)")
+		if err != nil {
+			tx.Rollback()
+			return false, err
+		}
+		u.tx, u.ins = tx, ins
+	}
+	res, err := u.ins.Exec(id[:])
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, err
+	}
+	if u.n++; u.n%(1<<14) == 0 {
+		if err := u.flush(); err != nil {
+			return false, err
+		}
+	}
+	return n == 1, nil
+}
+
 func (u *usedSet) flush() error {
 	if u.tx == nil {
 		return nil

@@ -1,0 +1,236 @@
+package archive
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+)
+
+// Walk calls fn for every node of the snapshot's tree, in walk order
+// (a directory before its contents), streaming: memory does not grow with
+// the tree.
+func (r *Repository) Walk(ctx context.Context, snap *Snapshot, fn func(n *Node) error) error {
+	if err := r.LoadIndex(ctx); err != nil {
+		return err
+	}
+	tr, err := r.OpenTree(ctx, snap)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	for {
+		n, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(n); err != nil {
+			return err
+		}
+	}
+}
+
+// under reports whether p is dir or lies below it ("" is the root).
+func under(p, dir string) bool {
+	return dir == "" || p == dir || strings.HasPrefix(p, dir+"/")
+}
+
+// ErrNoSuchPath is returned when a path is not in a snapshot.
+var ErrNoSuchPath = errors.New("no such path in the snapshot")
+
+// Dump writes what the snapshot holds at p to w: a file's contents, a
+// database reassembled page by page (through a temporary file in the
+// repository's temp directory, so memory stays bounded), or a directory
+// (or the whole snapshot, p "") as a tar stream. Every chunk is verified
+// first, as a restore does.
+func (r *Repository) Dump(ctx context.Context, snap *Snapshot, p string, w io.Writer) error {
+	p = strings.Trim(p, "/")
+	var target *Node
+	isDir := p == ""
+	err := r.Walk(ctx, snap, func(n *Node) error {
+		if n.Path == p {
+			target = n
+			isDir = n.Type == TypeDir
+			return errStopWalk
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStopWalk) {
+		return err
+	}
+	if target == nil && !isDir {
+		return fmt.Errorf("%q: %w %s", p, ErrNoSuchPath, snap.ID.Short())
+	}
+	br := r.newBlobReader()
+	defer br.close()
+	load := func(ctx context.Context, id ID, use func([]byte) error) error {
+		data, err := br.chunk(ctx, id)
+		if err != nil {
+			return err
+		}
+		return use(data)
+	}
+	if !isDir {
+		return r.dumpNode(ctx, target, w, load)
+	}
+	tw := tar.NewWriter(w)
+	err = r.Walk(ctx, snap, func(n *Node) error {
+		if !under(n.Path, p) || n.Path == p && p != "" && n.Type != TypeDir {
+			return nil
+		}
+		name := n.Path
+		if p != "" {
+			name = strings.TrimPrefix(n.Path, path.Dir(p)+"/")
+			if path.Dir(p) == "." {
+				name = n.Path
+			}
+		}
+		h := &tar.Header{Name: name, Mode: int64(n.Mode), ModTime: n.ModTime(), Format: tar.FormatPAX}
+		switch n.Type {
+		case TypeDir:
+			h.Typeflag, h.Name = tar.TypeDir, name+"/"
+			return tw.WriteHeader(h)
+		case TypeSymlink:
+			h.Typeflag, h.Linkname = tar.TypeSymlink, n.Target
+			return tw.WriteHeader(h)
+		default:
+			h.Typeflag, h.Size = tar.TypeReg, n.Size
+			if err := tw.WriteHeader(h); err != nil {
+				return err
+			}
+			return r.dumpNode(ctx, n, tw, load)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+func (r *Repository) dumpNode(ctx context.Context, n *Node, w io.Writer, load loadFunc) error {
+	switch n.Type {
+	case TypeFile:
+		var written int64
+		for _, c := range n.Chunks {
+			id, err := ParseID(c)
+			if err != nil {
+				return err
+			}
+			if err := load(ctx, id, func(data []byte) error {
+				_, err := w.Write(data)
+				written += int64(len(data))
+				return err
+			}); err != nil {
+				return fmt.Errorf("%s: %w", n.Path, err)
+			}
+		}
+		if written != n.Size {
+			return fmt.Errorf("%s: got %d bytes, snapshot says %d: %w", n.Path, written, n.Size, ErrCorrupt)
+		}
+		return nil
+	case TypeDB:
+		f, err := os.CreateTemp(r.tmpDir, "dump-*.db")
+		if err != nil {
+			return err
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		if err := writeContents(ctx, f, f.Name(), n, load); err != nil {
+			return err
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		_, err = io.Copy(w, f)
+		return err
+	default:
+		return fmt.Errorf("%s is a %s, not a file", n.Path, map[string]string{TypeDir: "directory", TypeSymlink: "symbolic link"}[n.Type])
+	}
+}
+
+// RepoStats is what Stats counts over a set of snapshots.
+type RepoStats struct {
+	Snapshots   int
+	Files       int64 // files and databases, counted once per snapshot
+	RestoreSize int64 // what restoring every snapshot would write
+	Chunks      int64 // distinct chunks (and page groups) they reference
+	RawSize     int64 // those chunks' plaintext size: the data stored once
+	StoredSize  int64 // those chunks' size in the packs (compressed, encrypted)
+}
+
+// Stats counts, over snaps, the restore size and the distinct data it
+// takes (restic's restore-size and raw-data modes): RestoreSize / RawSize
+// is the deduplication ratio. The set of chunks seen is kept in the index
+// cache's on-disk set, so memory does not grow with the repository.
+func (r *Repository) Stats(ctx context.Context, snaps []*Snapshot) (*RepoStats, error) {
+	if err := r.LoadIndex(ctx); err != nil {
+		return nil, err
+	}
+	seen, err := r.idx.newUsedSet()
+	if err != nil {
+		return nil, err
+	}
+	defer seen.drop()
+	res := &RepoStats{Snapshots: len(snaps)}
+	count := func(id ID) error {
+		if isNew, err := seen.addNew(id); err != nil || !isNew {
+			return err
+		}
+		loc, _, ok := r.idx.lookup(id)
+		if !ok {
+			return nil // lost: check reports it
+		}
+		res.Chunks++
+		res.RawSize += int64(loc.rawLen)
+		res.StoredSize += int64(loc.length)
+		return nil
+	}
+	br := r.newBlobReader()
+	defer br.close()
+	for _, s := range snaps {
+		err := r.Walk(ctx, s, func(n *Node) error {
+			switch n.Type {
+			case TypeFile:
+				res.Files++
+				res.RestoreSize += n.Size
+				for _, c := range n.Chunks {
+					id, err := ParseID(c)
+					if err != nil {
+						return err
+					}
+					if err := count(id); err != nil {
+						return err
+					}
+				}
+			case TypeDB:
+				res.Files++
+				res.RestoreSize += n.Size
+				root, err := ParseID(n.PageMap)
+				if err != nil {
+					return err
+				}
+				_, err = walkSegments(ctx, br.chunk, root, map[ID]bool{}, nil, func(m *pageMap, seg *pageSegment) error {
+					for _, g := range seg.groups {
+						if err := count(g); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				return err
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", s.ID.Short(), err)
+		}
+	}
+	return res, nil
+}
