@@ -15,7 +15,8 @@ func (a *app) restoreCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restore [ID|latest] --target DIR",
 		Short: "Restore a snapshot",
-		Long: `Restore a snapshot (default: the latest) below --target. Every chunk is
+		Long: `Restore a snapshot (default: the latest; if the newest holds no database, the
+newest that holds one and the same media folder, with a note) below --target. Every chunk is
 verified before it is written; files are written under a temporary name and
 renamed, and existing files are never replaced unless --overwrite is given.
 
@@ -42,6 +43,20 @@ database first, and the exit code is 1.`,
 					snap, err := r.FindSnapshot(ctx, ref)
 					if err != nil {
 						return err
+					}
+					if ref == "latest" && snap.DB == "" {
+						// The newest snapshot holds no database (a media-only
+						// backup): the chat is what matters most, so take the
+						// newest that has it, and say so.
+						if all, err := r.Snapshots(ctx); err == nil {
+							for i := len(all) - 1; i >= 0; i-- {
+								if s := all[i]; s.DB != "" && (snap.Media == "" || s.Media == snap.Media) {
+									a.out.Warnf("the newest snapshot, %s, holds no database: restoring %s (%s), the newest that holds %s", snap.ID.Short(), s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04"), s.DB)
+									snap = s
+									break
+								}
+							}
+						}
 					}
 					bar := a.out.progress("restore", snap.Stats.Bytes)
 					if bar != nil {

@@ -2,46 +2,77 @@ package main
 
 import (
 	"fmt"
-	"github.com/wabackup/wabackup/pkg/archive"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/wabackup/wabackup/pkg/archive"
 )
 
 func (a *app) snapshotsCommand() *cobra.Command {
-	return &cobra.Command{
+	var tags []string
+	var host string
+	var latest int
+	cmd := &cobra.Command{
 		Use:   "snapshots",
 		Short: "List snapshots",
-		Args:  cobra.NoArgs,
+		Long: `List the snapshots, oldest first: id, time, host, what they hold (database and
+media folder), size, how the database was checked, tags. --tag (repeatable:
+all of them), --host and --latest N select. --json prints one object,
+{"message_type":"snapshots","snapshots":[…]}.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			return a.withRepo(ctx, func(r *archive.Repository) error {
-				snaps, err := r.Snapshots(ctx)
+				all, err := r.Snapshots(ctx)
 				if err != nil {
 					return err
+				}
+				var snaps []*archive.Snapshot
+				for _, s := range all {
+					if host != "" && s.Host != host || !hasTags(s, tags) {
+						continue
+					}
+					snaps = append(snaps, s)
+				}
+				if latest > 0 && len(snaps) > latest {
+					snaps = snaps[len(snaps)-latest:]
 				}
 				if a.out.json {
 					list := make([]map[string]any, 0, len(snaps))
 					for _, s := range snaps {
-						list = append(list, map[string]any{"id": s.ID.String(), "time": s.Time, "host": s.Host, "db": s.DB, "media": s.Media,
-							"tags": s.Tags, "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes,
-							"db_check": s.DBCheck, "db_full_check": s.DBFullCheck, "format_version": s.Version})
+						t := s.Tags
+						if t == nil {
+							t = []string{}
+						}
+						m := map[string]any{"id": s.ID.String(), "time": s.Time, "host": s.Host, "db": s.DB, "media": s.Media,
+							"tags": t, "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes,
+							"db_check": s.DBCheck, "db_full_check": s.DBFullCheck, "format_version": s.Version}
+						if s.RepairedFrom != "" {
+							m["repaired_from"], m["dropped"] = s.RepairedFrom, s.Dropped
+						}
+						list = append(list, m)
 					}
-					a.out.JSON(list)
+					a.out.JSON(map[string]any{"message_type": "snapshots", "snapshots": list})
 					return nil
 				}
 				tw := tabwriter.NewWriter(a.out.stdout, 0, 2, 2, ' ', 0)
 				if !a.out.quiet {
-					fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tDB CHECK\tNOTE")
+					fmt.Fprintln(tw, "ID\tTIME\tHOST\tDATABASE\tMEDIA\tFILES\tSIZE\tDB CHECK\tTAGS\tNOTE")
 				}
 				for _, s := range snaps {
-					note := ""
+					var notes []string
 					if s.Partial {
-						note = "partial"
+						notes = append(notes, "partial")
+					}
+					if s.RepairedFrom != "" {
+						notes = append(notes, fmt.Sprintf("repaired from %.8s (%d left out)", s.RepairedFrom, s.Dropped))
 					}
 					if !a.out.quiet {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Host, s.Stats.Files, humanBytes(s.Stats.Bytes), dbCheckNote(s), note)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Host,
+							orDash(s.DB), orDash(s.Media), s.Stats.Files, humanBytes(s.Stats.Bytes), dbCheckNote(s), orDash(strings.Join(s.Tags, ",")), strings.Join(notes, "; "))
 					}
 				}
 				tw.Flush()
@@ -50,6 +81,32 @@ func (a *app) snapshotsCommand() *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().StringSliceVar(&tags, "tag", nil, "only snapshots with this tag (repeatable: all of them)")
+	cmd.Flags().StringVar(&host, "host", "", "only snapshots of this host")
+	cmd.Flags().IntVar(&latest, "latest", 0, "only the last N snapshots (after the other selections)")
+	return cmd
+}
+
+func hasTags(s *archive.Snapshot, want []string) bool {
+	for _, w := range want {
+		found := false
+		for _, t := range s.Tags {
+			if t == w {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // dbCheckNote says how a snapshot's database was checked: "full", or

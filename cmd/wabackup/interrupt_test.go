@@ -99,7 +99,7 @@ func TestInterruptedBackup(t *testing.T) {
 		t.Fatalf("check after interrupt: %d %s", code, out)
 	}
 	out, _ := intrRun(t, bin, dir, "snapshots", "--repo", "repo", "--key-file", "key.txt", "--json")
-	if strings.TrimSpace(out) != "[]" {
+	if !strings.Contains(out, `"snapshots":[]`) {
 		t.Fatalf("an interrupted backup left a snapshot: %s", out)
 	}
 	out, code = intrRun(t, bin, dir, "backup", "--repo", "repo", "--key-file", "key.txt", "--media", "Media", "--json")
