@@ -49,7 +49,7 @@ func (a *app) keyCommand() *cobra.Command {
 					if s.ID == r.UnlockedWith() {
 						cur = "*"
 					}
-					a.out.JSON(map[string]any{"id": s.ID, "kind": s.Kind, "label": s.Label, "created": s.Created, "current": cur == "*"})
+					a.out.JSON(map[string]any{"message_type": "key", "id": s.ID, "kind": s.Kind, "label": s.Label, "created": s.Created, "current": cur == "*"})
 					if !a.out.json && !a.out.quiet {
 						fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\n", cur, s.ID[:8], s.Kind, s.Label, s.Created.Local().Format("2006-01-02 15:04"))
 					}

@@ -23,7 +23,7 @@ func (a *app) versionCommand() *cobra.Command {
 			if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 				v = bi.Main.Version
 			}
-			a.out.JSON(map[string]any{"version": v, "go": runtime.Version(), "format_version": archive.FormatVersion, "platform": runtime.GOOS + "/" + runtime.GOARCH})
+			a.out.JSON(map[string]any{"message_type": "version", "version": v, "go": runtime.Version(), "format_version": archive.FormatVersion, "platform": runtime.GOOS + "/" + runtime.GOARCH})
 			if !a.out.json {
 				fmt.Fprintf(a.out.stdout, "wabackup %s (repository format %d) %s %s/%s\n", v, archive.FormatVersion, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 			}

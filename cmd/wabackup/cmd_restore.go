@@ -97,7 +97,8 @@ database first, and the exit code is 1.`,
 	}
 	f := cmd.Flags()
 	f.StringVarP(&opt.Target, "target", "t", "", "directory to restore into")
-	f.StringSliceVar(&opt.Include, "include", nil, "restore only this path of the snapshot (repeatable)")
+	f.StringArrayVar(&opt.Include, "include", nil, "restore only this path of the snapshot, or the paths matching this glob (*, ?, [...]), and what is below (repeatable)")
+	f.StringArrayVar(&opt.Exclude, "exclude", nil, "leave out this path or glob; a glob without / matches names at any depth, e.g. '*.thumb' (repeatable)")
 	f.BoolVar(&opt.Overwrite, "overwrite", false, "replace files that already exist")
 	f.BoolVar(&opt.NoSync, "no-sync", false, "do not make restored files durable before they get their names (faster, like restic; a machine crash during the restore may then leave empty files)")
 	return cmd

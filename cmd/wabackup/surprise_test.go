@@ -53,3 +53,36 @@ func TestExitCodesAndJSONFlagErrors(t *testing.T) {
 		t.Fatalf("flag error with --json after it: exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
 	}
 }
+
+// Every --json line has a message_type (issue 13, point 7).
+func TestJSONLinesHaveMessageType(t *testing.T) {
+	work := t.TempDir()
+	home := filepath.Join(work, "home")
+	repo := filepath.Join(work, "repo")
+	key := filepath.Join(work, "key.txt")
+	if code, _, errs := wabIn(t, home, "init", "--repo", repo, "--key-out", key, "--json"); code != 0 {
+		t.Fatal(errs)
+	}
+	for _, args := range [][]string{
+		{"version", "--json"},
+		{"key", "list", "--json", "--repo", repo, "--key-file", key},
+		{"snapshots", "--json", "--repo", repo, "--key-file", key},
+		{"check", "--json", "--repo", repo, "--key-file", key},
+		{"stats", "--json", "--repo", repo, "--key-file", key},
+	} {
+		code, out, errs := wabIn(t, home, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d %s", args, code, errs)
+		}
+		for _, l := range jsonLines(t, out) {
+			if _, ok := l["message_type"].(string); !ok {
+				t.Errorf("%v: a line without message_type: %v", args, l)
+			}
+			for k, v := range l {
+				if v == nil && k != "db_full_check" && k != "parent" {
+					t.Errorf("%v: %s is null", args, k)
+				}
+			}
+		}
+	}
+}

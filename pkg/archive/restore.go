@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -20,7 +21,8 @@ import (
 // RestoreOptions say where and what to restore.
 type RestoreOptions struct {
 	Target    string
-	Include   []string // restore only these paths (and what is below them)
+	Include   []string // restore only these paths or globs (and what is below them)
+	Exclude   []string // leave these out: paths or globs, or name globs without a /
 	Overwrite bool     // replace existing files
 	Workers   int      // files restored at once (default GOMAXPROCS)
 	NoSync    bool     // skip fsync of restored files
@@ -91,13 +93,9 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 			defer com.stop()
 		}
 	}
-	includes := make([]string, 0, len(opt.Include))
-	for _, inc := range opt.Include {
-		inc = strings.Trim(filepath.ToSlash(inc), "/")
-		if !validPath(inc) {
-			return total, fmt.Errorf("invalid --include path %q", inc)
-		}
-		includes = append(includes, inc)
+	sel, err := newSelector(opt.Include, opt.Exclude)
+	if err != nil {
+		return total, err
 	}
 	tr, err := r.OpenTree(ctx, snap)
 	if err != nil {
@@ -152,7 +150,6 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 	}
 	var dirs []dirMeta
 	var symlinks []string
-	matched := len(includes) == 0
 	walkErr := func() error {
 		for {
 			n, err := tr.Next()
@@ -162,10 +159,9 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 			if err != nil {
 				return err
 			}
-			if !included(n.Path, includes) {
+			if !sel.selects(n.Path, n.Type == TypeDir) {
 				continue
 			}
-			matched = true
 			for _, l := range symlinks {
 				if strings.HasPrefix(n.Path, l+"/") {
 					return fmt.Errorf("snapshot %s: node %q lies below symlink %q: %w", snap.ID.Short(), n.Path, l, ErrCorrupt)
@@ -224,8 +220,8 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 	if walkErr != nil {
 		return total, walkErr
 	}
-	if !matched {
-		return total, fmt.Errorf("--include matched nothing in snapshot %s", snap.ID.Short())
+	if inc := sel.unmatched(); inc != "" {
+		return total, fmt.Errorf("--include %q matches nothing in snapshot %s", inc, snap.ID.Short())
 	}
 	if com != nil {
 		// Every file has its name before directories get their modes
@@ -258,18 +254,105 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 	return total, nil
 }
 
-// included reports whether p is selected by includes: it is one of them,
-// lies below one, or is a directory above one.
-func included(p string, includes []string) bool {
-	if len(includes) == 0 {
-		return true
-	}
+// selector decides which nodes a restore writes: --include patterns
+// (a path, or a glob over whole paths: *, ?, [...]; a match includes
+// everything below it) and --exclude patterns (the same, or, without a /,
+// a glob over names at any depth). Directories above an include are
+// written too, so its contents have a place.
+type selector struct {
+	includes, excludes []string
+	hits               []int
+}
+
+func newSelector(includes, excludes []string) (*selector, error) {
+	s := &selector{}
 	for _, inc := range includes {
-		if p == inc || strings.HasPrefix(p, inc+"/") || strings.HasPrefix(inc, p+"/") {
+		inc = strings.Trim(filepath.ToSlash(inc), "/")
+		if _, err := path.Match(inc, ""); err != nil || inc == "" || !validPath(strings.NewReplacer("*", "x", "?", "x", "[", "x", "]", "x").Replace(inc)) {
+			return nil, fmt.Errorf("invalid --include %q", inc)
+		}
+		s.includes = append(s.includes, inc)
+	}
+	for _, ex := range excludes {
+		ex = strings.Trim(filepath.ToSlash(ex), "/")
+		if _, err := path.Match(ex, ""); err != nil || ex == "" {
+			return nil, fmt.Errorf("invalid --exclude %q", ex)
+		}
+		s.excludes = append(s.excludes, ex)
+	}
+	s.hits = make([]int, len(s.includes))
+	return s, nil
+}
+
+// matchesOrBelow reports whether pattern matches p or a directory above it.
+func matchesOrBelow(pattern, p string) bool {
+	for q := p; q != "." && q != ""; q = path.Dir(q) {
+		if ok, _ := path.Match(pattern, q); ok {
 			return true
 		}
 	}
 	return false
+}
+
+// aboveMatch reports whether directory dir could hold a match of pattern:
+// its components match the pattern's first ones, and the pattern has more.
+func aboveMatch(pattern, dir string) bool {
+	pc, dc := strings.Split(pattern, "/"), strings.Split(dir, "/")
+	if len(dc) >= len(pc) {
+		return false
+	}
+	for i, c := range dc {
+		if ok, _ := path.Match(pc[i], c); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *selector) excluded(p string) bool {
+	for _, ex := range s.excludes {
+		if strings.Contains(ex, "/") {
+			if matchesOrBelow(ex, p) {
+				return true
+			}
+			continue
+		}
+		for q := p; q != "." && q != ""; q = path.Dir(q) {
+			if ok, _ := path.Match(ex, path.Base(q)); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (s *selector) selects(p string, dir bool) bool {
+	if s.excluded(p) {
+		return false
+	}
+	if len(s.includes) == 0 {
+		return true
+	}
+	sel := false
+	for i, inc := range s.includes {
+		if matchesOrBelow(inc, p) {
+			s.hits[i]++
+			sel = true
+		} else if dir && aboveMatch(inc, p) {
+			sel = true
+		}
+	}
+	return sel
+}
+
+// unmatched returns the first include that selected nothing.
+func (s *selector) unmatched() string {
+	for i, n := range s.hits {
+		if n == 0 {
+			return s.includes[i]
+		}
+	}
+	return ""
 }
 
 // restoreFile writes one file without a name (an anonymous file, or
