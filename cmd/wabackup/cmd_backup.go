@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,6 +16,7 @@ import (
 
 func (a *app) backupCommand() *cobra.Command {
 	var opt archive.BackupOptions
+	var excludeFile string
 	cmd := &cobra.Command{
 		Use:   "backup",
 		Short: "Back up the chat database and media folder",
@@ -35,6 +38,13 @@ read again.`,
 			}
 			if opt.DB == "" && opt.Media == "" {
 				return fmt.Errorf("nothing to back up: give --db and/or --media (or set them in the config file)")
+			}
+			if excludeFile != "" {
+				pats, err := readPatterns(excludeFile)
+				if err != nil {
+					return err
+				}
+				opt.Exclude = append(opt.Exclude, pats...)
 			}
 			return a.withRepo(ctx, func(r *archive.Repository) error {
 				var warnings []string
@@ -67,7 +77,7 @@ read again.`,
 				s := snap.Stats
 				a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
 					"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
-					"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "resent_chunks": s.Resent, "resent_bytes": s.ResentBytes,
+					"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "resent_chunks": s.Resent, "resent_bytes": s.ResentBytes, "excluded": s.Excluded,
 					"warnings": snap.Warnings, "db_check": snap.DBCheck,
 					"duration_seconds": time.Since(start).Seconds()})
 				a.out.Printf("snapshot %s saved: %d files, %s (%d unchanged); read %s, added %s to the repository in %s\n",
@@ -94,7 +104,26 @@ read again.`,
 	f.DurationVar(&opt.DBFullCheckEvery, "db-full-check-every", archive.DefaultFullCheckEvery, "with --db-check auto: how old the last full integrity check may be")
 	f.StringVar(&opt.Host, "host", "", "host name to record (default: this machine's)")
 	f.StringSliceVar(&opt.Tags, "tag", nil, "tag the snapshot (repeatable)")
+	f.StringArrayVar(&opt.Exclude, "exclude", nil, "leave out media matching this pattern: a path in the snapshot or a glob over it (Media/.thumbnails), or, without /, a glob over names at any depth ('*.tmp') (repeatable)")
+	f.StringVar(&excludeFile, "exclude-file", "", "read --exclude patterns from this file, one a line (# comments)")
 	return cmd
+}
+
+// readPatterns reads one pattern a line, skipping blank lines and
+// # comments.
+func readPatterns(file string) ([]string, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--exclude-file: %w", err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(data), "\n") {
+		l = strings.TrimSpace(l)
+		if l != "" && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return out, nil
 }
 
 // cleanupAbandoned removes what interrupted backups left in the store and

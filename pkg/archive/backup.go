@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"io/fs"
 	"os"
 	"os/user"
 	"path"
@@ -36,6 +37,10 @@ type BackupOptions struct {
 	Media string // media folder; optional
 	Host  string
 	Tags  []string
+	// Exclude leaves out media paths matching these patterns: a path in
+	// the snapshot ("Media/.thumbnails") or a glob over it, or a glob
+	// over names at any depth when it has no / ("*.tmp").
+	Exclude []string
 
 	// DBCheck is "auto" (the default: PRAGMA quick_check on every run,
 	// PRAGMA integrity_check when the repository holds no snapshot of
@@ -95,6 +100,11 @@ func (r *Repository) Backup(ctx context.Context, opt BackupOptions) (*Snapshot, 
 		}
 	}
 	b := &backup{r: r, opt: opt, adopted: adopted, start: time.Now(), lost: map[ID]bool{}}
+	if len(opt.Exclude) > 0 {
+		if b.exclude, err = newSelector(nil, opt.Exclude); err != nil {
+			return nil, err
+		}
+	}
 	for _, id := range lost {
 		b.lost[id] = true
 	}
@@ -123,6 +133,7 @@ type backup struct {
 	adopted []packIndex
 	start   time.Time
 	lost    map[ID]bool // chunks whose pack is missing or truncated (read-only)
+	exclude *selector   // --exclude patterns (nil: none)
 
 	stats    Stats
 	warnings atomic.Int64
@@ -556,6 +567,10 @@ func (b *backup) produce(ctx context.Context, srcs []source, db *dbSource, ptree
 		}
 		err = gather.Walk(ctx, s.abs, func(e gather.Entry) error {
 			n := &Node{Path: s.name + "/" + e.Path, Mode: unixMode(e.Mode), MTime: e.ModTime.UnixNano()}
+			if b.exclude != nil && b.exclude.excluded(n.Path) {
+				atomic.AddInt64(&b.stats.Excluded, 1)
+				return fs.SkipDir
+			}
 			if !validPath(n.Path) {
 				b.warn(n.Path, errors.New("file name is not valid UTF-8; skipped"), true)
 				return nil

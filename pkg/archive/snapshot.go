@@ -59,6 +59,9 @@ type Stats struct {
 	// ResentBytes their plaintext size; both are among NewChunks.
 	Resent      int64 `json:"resent_chunks,omitempty"`
 	ResentBytes int64 `json:"resent_bytes,omitempty"`
+	// Excluded counts the media entries --exclude left out (a directory
+	// counts once, whatever it holds).
+	Excluded int64 `json:"excluded,omitempty"`
 }
 
 func snapshotName(id ID) string { return "snapshots/" + id.String() }

@@ -91,6 +91,8 @@ const readDirBatch = 512
 // unreadable), ctx ending, or fn returning an error stops the walk; Walk
 // then returns that error unchanged.
 //
+// fn returning fs.SkipDir for a directory skips its contents.
+//
 // Walk holds one directory's sorted names per level of depth, never the
 // whole tree.
 func Walk(ctx context.Context, root string, fn func(Entry) error, warn func(path string, err error)) error {
@@ -150,7 +152,9 @@ func (w *walker) dir(rel string) error {
 		if !ok {
 			continue
 		}
-		if err := w.fn(e); err != nil {
+		if err := w.fn(e); errors.Is(err, fs.SkipDir) {
+			continue // not descended into (or, for a file, skipped)
+		} else if err != nil {
 			return err
 		}
 		if e.Type == Dir {
