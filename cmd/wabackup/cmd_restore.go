@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -40,23 +41,9 @@ database first, and the exit code is 1.`,
 				start := time.Now()
 				var total archive.RestoreProgress
 				return a.withLock(ctx, r, false, "restore", func() error {
-					snap, err := r.FindSnapshot(ctx, ref)
+					snap, err := a.findSnapshotWithDB(ctx, r, ref, "restoring")
 					if err != nil {
 						return err
-					}
-					if ref == "latest" && snap.DB == "" {
-						// The newest snapshot holds no database (a media-only
-						// backup): the chat is what matters most, so take the
-						// newest that has it, and say so.
-						if all, err := r.Snapshots(ctx); err == nil {
-							for i := len(all) - 1; i >= 0; i-- {
-								if s := all[i]; s.DB != "" && (snap.Media == "" || s.Media == snap.Media) {
-									a.out.Warnf("the newest snapshot, %s, holds no database: restoring %s (%s), the newest that holds %s", snap.ID.Short(), s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04"), s.DB)
-									snap = s
-									break
-								}
-							}
-						}
 					}
 					bar := a.out.progress("restore", snap.Stats.Bytes)
 					if bar != nil {
@@ -102,4 +89,26 @@ database first, and the exit code is 1.`,
 	f.BoolVar(&opt.Overwrite, "overwrite", false, "replace files that already exist")
 	f.BoolVar(&opt.NoSync, "no-sync", false, "do not make restored files durable before they get their names (faster, like restic; a machine crash during the restore may then leave empty files)")
 	return cmd
+}
+
+// findSnapshotWithDB finds the snapshot ref names; for "latest", if the
+// newest holds no database (a media-only backup), the newest that holds
+// one (and the same media folder) instead, with a note: the chat is what
+// matters most.
+func (a *app) findSnapshotWithDB(ctx context.Context, r *archive.Repository, ref, doing string) (*archive.Snapshot, error) {
+	snap, err := r.FindSnapshot(ctx, ref)
+	if err != nil || ref != "latest" || snap.DB != "" {
+		return snap, err
+	}
+	all, err := r.Snapshots(ctx)
+	if err != nil {
+		return snap, nil
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		if s := all[i]; s.DB != "" && (snap.Media == "" || s.Media == snap.Media) {
+			a.out.Warnf("the newest snapshot, %s, holds no database: %s %s (%s), the newest that holds %s", snap.ID.Short(), doing, s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04"), s.DB)
+			return s, nil
+		}
+	}
+	return snap, nil
 }

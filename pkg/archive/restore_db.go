@@ -92,28 +92,42 @@ func writePages(ctx context.Context, f *os.File, dst string, n *Node, load loadF
 // ErrNoSnapshot; damage to the stored pages wraps ErrCorrupt, a database
 // that fails the check wraps gather.ErrCorruptDB.
 func (r *Repository) CheckStoredDB(ctx context.Context, snap *Snapshot, dir string) error {
-	if err := r.LoadIndex(ctx); err != nil {
+	path, done, err := r.StoredDB(ctx, snap, dir)
+	if err != nil {
 		return err
 	}
+	defer done()
+	return gather.CheckDB(ctx, path, fmt.Sprintf("%s (snapshot %s)", snap.DB, snap.ID.Short()), false)
+}
+
+// StoredDB rebuilds the chat database a snapshot holds into a temporary
+// file in dir (every page verified) and returns its path and a function
+// that removes it. Errors as for CheckStoredDB.
+func (r *Repository) StoredDB(ctx context.Context, snap *Snapshot, dir string) (string, func(), error) {
+	none := func() {}
+	if err := r.LoadIndex(ctx); err != nil {
+		return "", none, err
+	}
 	if snap.DB == "" {
-		return fmt.Errorf("snapshot %s holds no database: %w", snap.ID.Short(), ErrNoSnapshot)
+		return "", none, fmt.Errorf("snapshot %s holds no database: %w", snap.ID.Short(), ErrNoSnapshot)
 	}
 	n, err := r.findTopNode(ctx, snap, filepath.Base(snap.DB))
 	if err != nil {
-		return err
+		return "", none, err
 	}
 	if n == nil {
-		return fmt.Errorf("snapshot %s: its database %s cannot be found in the tree: %w", snap.ID.Short(), filepath.Base(snap.DB), ErrCorrupt)
+		return "", none, fmt.Errorf("snapshot %s: its database %s cannot be found in the tree: %w", snap.ID.Short(), filepath.Base(snap.DB), ErrCorrupt)
 	}
-	tmp, err := os.MkdirTemp(dir, "wabackup-check-db-")
+	tmp, err := os.MkdirTemp(dir, "wabackup-db-")
 	if err != nil {
-		return err
+		return "", none, err
 	}
-	defer os.RemoveAll(tmp)
+	done := func() { os.RemoveAll(tmp) }
 	path := filepath.Join(tmp, n.Path)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return err
+		done()
+		return "", none, err
 	}
 	br := r.newBlobReader()
 	defer br.close()
@@ -129,7 +143,8 @@ func (r *Repository) CheckStoredDB(ctx context.Context, snap *Snapshot, dir stri
 		err = cerr
 	}
 	if err != nil {
-		return err
+		done()
+		return "", none, err
 	}
-	return gather.CheckDB(ctx, path, fmt.Sprintf("%s (snapshot %s)", snap.DB, snap.ID.Short()), false)
+	return path, done, nil
 }

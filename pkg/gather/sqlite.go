@@ -48,6 +48,48 @@ func CheckDB(ctx context.Context, path, label string, quick bool) error {
 	return ctxErr(ctx, runCheck(ctx, db, label, pragma))
 }
 
+// QueryDB runs one read-only query on the database file at path (opened
+// read-only, with query_only set, so nothing can write it) and calls fn
+// with the column names once, then with each row.
+func QueryDB(ctx context.Context, path, query string, cols func([]string) error, row func([]any) error) error {
+	uri, err := sqliteURI(path, "mode=ro", "_pragma=query_only(1)", checkCachePragma)
+	if err != nil {
+		return err
+	}
+	db, err := sql.Open("sqlite", uri)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	rows, err := db.QueryContext(ctx, query)
+	if err != nil {
+		return fmt.Errorf("query: %w", err)
+	}
+	defer rows.Close()
+	names, err := rows.Columns()
+	if err != nil {
+		return err
+	}
+	if err := cols(names); err != nil {
+		return err
+	}
+	vals := make([]any, len(names))
+	ptrs := make([]any, len(names))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	for rows.Next() {
+		if err := rows.Scan(ptrs...); err != nil {
+			return err
+		}
+		if err := row(vals); err != nil {
+			return err
+		}
+	}
+	return ctxErr(ctx, rows.Err())
+}
+
 // checkCachePragma pins integrity_check to a 2 MiB page cache (measured:
 // 8 and 32 MiB were no faster; the check is CPU-bound), so memory stays
 // bounded whatever the size of the database.
