@@ -310,3 +310,59 @@ read-only, and removed afterwards. Prints a table, or with --json one
 		},
 	}
 }
+
+func (a *app) diffCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "diff SNAPSHOT1 SNAPSHOT2",
+		Short: "What changed between two snapshots",
+		Long: `List what was added (+), removed (-) and changed (M) from SNAPSHOT1 to
+SNAPSHOT2; for the chat database, how many pages changed. --json prints one
+{"message_type":"change", …} object per path, then a summary.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			return a.withRepo(ctx, func(r *archive.Repository) error {
+				s1, err := r.FindSnapshot(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				s2, err := r.FindSnapshot(ctx, args[1])
+				if err != nil {
+					return err
+				}
+				counts := map[string]int{}
+				err = r.Diff(ctx, s1, s2, func(c archive.Change) error {
+					counts[c.Kind]++
+					if a.out.json {
+						m := map[string]any{"message_type": "change", "path": c.Path, "change": c.Kind}
+						if c.New != nil {
+							m["type"], m["size"] = nodeKind(c.New), c.New.Size
+						} else {
+							m["type"], m["size"] = nodeKind(c.Old), c.Old.Size
+						}
+						if c.PagesChanged > 0 {
+							m["pages_changed"] = c.PagesChanged
+						}
+						a.out.JSON(m)
+						return nil
+					}
+					mark := map[string]string{"added": "+", "removed": "-", "changed": "M"}[c.Kind]
+					extra := ""
+					if c.PagesChanged > 0 {
+						extra = fmt.Sprintf("  (%d pages changed)", c.PagesChanged)
+					}
+					fmt.Fprintf(a.out.stdout, "%s  %s%s\n", mark, c.Path, extra)
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				a.out.JSON(map[string]any{"message_type": "diff_summary", "added": counts["added"], "removed": counts["removed"], "changed": counts["changed"]})
+				if !a.out.json {
+					fmt.Fprintf(a.out.stderr, "%s → %s: %d added, %d removed, %d changed\n", s1.ID.Short(), s2.ID.Short(), counts["added"], counts["removed"], counts["changed"])
+				}
+				return nil
+			})
+		},
+	}
+}
