@@ -16,6 +16,10 @@ func (a *app) forgetCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "forget",
 		Short: "Remove snapshots by a keep policy (and --prune unused data)",
+		Long: `Remove snapshots by a keep policy. The policy applies to each group of
+snapshots of the same host, database and media folder separately (each group
+is listed with its decisions), so a media-only backup never pushes out the
+backups of the chat. --dry-run only says what would be removed.`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -26,13 +30,26 @@ func (a *app) forgetCommand() *cobra.Command {
 						return err
 					}
 					removed := 0
+					lastGroup := ""
 					for _, d := range ds {
 						action := "keep"
 						if !d.Keep {
 							action = "remove"
 							removed++
 						}
-						a.out.JSON(map[string]any{"message_type": "forget", "snapshot_id": d.Snapshot.ID.String(), "time": d.Snapshot.Time, "keep": d.Keep, "reasons": d.Reasons})
+						// The policy applies to each group of snapshots of the
+						// same host, database and media folder: say which.
+						s := d.Snapshot
+						if g := s.Host + "\x00" + s.DB + "\x00" + s.Media; g != lastGroup {
+							lastGroup = g
+							a.out.Printf("snapshots of host %s, database %s, media %s:\n", s.Host, orDash(s.DB), orDash(s.Media))
+						}
+						reasons := d.Reasons
+						if reasons == nil {
+							reasons = []string{}
+						}
+						a.out.JSON(map[string]any{"message_type": "forget", "snapshot_id": s.ID.String(), "time": s.Time, "keep": d.Keep, "reasons": reasons,
+							"group": map[string]any{"host": s.Host, "db": s.DB, "media": s.Media}})
 						a.out.Printf("%-6s %s  %s  %s\n", action, d.Snapshot.ID.Short(), d.Snapshot.Time.Local().Format("2006-01-02 15:04:05"), strings.Join(d.Reasons, ","))
 					}
 					verb := "removed"

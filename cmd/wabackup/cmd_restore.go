@@ -13,6 +13,7 @@ import (
 
 func (a *app) restoreCommand() *cobra.Command {
 	var opt archive.RestoreOptions
+	var dryRun bool
 	cmd := &cobra.Command{
 		Use:   "restore [ID|latest] --target DIR",
 		Short: "Restore a snapshot",
@@ -44,6 +45,15 @@ database first, and the exit code is 1.`,
 					snap, err := a.findSnapshotWithDB(ctx, r, ref, "restoring")
 					if err != nil {
 						return err
+					}
+					if dryRun {
+						w, wb, k, err := r.RestorePlan(ctx, snap, opt)
+						if err != nil {
+							return err
+						}
+						a.out.JSON(map[string]any{"message_type": "restore_plan", "snapshot_id": snap.ID.String(), "files": w, "bytes": wb, "kept": k, "target": opt.Target})
+						a.out.Printf("would restore %d files, %s from snapshot %s to %s (%d already there would be kept)\n", w, humanBytes(wb), snap.ID.Short(), opt.Target, k)
+						return nil
 					}
 					bar := a.out.progress("restore", snap.Stats.Bytes)
 					if bar != nil {
@@ -87,6 +97,7 @@ database first, and the exit code is 1.`,
 	f.StringArrayVar(&opt.Include, "include", nil, "restore only this path of the snapshot, or the paths matching this glob (*, ?, [...]), and what is below (repeatable)")
 	f.StringArrayVar(&opt.Exclude, "exclude", nil, "leave out this path or glob; a glob without / matches names at any depth, e.g. '*.thumb' (repeatable)")
 	f.BoolVar(&opt.Overwrite, "overwrite", false, "replace files that already exist")
+	f.BoolVarP(&dryRun, "dry-run", "n", false, "only say what would be restored (nothing is written)")
 	f.BoolVar(&opt.NoSync, "no-sync", false, "do not make restored files durable before they get their names (faster, like restic; a machine crash during the restore may then leave empty files)")
 	return cmd
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -165,4 +166,37 @@ func (r *Repository) samePages(ctx context.Context, f *os.File, n *Node, loadMet
 		same = false
 	}
 	return same, nil
+}
+
+// RestorePlan says what Restore would do with opt, without writing
+// anything: the files (and bytes) it would write, and those the target
+// already holds identical to the snapshot, which it would keep.
+func (r *Repository) RestorePlan(ctx context.Context, snap *Snapshot, opt RestoreOptions) (write, writeBytes, keep int64, err error) {
+	sel, err := newSelector(opt.Include, opt.Exclude)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	br := r.newBlobReader()
+	defer br.close()
+	err = r.Walk(ctx, snap, func(n *Node) error {
+		if !sel.selects(n.Path, n.Type == TypeDir) || (n.Type != TypeFile && n.Type != TypeDB) {
+			return nil
+		}
+		dst := filepath.Join(opt.Target, filepath.FromSlash(n.Path))
+		if same, err := r.sameAsSnapshot(ctx, dst, n, br.chunk); err != nil {
+			return err
+		} else if same {
+			keep++
+			return nil
+		}
+		write++
+		writeBytes += n.Size
+		return nil
+	})
+	if err == nil {
+		if inc := sel.unmatched(); inc != "" {
+			err = fmt.Errorf("--include %q matches nothing in snapshot %s", inc, snap.ID.Short())
+		}
+	}
+	return write, writeBytes, keep, err
 }
