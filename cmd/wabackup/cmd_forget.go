@@ -20,7 +20,7 @@ func (a *app) forgetCommand() *cobra.Command {
 snapshots of the same host, database and media folder separately (each group
 is listed with its decisions), so a media-only backup never pushes out the
 backups of the chat. --dry-run only says what would be removed.`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			return a.withRepo(ctx, func(r *archive.Repository) error {
