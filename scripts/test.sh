@@ -9,8 +9,9 @@ GOBIN=$(go env GOPATH)/bin
 export PATH="$GOBIN:$PATH"
 
 need_apt=()
-# gcc and libc6-dev: the vault binary (cmd/wabackup-vault) uses cgo for PKCS#11.
-for pkg in softhsm2 etcd-server etcd-client gcc libc6-dev; do
+# gcc and libc6-dev: the vault binary (cmd/wabackup-vault) uses cgo for PKCS#11;
+# tmux: the progress test draws backup and restore in a real terminal.
+for pkg in softhsm2 etcd-server etcd-client gcc libc6-dev tmux; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -56,9 +57,34 @@ read again.`,
 					warnings = append(warnings, msg)
 					a.out.Warnf("%s", msg)
 				}
-				bar := a.out.progress("backup", -1)
+				// The total: what the last snapshot of the same sources held
+				// (the walk does not know it before it ends).
+				total := int64(-1)
+				if snaps, err := r.Snapshots(ctx); err == nil {
+					host := opt.Host
+					if host == "" {
+						host, _ = os.Hostname()
+					}
+					for i := len(snaps) - 1; i >= 0; i-- {
+						if s := snaps[i]; s.Host == host && s.DB == absPath(opt.DB) && s.Media == absPath(opt.Media) && s.Stats.Bytes > 0 {
+							total = s.Stats.Bytes
+							break
+						}
+					}
+				}
+				bar := a.out.progress("backup", total)
 				if bar != nil {
-					opt.Progress = func(p archive.BackupProgress) { bar.Set64(p.ReadBytes) }
+					opt.Progress = func(p archive.BackupProgress) {
+						if total > 0 {
+							if p.Bytes > total {
+								total = p.Bytes
+								bar.ChangeMax64(total)
+							}
+							bar.Set64(p.Bytes)
+						} else {
+							bar.Set64(p.ReadBytes)
+						}
+					}
 				}
 				start := time.Now()
 				var snap *archive.Snapshot
@@ -141,4 +167,15 @@ func (a *app) cleanupAbandoned(ctx context.Context, r *archive.Repository) {
 			a.out.Warnf("removing abandoned staged files: %v", err)
 		}
 	}
+}
+
+// absPath is p made absolute ("" stays ""), as snapshots record sources.
+func absPath(p string) string {
+	if p == "" {
+		return ""
+	}
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }

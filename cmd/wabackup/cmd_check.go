@@ -78,7 +78,7 @@ source.`,
 				var res *archive.CheckResult
 				err := a.withLock(ctx, r, false, "check", func() error {
 					var err error
-					bar := a.out.progress("check", -1)
+					bar := a.out.progressCount("check: packs", -1)
 					if bar != nil {
 						opt.Progress = func(done, total int) { bar.ChangeMax(total); bar.Set(done) }
 						defer bar.Finish()

@@ -69,15 +69,42 @@ func (o *output) progress(desc string, total int64) *progressbar.ProgressBar {
 	if o.json || o.quiet || !secret.IsTerminal(os.Stderr) {
 		return nil
 	}
-	return progressbar.NewOptions64(total,
+	return started(progressbar.NewOptions64(total,
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionSetDescription(desc),
 		progressbar.OptionShowBytes(true),
+		progressbar.OptionUseIECUnits(true), // as the summaries (MiB)
 		progressbar.OptionShowCount(),
+		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionClearOnFinish(),
 		progressbar.OptionSetWidth(30),
-	)
+	))
+}
+
+// started draws the empty bar at once, which starts its clock now: left
+// to the first update, the clock would start then, and the first rate
+// shown would be that update's bytes over no time at all (hundreds of
+// GiB/s).
+func started(b *progressbar.ProgressBar) *progressbar.ProgressBar {
+	_ = b.RenderBlank()
+	return b
+}
+
+// progressCount is progress for things that are not bytes (packs).
+func (o *output) progressCount(desc string, total int64) *progressbar.ProgressBar {
+	if o.json || o.quiet || !secret.IsTerminal(os.Stderr) {
+		return nil
+	}
+	return started(progressbar.NewOptions64(total,
+		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+		progressbar.OptionSetWidth(30),
+	))
 }
 
 func humanBytes(n int64) string {
