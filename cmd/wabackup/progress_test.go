@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ import (
 // (issue 13, point 6).
 func TestProgressInTerminal(t *testing.T) {
 	if testing.Short() {
-		t.Skip("writes 200 MiB")
+		t.Skip("writes 384 MiB")
 	}
 	if _, err := exec.LookPath("tmux"); err != nil {
 		if os.Getenv("WABACKUP_REQUIRE_SERVERS") == "1" {
@@ -32,9 +33,9 @@ func TestProgressInTerminal(t *testing.T) {
 	rng := rand.NewChaCha8(seed)
 	buf := make([]byte, 8<<20)
 	write := func() {
-		for i := 0; i < 25; i++ {
+		for i := 0; i < 48; i++ {
 			rng.Read(buf)
-			os.WriteFile(filepath.Join(media, "VID-"+string(rune('a'+i))+".mp4"), buf, 0o644)
+			os.WriteFile(filepath.Join(media, "VID-"+strconv.Itoa(i)+".mp4"), buf, 0o644)
 		}
 	}
 	write()
