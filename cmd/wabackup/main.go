@@ -40,7 +40,8 @@ const (
 const exitCodesHelp = `Exit codes:
   0    success
   1    fatal error (bad input, I/O error, damaged repository, failed check of
-       the repository or the chat database, a version-1 repository that needs
+       the repository or the chat database, a restore that left out files
+       whose data is damaged (it lists them), a version-1 repository that needs
        'wabackup migrate' before a backup, a store that cannot be reached
        within the retry budget…)
   3    backup finished but the snapshot is partial: some files could not be read
