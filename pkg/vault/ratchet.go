@@ -2,8 +2,6 @@ package vault
 
 import (
 	"bytes"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -106,14 +104,12 @@ func ratchetBucket(key []byte) int {
 // sealOnce seals under a key used for this one value: the all-zero nonce
 // is never reused under a key.
 func sealOnce(key, plaintext, aad []byte) []byte {
-	b, _ := aes.NewCipher(key)
-	a, _ := cipher.NewGCM(b)
+	a, _ := gcm(key) // a 32-byte key: cannot fail
 	return a.Seal(nil, make([]byte, 12), plaintext, aad)
 }
 
 func openOnce(key, sealed, aad []byte) ([]byte, error) {
-	b, _ := aes.NewCipher(key)
-	a, _ := cipher.NewGCM(b)
+	a, _ := gcm(key)
 	return a.Open(nil, make([]byte, 12), sealed, aad)
 }
 

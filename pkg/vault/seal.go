@@ -102,11 +102,7 @@ func OpenFileSealer(path string, create bool) (*FileSealer, error) {
 
 // NewKeySealer seals with the given 32-byte AES key (tests, development).
 func NewKeySealer(key []byte) (*FileSealer, error) {
-	b, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	a, err := cipher.NewGCM(b)
+	a, err := gcm(key)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/sha256"
@@ -66,18 +65,6 @@ type stateSealer struct{ key []byte }
 
 var errBadState = errors.New("vault: malformed or forged state")
 
-func (ss stateSealer) aead(salt []byte, kind stateKind) (cipher.AEAD, error) {
-	k, err := hkdf.Key(sha256.New, ss.key, salt, kindLabel[kind], 32)
-	if err != nil {
-		return nil, err
-	}
-	b, err := aes.NewCipher(k)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(b)
-}
-
 func (ss stateSealer) seal(st *state) ([]byte, error) {
 	pt := make([]byte, stateFixed, stateFixed+len(st.credID))
 	pt[0] = byte(st.kind)
@@ -91,13 +78,7 @@ func (ss stateSealer) seal(st *state) ([]byte, error) {
 	o += copy(pt[o:], st.a[:])
 	copy(pt[o:], st.b[:])
 	pt = append(pt, st.credID...)
-	salt := randBytes(stateSalt)
-	a, err := ss.aead(salt, st.kind)
-	if err != nil {
-		return nil, err
-	}
-	var nonce [12]byte
-	return a.Seal(salt, nonce[:], pt, []byte(kindLabel[st.kind])), nil
+	return sealSalted(ss.key, kindLabel[st.kind], pt, []byte(kindLabel[st.kind]))
 }
 
 // open returns the state sealed in b if it is of kind and has not
@@ -106,12 +87,7 @@ func (ss stateSealer) open(b []byte, kind stateKind) (st *state, expired bool, e
 	if len(b) < stateSalt+stateFixed+16 {
 		return nil, false, errBadState
 	}
-	a, err := ss.aead(b[:stateSalt], kind)
-	if err != nil {
-		return nil, false, err
-	}
-	var nonce [12]byte
-	pt, err := a.Open(nil, nonce[:], b[stateSalt:], []byte(kindLabel[kind]))
+	pt, err := openSalted(ss.key, kindLabel[kind], b, []byte(kindLabel[kind]))
 	if err != nil || stateKind(pt[0]) != kind {
 		return nil, false, errBadState
 	}
@@ -130,18 +106,11 @@ func (ss stateSealer) open(b []byte, kind stateKind) (st *state, expired bool, e
 
 // sealSalted seals plaintext under a key used once: HKDF-SHA-256(key, a
 // fresh 32-byte salt, label), with the all-zero nonce. It returns salt ||
-// ciphertext || tag.
+// ciphertext || tag. Login ids, tokens and registrations (stateSealer) and
+// entries on etcd are sealed this way.
 func sealSalted(key []byte, label string, plaintext, aad []byte) ([]byte, error) {
 	salt := randBytes(stateSalt)
-	k, err := hkdf.Key(sha256.New, key, salt, label, 32)
-	if err != nil {
-		return nil, err
-	}
-	b, err := aes.NewCipher(k)
-	if err != nil {
-		return nil, err
-	}
-	a, err := cipher.NewGCM(b)
+	a, err := saltedAEAD(key, salt, label)
 	if err != nil {
 		return nil, err
 	}
@@ -154,18 +123,18 @@ func openSalted(key []byte, label string, sealed, aad []byte) ([]byte, error) {
 	if len(sealed) < stateSalt+16 {
 		return nil, errBadState
 	}
-	k, err := hkdf.Key(sha256.New, key, sealed[:stateSalt], label, 32)
-	if err != nil {
-		return nil, err
-	}
-	b, err := aes.NewCipher(k)
-	if err != nil {
-		return nil, err
-	}
-	a, err := cipher.NewGCM(b)
+	a, err := saltedAEAD(key, sealed[:stateSalt], label)
 	if err != nil {
 		return nil, err
 	}
 	var nonce [12]byte
 	return a.Open(nil, nonce[:], sealed[stateSalt:], aad)
+}
+
+func saltedAEAD(key, salt []byte, label string) (cipher.AEAD, error) {
+	k, err := hkdf.Key(sha256.New, key, salt, label, 32)
+	if err != nil {
+		return nil, err
+	}
+	return gcm(k)
 }
