@@ -143,15 +143,29 @@ const ivLen, tagBits = 12, 128
 
 // Seal encrypts with CKM_AES_GCM: iv(12) || ciphertext || tag(16).
 func (s *Sealer) Seal(plaintext, aad []byte) ([]byte, error) {
+	return s.sealWith(func(pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) { return s.key, nil }, plaintext, aad)
+}
+
+// Open decrypts what Seal produced; a tampered value gives ErrUnseal.
+func (s *Sealer) Open(sealed, aad []byte) ([]byte, error) {
+	return s.openWith(func(pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) { return s.key, nil }, sealed, aad)
+}
+
+// sealWith seals under the key key finds (in the session it is given).
+func (s *Sealer) sealWith(key func(pkcs11.SessionHandle) (pkcs11.ObjectHandle, error), plaintext, aad []byte) ([]byte, error) {
 	iv := make([]byte, ivLen)
 	if _, err := rand.Read(iv); err != nil {
 		return nil, err
 	}
 	params := pkcs11.NewGCMParams(iv, aad, tagBits)
 	defer params.Free()
-	sh := <-s.sessions
-	defer func() { s.sessions <- sh }()
-	if err := s.ctx.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, s.key); err != nil {
+	sh, done := s.session()
+	defer done()
+	k, err := key(sh)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ctx.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, k); err != nil {
 		return nil, fmt.Errorf("hsm: encrypt: %w", err)
 	}
 	ct, err := s.ctx.Encrypt(sh, plaintext)
@@ -161,16 +175,20 @@ func (s *Sealer) Seal(plaintext, aad []byte) ([]byte, error) {
 	return append(iv, ct...), nil
 }
 
-// Open decrypts what Seal produced; a tampered value gives ErrUnseal.
-func (s *Sealer) Open(sealed, aad []byte) ([]byte, error) {
+// openWith reverses sealWith.
+func (s *Sealer) openWith(key func(pkcs11.SessionHandle) (pkcs11.ObjectHandle, error), sealed, aad []byte) ([]byte, error) {
 	if len(sealed) < ivLen+tagBits/8 {
 		return nil, ErrUnseal
 	}
 	params := pkcs11.NewGCMParams(sealed[:ivLen], aad, tagBits)
 	defer params.Free()
-	sh := <-s.sessions
-	defer func() { s.sessions <- sh }()
-	if err := s.ctx.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, s.key); err != nil {
+	sh, done := s.session()
+	defer done()
+	k, err := key(sh)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ctx.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, k); err != nil {
 		return nil, fmt.Errorf("hsm: decrypt: %w", err)
 	}
 	pt, err := s.ctx.Decrypt(sh, sealed[ivLen:])
@@ -335,47 +353,10 @@ func (s *Sealer) epochKey(sh pkcs11.SessionHandle, id []byte) (pkcs11.ObjectHand
 // SealEpoch implements vault.Ratchet: CKM_AES_GCM under the epoch key,
 // iv(12) || ciphertext || tag(16). Each epoch key seals one value.
 func (s *Sealer) SealEpoch(id, plaintext, aad []byte) ([]byte, error) {
-	iv := make([]byte, ivLen)
-	if _, err := rand.Read(iv); err != nil {
-		return nil, err
-	}
-	params := pkcs11.NewGCMParams(iv, aad, tagBits)
-	defer params.Free()
-	sh, done := s.session()
-	defer done()
-	k, err := s.epochKey(sh, id)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.ctx.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, k); err != nil {
-		return nil, fmt.Errorf("hsm: encrypt: %w", err)
-	}
-	ct, err := s.ctx.Encrypt(sh, plaintext)
-	if err != nil {
-		return nil, fmt.Errorf("hsm: encrypt: %w", err)
-	}
-	return append(iv, ct...), nil
+	return s.sealWith(func(sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) { return s.epochKey(sh, id) }, plaintext, aad)
 }
 
 // OpenEpoch implements vault.Ratchet.
 func (s *Sealer) OpenEpoch(id, sealed, aad []byte) ([]byte, error) {
-	if len(sealed) < ivLen+tagBits/8 {
-		return nil, ErrUnseal
-	}
-	params := pkcs11.NewGCMParams(sealed[:ivLen], aad, tagBits)
-	defer params.Free()
-	sh, done := s.session()
-	defer done()
-	k, err := s.epochKey(sh, id)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.ctx.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, k); err != nil {
-		return nil, fmt.Errorf("hsm: decrypt: %w", err)
-	}
-	pt, err := s.ctx.Decrypt(sh, sealed[ivLen:])
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnseal, err)
-	}
-	return pt, nil
+	return s.openWith(func(sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) { return s.epochKey(sh, id) }, sealed, aad)
 }
