@@ -86,7 +86,7 @@ func (r *Repository) Backup(ctx context.Context, opt BackupOptions) (*Snapshot, 
 	if err != nil {
 		return nil, err
 	}
-	lost, badWarns, err := r.markBadPacks(stored)
+	bad, err := r.markBadPacks(stored)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +94,7 @@ func (r *Repository) Backup(ctx context.Context, opt BackupOptions) (*Snapshot, 
 	if err != nil {
 		return nil, err
 	}
-	for _, w := range append(badWarns, warns...) {
+	for _, w := range append(bad.warn, warns...) {
 		if opt.Warn != nil {
 			opt.Warn("", errors.New(w))
 		}
@@ -105,7 +105,7 @@ func (r *Repository) Backup(ctx context.Context, opt BackupOptions) (*Snapshot, 
 			return nil, err
 		}
 	}
-	for _, id := range lost {
+	for _, id := range bad.lost {
 		b.lost[id] = true
 	}
 	if b.opt.Workers <= 0 {

@@ -103,17 +103,10 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 	// Packs missing or truncated: their chunks are located in other
 	// copies where there are some (a backup that healed the repository);
 	// a pack whose chunks are all stored elsewhere loses nothing.
-	var bad []ID
-	for _, p := range packs {
-		if size, ok := stored[p.id]; !ok || size != p.size {
-			bad = append(bad, p.id)
-		}
-	}
-	_, lostIn, err := r.idx.markBadCounted(bad)
+	bad, err := r.markBadPacks(stored)
 	if err != nil {
 		return nil, err
 	}
-	res.BadPacks = bad
 	for _, p := range packs {
 		size, ok := stored[p.id]
 		what := ""
@@ -125,7 +118,8 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 		default:
 			continue
 		}
-		if n := lostIn[p.id]; n > 0 {
+		res.BadPacks = append(res.BadPacks, p.id)
+		if n := bad.lostIn[p.id]; n > 0 {
 			// Lost data is reported below, with the snapshots and files
 			// that need it (none, if no snapshot does).
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %s: %d chunk(s) it held are stored nowhere else", packName(p.id), what, n))

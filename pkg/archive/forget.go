@@ -148,16 +148,9 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	if err != nil {
 		return nil, err
 	}
-	if _, _, err := r.markBadPacks(stored0); err != nil {
+	bad, err := r.markBadPacks(stored0)
+	if err != nil {
 		return nil, err
-	}
-	bad := map[ID]bool{}
-	if packs, err := r.idx.allPacks(); err == nil {
-		for _, p := range packs {
-			if size, ok := stored0[p.id]; !ok || size != p.size {
-				bad[p.id] = true
-			}
-		}
 	}
 	snaps, err := r.Snapshots(ctx)
 	if err != nil {
@@ -195,7 +188,7 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 			return nil // listed in an index but gone: dropped from it
 		}
 		delete(stored, p.id)
-		if bad[p.id] {
+		if bad.ids[p.id] {
 			return nil // truncated: kept in the store, not indexed
 		}
 		var usedBytes int64

@@ -689,13 +689,7 @@ func (x *Index) alternatives(id ID) []blobAt {
 // "stored", so a backup sends it again. It returns those lost chunks. The
 // packs stay listed (so they are not adopted again); their locations move
 // to the alternatives.
-func (x *Index) markBad(bad []ID) (lost []ID, err error) {
-	lost, _, err = x.markBadCounted(bad)
-	return lost, err
-}
-
-// markBadCounted is markBad that also counts the lost chunks per pack.
-func (x *Index) markBadCounted(bad []ID) (lost []ID, lostIn map[ID]int, err error) {
+func (x *Index) markBad(bad []ID) (lost []ID, lostIn map[ID]int, err error) {
 	lostIn = map[ID]int{}
 	if len(bad) == 0 {
 		return nil, lostIn, nil

@@ -252,34 +252,43 @@ func shortName(name string) string {
 	return name
 }
 
+// badPacks is what markBadPacks found.
+type badPacks struct {
+	ids    map[ID]bool // the packs marked bad
+	lost   []ID        // their chunks no other pack holds
+	lostIn map[ID]int  // how many of those each bad pack held
+	warn   []string    // one warning about the bad packs, if any
+}
+
 // markBadPacks compares the index with a listing of the store: an indexed
 // pack the store does not have, or has at another size, is marked bad in
 // the index (its chunks are located in other copies, or count as not
-// stored). It returns the chunks no other pack holds, and one warning
-// about the bad packs, if any.
-func (r *Repository) markBadPacks(stored map[ID]int64) ([]ID, []string, error) {
+// stored).
+func (r *Repository) markBadPacks(stored map[ID]int64) (*badPacks, error) {
 	packs, err := r.idx.allPacks()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
+	res := &badPacks{ids: map[ID]bool{}}
 	var bad []ID
 	var names []string
 	for _, p := range packs {
 		if size, ok := stored[p.id]; !ok || size != p.size {
 			bad = append(bad, p.id)
+			res.ids[p.id] = true
 			names = append(names, shortName(packName(p.id)))
 		}
 	}
-	lost, err := r.idx.markBad(bad)
-	if err != nil || len(bad) == 0 {
-		return lost, nil, err
+	if res.lost, res.lostIn, err = r.idx.markBad(bad); err != nil || len(bad) == 0 {
+		return res, err
 	}
 	if len(names) > 3 {
 		names = append(names[:3], "…")
 	}
 	what := "their chunks are all stored in other packs (prune, or repair index, drops the reference)"
-	if len(lost) > 0 {
-		what = fmt.Sprintf("%d of their chunks are stored nowhere else: sent again if the source still has them", len(lost))
+	if len(res.lost) > 0 {
+		what = fmt.Sprintf("%d of their chunks are stored nowhere else: sent again if the source still has them", len(res.lost))
 	}
-	return lost, []string{fmt.Sprintf("%d pack(s) the index lists are missing or truncated in the store (%s): %s", len(bad), strings.Join(names, ", "), what)}, nil
+	res.warn = []string{fmt.Sprintf("%d pack(s) the index lists are missing or truncated in the store (%s): %s", len(bad), strings.Join(names, ", "), what)}
+	return res, nil
 }

@@ -169,7 +169,7 @@ func (r *Repository) RepairSnapshots(ctx context.Context, snaps []*Snapshot, dry
 	if err != nil {
 		return nil, err
 	}
-	if _, _, err := r.markBadPacks(stored); err != nil {
+	if _, err := r.markBadPacks(stored); err != nil {
 		return nil, err
 	}
 	saver := &plainSaver{r: r, h: r.keys.newIDHasher(), z: newCompressor(256 << 10)}

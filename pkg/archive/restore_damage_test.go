@@ -350,7 +350,7 @@ func TestRestoreReadsIntactChunksOfBadPack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := r.markBadPacks(stored); err != nil {
+	if _, err := r.markBadPacks(stored); err != nil {
 		t.Fatal(err)
 	}
 	_, err = r.Restore(ctx, fx.snap, RestoreOptions{Target: t.TempDir()})
