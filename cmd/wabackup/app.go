@@ -354,3 +354,12 @@ func (a *app) withLock(ctx context.Context, r *archive.Repository, exclusive boo
 	defer l.Unlock()
 	return fn()
 }
+
+// notASetting marks a command's flag as one only the command line sets:
+// its name is also a setting's (check --db, a switch, beside backup's
+// db = PATH), so neither a variable nor the config file may fill it.
+func notASetting(cmd *cobra.Command, name string) {
+	if err := cmd.Flags().SetAnnotation(name, settings.NotASetting, []string{"true"}); err != nil {
+		panic(err)
+	}
+}

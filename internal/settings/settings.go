@@ -16,7 +16,8 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// File is a parsed config file.
+// File is a parsed config file. A setting given on several lines has its
+// values joined by NUL bytes.
 type File map[string]string
 
 const maxFile = 1 << 20
@@ -54,8 +55,14 @@ func parse(r io.Reader) (File, Lines, error) {
 		if len(v) >= 2 && (v[0] == '"' && v[len(v)-1] == '"' || v[0] == '\'' && v[len(v)-1] == '\'') {
 			v = v[1 : len(v)-1]
 		}
-		if _, dup := f[k]; dup {
-			return nil, nil, fmt.Errorf("line %d: %s is set twice", ln, k)
+		if strings.ContainsRune(v, 0) {
+			return nil, nil, fmt.Errorf("line %d: a NUL byte in the value", ln)
+		}
+		if old, dup := f[k]; dup {
+			// A list setting (db, tag, exclude) may repeat; Apply
+			// refuses a repeated one that is not a list.
+			f[k] = old + "\x00" + v
+			continue
 		}
 		f[k] = v
 		lines[k] = ln
@@ -192,13 +199,18 @@ func EnvName(flag string) string {
 	return "WABACKUP_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
+// NotASetting is the pflag annotation of a flag that only the command line
+// sets, never a variable or the config file: a command's own flag that has
+// the name of a setting (check --db, a switch, beside backup's --db PATH).
+const NotASetting = "wabackup/not-a-setting"
+
 // Apply fills every flag of fs that was not given on the command line from
 // the environment, then from the config file. Flags listed in skip are
 // left alone (secrets that must not come from the config file, say).
 func Apply(fs *pflag.FlagSet, file File, skip map[string]bool) error {
 	var err error
 	fs.VisitAll(func(fl *pflag.Flag) {
-		if err != nil || fl.Changed || skip[fl.Name] {
+		if err != nil || fl.Changed || skip[fl.Name] || fl.Annotations[NotASetting] != nil {
 			return
 		}
 		v, ok := os.LookupEnv(EnvName(fl.Name))
@@ -211,12 +223,18 @@ func Apply(fs *pflag.FlagSet, file File, skip map[string]bool) error {
 			return
 		}
 		if fl.Value.Type() == "stringSlice" || fl.Value.Type() == "stringArray" {
-			for _, part := range strings.Split(v, ",") {
-				if e := fl.Value.Set(strings.TrimSpace(part)); e != nil {
-					err = fmt.Errorf("%s: %v", src, e)
-					return
+			for _, line := range strings.Split(v, "\x00") {
+				for _, part := range strings.Split(line, ",") {
+					if e := fl.Value.Set(strings.TrimSpace(part)); e != nil {
+						err = fmt.Errorf("%s: %v", src, e)
+						return
+					}
 				}
 			}
+			return
+		}
+		if strings.ContainsRune(v, 0) {
+			err = fmt.Errorf("%s is set on more than one line (only lists such as db, tag and exclude may repeat)", src)
 			return
 		}
 		if e := fl.Value.Set(v); e != nil {

@@ -17,7 +17,7 @@ func TestParse(t *testing.T) {
 		{"# comment\nrepo = /backups/chat\n\nmedia=\"/home/me/Media dir\"\n", map[string]string{"repo": "/backups/chat", "media": "/home/me/Media dir"}, ""},
 		{"db = 'x'", map[string]string{"db": "x"}, ""},
 		{"novalue", nil, "line 1"},
-		{"a = 1\na = 2", nil, "twice"},
+		{"a = 1\na = 2", map[string]string{"a": "1\x002"}, ""},
 		{"bad name = 1", nil, "bad setting name"},
 	} {
 		got, err := Parse(strings.NewReader(c.in))
@@ -39,6 +39,30 @@ func TestParse(t *testing.T) {
 				t.Errorf("%q: %s = %q, want %q", c.in, k, got[k], v)
 			}
 		}
+	}
+}
+
+// A list setting may repeat in the config file; any other may not.
+func TestApplyRepeated(t *testing.T) {
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	dbs := fs.StringArray("db", nil, "")
+	fs.Bool("switch", false, "")
+	fs.SetAnnotation("switch", NotASetting, []string{"true"})
+	file, err := Parse(strings.NewReader("db = /a/msgstore.db\ndb = /a/wa.db\nswitch = /not/a/bool\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Apply(fs, file, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(*dbs) != 2 || (*dbs)[0] != "/a/msgstore.db" || (*dbs)[1] != "/a/wa.db" {
+		t.Fatalf("db = %q", *dbs)
+	}
+	fs = pflag.NewFlagSet("y", pflag.ContinueOnError)
+	fs.String("repo", "", "")
+	file, _ = Parse(strings.NewReader("repo = /a\nrepo = /b\n"))
+	if err := Apply(fs, file, nil); err == nil || !strings.Contains(err.Error(), "more than one line") {
+		t.Fatalf("a repeated repo: %v", err)
 	}
 }
 
