@@ -221,7 +221,7 @@ func generate(ctx context.Context, c config) (stats, error) {
 	var st stats
 	dbPath := filepath.Join(c.out, "msgstore.db")
 	mediaDir := filepath.Join(c.out, "Media")
-	for _, p := range []string{dbPath, dbPath + "-wal", dbPath + "-journal", mediaDir} {
+	for _, p := range []string{dbPath, dbPath + "-wal", dbPath + "-journal", mediaDir, filepath.Join(c.out, "wa.db")} {
 		if _, err := os.Lstat(p); err == nil {
 			return st, fmt.Errorf("%s already exists", p)
 		}
@@ -260,7 +260,14 @@ func generate(ctx context.Context, c config) (stats, error) {
 	if err := g.finish(ctx); err != nil {
 		return st, err
 	}
+	people, err := waPeople(ctx, db)
+	if err != nil {
+		return st, err
+	}
 	if err := db.Close(); err != nil {
+		return st, err
+	}
+	if err := writeWA(ctx, c.out, c.seed, p.journal, people); err != nil {
 		return st, err
 	}
 	fi, err := os.Stat(dbPath)

@@ -108,6 +108,9 @@ func applyDay(ctx context.Context, c config, day int) (dayStats, error) {
 	if err := db.Close(); err != nil {
 		return st, err
 	}
+	if err := waDay(ctx, c.out, c.seed, day); err != nil {
+		return st, fmt.Errorf("wa.db: %w", err)
+	}
 	fi, err := os.Stat(dbPath)
 	if err != nil {
 		return st, err

@@ -199,6 +199,9 @@ func TestSample(t *testing.T) {
 	if regen != committed {
 		t.Errorf("regenerated msgstore.db differs in content from the committed sample" + hint)
 	}
+	if got, want := waContacts(t, out), waContacts(t, sampleDir); got != want || !strings.Contains(got, "@s.whatsapp.net") {
+		t.Errorf("regenerated wa.db differs in content from the committed sample%s\n got %.200s\nwant %.200s", hint, got, want)
+	}
 	gotMedia, wantMedia := readMedia(t, out), readMedia(t, sampleDir)
 	if fmt.Sprint(gotMedia) != fmt.Sprint(wantMedia) {
 		t.Errorf("regenerated media differ from the committed sample%s\n got %v\nwant %v", hint, gotMedia, wantMedia)
@@ -721,4 +724,43 @@ func TestMany(t *testing.T) {
 			t.Errorf("seeds 4 and 5 gave the same files")
 		}
 	})
+}
+
+// waContacts returns wa.db's contacts in DIR, one line each, and checks
+// that each is a person of msgstore.db.
+func waContacts(t *testing.T, dir string) string {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "wa.db")+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`ATTACH ? AS m`, "file:"+filepath.Join(dir, "msgstore.db")+"?mode=ro"); err != nil {
+		t.Fatal(err)
+	}
+	var orphans int
+	if err := db.QueryRow(`SELECT count(*) FROM wa_contacts WHERE jid NOT IN (SELECT raw_string FROM m.jid)`).Scan(&orphans); err != nil {
+		t.Fatal(err)
+	}
+	if orphans != 0 {
+		t.Errorf("%s/wa.db: %d contacts that msgstore.db does not know", dir, orphans)
+	}
+	rows, err := db.Query(`SELECT _id, jid, status, number, display_name, sort_name FROM wa_contacts ORDER BY _id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		var id int
+		var jid, status, number, name, sortName string
+		if err := rows.Scan(&id, &jid, &status, &number, &name, &sortName); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%d %s %s %s %s %s\n", id, jid, status, number, name, sortName)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }

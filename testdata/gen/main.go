@@ -5,7 +5,9 @@
 // compressible chat text until it reaches --db-mb MiB, and DIR/Media/ in
 // WhatsApp's folder layout holding --media-mb MiB of incompressible (seeded
 // random) photos, videos, voice notes and documents that the database's
-// message_media rows reference. The output is deterministic for a seed.
+// message_media rows reference, and DIR/wa.db, the contacts database beside
+// it (WhatsApp's wa.db: wa_contacts for every person msgstore.db knows).
+// The output is deterministic for a seed.
 //
 //	go run ./testdata/gen --out DIR [--db-mb 200] [--media-mb 800] [--seed 1]
 //	go run ./testdata/gen --out DIR --day K [--seed 1]
@@ -16,7 +18,8 @@
 // the same --seed: 1,500 new messages in 30 chats in small transactions
 // (with their full-text rows, receipts and some media), read-status updates
 // of the 3,000 most recent messages, about 40 MiB of new media files, 10 old
-// media files deleted, then a TRUNCATE checkpoint (the -wal is empty).
+// media files deleted, then a TRUNCATE checkpoint (the -wal is empty); in
+// wa.db five contacts change their about text and one is added.
 //
 // --many N writes DIR/Media only: N small files (2–40 KiB) in a few hundred
 // folders (stickers, thumbnails, voice notes, small text documents).
