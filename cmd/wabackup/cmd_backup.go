@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -37,7 +36,7 @@ read again.`,
 			if opt.DBFullCheckEvery <= 0 {
 				return fmt.Errorf("--db-full-check-every %s: want a positive duration such as 168h", opt.DBFullCheckEvery)
 			}
-			if opt.DB == "" && opt.Media == "" {
+			if len(opt.DBs) == 0 && opt.Media == "" {
 				return fmt.Errorf("nothing to back up: give --db and/or --media (or set them in the config file)")
 			}
 			if excludeFile != "" {
@@ -66,7 +65,7 @@ read again.`,
 						host, _ = os.Hostname()
 					}
 					for i := len(snaps) - 1; i >= 0; i-- {
-						if s := snaps[i]; s.Host == host && s.DB == absPath(opt.DB) && s.Media == absPath(opt.Media) && s.Stats.Bytes > 0 {
+						if s := snaps[i]; s.SourceKey() == opt.SourceKey(host) && s.Stats.Bytes > 0 {
 							total = s.Stats.Bytes
 							break
 						}
@@ -104,7 +103,7 @@ read again.`,
 				a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
 					"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
 					"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "resent_chunks": s.Resent, "resent_bytes": s.ResentBytes, "excluded": s.Excluded,
-					"warnings": snap.Warnings, "db_check": snap.DBCheck,
+					"warnings": snap.Warnings, "db_check": snap.DBCheck, "dbs": dbsJSON(snap),
 					"duration_seconds": time.Since(start).Seconds()})
 				a.out.Printf("snapshot %s saved: %d files, %s (%d unchanged); read %s, added %s to the repository in %s\n",
 					snap.ID.Short(), s.Files, humanBytes(s.Bytes), s.Unchanged, humanBytes(s.ReadBytes), humanBytes(s.AddedBytes),
@@ -124,7 +123,7 @@ read again.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opt.DB, "db", "", "the chat database (SQLite file)")
+	f.StringArrayVar(&opt.DBs, "db", nil, "a chat database (SQLite file); repeatable: msgstore.db, wa.db, …")
 	f.StringVar(&opt.Media, "media", "", "the media folder")
 	f.StringVar(&opt.DBCheck, "db-check", "auto", "verify the database: auto (quick_check every run, integrity_check when the last full check is older than --db-full-check-every), full (integrity_check every run) or quick (quick_check only)")
 	f.DurationVar(&opt.DBFullCheckEvery, "db-full-check-every", archive.DefaultFullCheckEvery, "with --db-check auto: how old the last full integrity check may be")
@@ -169,13 +168,3 @@ func (a *app) cleanupAbandoned(ctx context.Context, r *archive.Repository) {
 	}
 }
 
-// absPath is p made absolute ("" stays ""), as snapshots record sources.
-func absPath(p string) string {
-	if p == "" {
-		return ""
-	}
-	if a, err := filepath.Abs(p); err == nil {
-		return a
-	}
-	return p
-}

@@ -110,7 +110,8 @@ source.`,
 	}
 	cmd.Flags().BoolVar(&readData, "read-data", false, "download and verify every chunk")
 	cmd.Flags().BoolVar(&repair, "repair", false, "with --read-data: rebuild damaged packs from their parity (repositories made with --parity)")
-	cmd.Flags().BoolVar(&checkDB, "db", false, "run the full integrity_check on a snapshot's stored database")
+	cmd.Flags().BoolVar(&checkDB, "db", false, "run the full integrity_check on a snapshot's stored databases")
+	notASetting(cmd, "db") // backup's db = PATH in the config file is not this switch
 	cmd.Flags().StringVar(&subset, "read-data-subset", "", "verify a random subset of the packs: a percentage (10%) or n/t")
 	return cmd
 }
@@ -129,11 +130,17 @@ func (a *app) checkStoredDB(ctx context.Context, ref string) error {
 				dir = os.TempDir()
 			}
 			start := time.Now()
-			if err := r.CheckStoredDB(ctx, snap, dir); err != nil {
-				return err
+			dbs := snap.Databases()
+			if len(dbs) == 0 {
+				return fmt.Errorf("snapshot %s holds no database: %w", snap.ID.Short(), archive.ErrNoSnapshot)
 			}
-			a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "db": snap.DB, "integrity_check": "ok", "duration_seconds": time.Since(start).Seconds()})
-			a.out.Printf("database %s of snapshot %s passed integrity_check\n", snap.DB, snap.ID.Short())
+			for _, d := range dbs {
+				if err := r.CheckStoredDB(ctx, snap, d.Name(), dir); err != nil {
+					return err
+				}
+				a.out.Printf("database %s of snapshot %s passed integrity_check\n", d.Path, snap.ID.Short())
+			}
+			a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "db": snap.DB, "dbs": orEmpty(snap.DBPaths()), "integrity_check": "ok", "duration_seconds": time.Since(start).Seconds()})
 			return nil
 		})
 	})

@@ -238,7 +238,8 @@ the deduplication ratio, restore size / raw data.`,
 }
 
 func (a *app) sqlCommand() *cobra.Command {
-	return &cobra.Command{
+	var dbName string
+	cmd := &cobra.Command{
 		Use:   "sql SNAPSHOT QUERY",
 		Short: "Run a read-only SQL query on a snapshot's chat database",
 		Long: `Run one SQL query on the chat database a snapshot holds, without restoring it:
@@ -247,7 +248,11 @@ read-only, and removed afterwards. Prints a table, or with --json one
 {"message_type":"row", column: value, …} object per row.
 
     wabackup sql latest "SELECT count(*) FROM message"
-    wabackup sql 3f2a81c0 "SELECT text_data FROM message WHERE text_data LIKE '%passport%'"`,
+    wabackup sql 3f2a81c0 "SELECT text_data FROM message WHERE text_data LIKE '%passport%'"
+    wabackup sql latest --db wa.db "SELECT count(*) FROM wa_contacts"
+
+A snapshot of several databases is queried on its first (in path order)
+unless --db names another.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -256,7 +261,7 @@ read-only, and removed afterwards. Prints a table, or with --json one
 				if err != nil {
 					return err
 				}
-				path, done, err := r.StoredDB(ctx, snap, a.tempDirOrDefault())
+				path, done, err := r.StoredDBNamed(ctx, snap, dbName, a.tempDirOrDefault())
 				if err != nil {
 					return err
 				}
@@ -309,6 +314,9 @@ read-only, and removed afterwards. Prints a table, or with --json one
 			})
 		},
 	}
+	cmd.Flags().StringVar(&dbName, "db", "", "the database to query, by its name (wa.db) or source path, when the snapshot holds several")
+	notASetting(cmd, "db")
+	return cmd
 }
 
 func (a *app) diffCommand() *cobra.Command {

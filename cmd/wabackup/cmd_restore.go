@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -108,7 +109,7 @@ database first, and the exit code is 1.`,
 // matters most.
 func (a *app) findSnapshotWithDB(ctx context.Context, r *archive.Repository, ref, doing string) (*archive.Snapshot, error) {
 	snap, err := r.FindSnapshot(ctx, ref)
-	if err != nil || ref != "latest" || snap.DB != "" {
+	if err != nil || ref != "latest" || snap.HasDB() {
 		return snap, err
 	}
 	all, err := r.Snapshots(ctx)
@@ -116,8 +117,8 @@ func (a *app) findSnapshotWithDB(ctx context.Context, r *archive.Repository, ref
 		return snap, nil
 	}
 	for i := len(all) - 1; i >= 0; i-- {
-		if s := all[i]; s.DB != "" && (snap.Media == "" || s.Media == snap.Media) {
-			a.out.Warnf("the newest snapshot, %s, holds no database: %s %s (%s), the newest that holds %s", snap.ID.Short(), doing, s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04"), s.DB)
+		if s := all[i]; s.HasDB() && (snap.Media == "" || s.Media == snap.Media) {
+			a.out.Warnf("the newest snapshot, %s, holds no database: %s %s (%s), the newest that holds %s", snap.ID.Short(), doing, s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04"), strings.Join(s.DBPaths(), ", "))
 			return s, nil
 		}
 	}

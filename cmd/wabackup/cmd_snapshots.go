@@ -47,7 +47,7 @@ all of them), --host and --latest N select. --json prints one object,
 						if t == nil {
 							t = []string{}
 						}
-						m := map[string]any{"id": s.ID.String(), "time": s.Time, "host": s.Host, "db": s.DB, "media": s.Media,
+						m := map[string]any{"id": s.ID.String(), "time": s.Time, "host": s.Host, "db": s.DB, "dbs": dbsJSON(s), "media": s.Media,
 							"tags": t, "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes,
 							"db_check": s.DBCheck, "db_full_check": s.DBFullCheck, "format_version": s.Version}
 						if s.RepairedFrom != "" {
@@ -72,7 +72,7 @@ all of them), --host and --latest N select. --json prints one object,
 					}
 					if !a.out.quiet {
 						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Host,
-							orDash(s.DB), orDash(s.Media), s.Stats.Files, humanBytes(s.Stats.Bytes), dbCheckNote(s), orDash(strings.Join(s.Tags, ",")), strings.Join(notes, "; "))
+							orDash(strings.Join(s.DBPaths(), ", ")), orDash(s.Media), s.Stats.Files, humanBytes(s.Stats.Bytes), dbCheckNote(s), orDash(strings.Join(s.Tags, ",")), strings.Join(notes, "; "))
 					}
 				}
 				tw.Flush()
@@ -109,16 +109,38 @@ func orDash(s string) string {
 	return s
 }
 
-// dbCheckNote says how a snapshot's database was checked: "full", or
-// "quick (full 2d ago)" with the age of the last full check.
-func dbCheckNote(s *archive.Snapshot) string {
-	switch {
-	case s.DBCheck == "":
-		return "-"
-	case s.DBCheck == "full" || s.DBFullCheck == nil:
-		return s.DBCheck
+// dbsJSON lists a snapshot's databases for --json ([] for none).
+func dbsJSON(s *archive.Snapshot) []map[string]any {
+	out := []map[string]any{}
+	for _, d := range s.Databases() {
+		out = append(out, map[string]any{"path": d.Path, "name": d.Name(), "db_check": d.Check, "db_full_check": d.FullCheck})
 	}
-	age := s.Time.Sub(*s.DBFullCheck)
+	return out
+}
+
+// dbCheckNote says how a snapshot's databases were checked: "full", or
+// "quick (full 2d ago)" with the age of the last full check; for several
+// databases, one note each, separated by commas.
+func dbCheckNote(s *archive.Snapshot) string {
+	dbs := s.Databases()
+	if len(dbs) == 0 {
+		return "-"
+	}
+	var notes []string
+	for _, d := range dbs {
+		notes = append(notes, dbCheckNoteOne(s.Time, d))
+	}
+	return strings.Join(notes, ", ")
+}
+
+func dbCheckNoteOne(at time.Time, d archive.SnapshotDB) string {
+	switch {
+	case d.Check == "":
+		return "-"
+	case d.Check == "full" || d.FullCheck == nil:
+		return d.Check
+	}
+	age := at.Sub(*d.FullCheck)
 	switch {
 	case age < time.Hour:
 		return "quick (full <1h before)"
@@ -126,4 +148,12 @@ func dbCheckNote(s *archive.Snapshot) string {
 		return fmt.Sprintf("quick (full %dh before)", int(age.Hours()))
 	}
 	return fmt.Sprintf("quick (full %dd before)", int(age.Hours()/24))
+}
+
+// orEmpty is l, or [] instead of nil (JSON lists are never null).
+func orEmpty(l []string) []string {
+	if l == nil {
+		return []string{}
+	}
+	return l
 }

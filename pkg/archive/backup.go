@@ -34,6 +34,9 @@ const chunkerAlgorithm = "fastcdc-v1.0.0"
 // BackupOptions say what to back up.
 type BackupOptions struct {
 	DB    string // chat database (SQLite); optional
+	// DBs are further chat databases (WhatsApp keeps msgstore.db and
+	// wa.db), each pinned, checked and stored as DB is.
+	DBs   []string
 	Media string // media folder; optional
 	Host  string
 	Tags  []string
@@ -72,7 +75,7 @@ var ErrPartial = errors.New("snapshot is partial: some files could not be read")
 // is packs, then index, then tree, then snapshot; an interruption at any
 // point leaves only unreferenced objects, which the next backup adopts.
 func (r *Repository) Backup(ctx context.Context, opt BackupOptions) (*Snapshot, error) {
-	if opt.DB == "" && opt.Media == "" {
+	if len(opt.dbPaths()) == 0 && opt.Media == "" {
 		return nil, errors.New("nothing to back up: give --db and/or --media")
 	}
 	if err := r.LoadIndex(ctx); err != nil {
@@ -119,6 +122,33 @@ func (r *Repository) Backup(ctx context.Context, opt BackupOptions) (*Snapshot, 
 		b.opt.Host, _ = os.Hostname()
 	}
 	return b.run(ctx)
+}
+
+// dbPaths returns DB and DBs, without empty ones.
+func (opt *BackupOptions) dbPaths() []string {
+	var out []string
+	for _, p := range append([]string{opt.DB}, opt.DBs...) {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// SourceKey is the Snapshot.SourceKey a backup with these options on
+// host makes: a snapshot with the same key is of the same sources.
+func (opt *BackupOptions) SourceKey(host string) string {
+	s := &Snapshot{Host: host}
+	var dbs []SnapshotDB
+	for _, p := range opt.dbPaths() {
+		dbs = append(dbs, SnapshotDB{Path: absOr(p)})
+	}
+	sort.Slice(dbs, func(i, j int) bool { return dbs[i].Path < dbs[j].Path })
+	s.setDatabases(dbs)
+	if opt.Media != "" {
+		s.Media = absOr(opt.Media)
+	}
+	return s.SourceKey()
 }
 
 type source struct {
@@ -174,26 +204,36 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 		return nil, fmt.Errorf("repository %s has format version %d: run 'wabackup migrate' once to upgrade it (nothing is re-uploaded): %w", b.r.store.Location(), b.r.cfg.Version, ErrNeedsMigration)
 	}
 	var srcs []source
-	for _, s := range []struct {
-		p  string
-		db bool
-	}{{b.opt.DB, true}, {b.opt.Media, false}} {
-		if s.p == "" {
-			continue
-		}
-		abs, err := filepath.Abs(s.p)
+	add := func(p string, db bool) error {
+		abs, err := filepath.Abs(p)
 		if err != nil {
+			return err
+		}
+		srcs = append(srcs, source{name: filepath.Base(abs), abs: abs, db: db})
+		return nil
+	}
+	for _, p := range b.opt.dbPaths() {
+		if err := add(p, true); err != nil {
 			return nil, err
 		}
-		srcs = append(srcs, source{name: filepath.Base(abs), abs: abs, db: s.db})
 	}
-	if len(srcs) == 2 && srcs[0].name == srcs[1].name {
-		return nil, fmt.Errorf("the database and the media folder have the same name %q; rename one", srcs[0].name)
+	if b.opt.Media != "" {
+		if err := add(b.opt.Media, false); err != nil {
+			return nil, err
+		}
 	}
+	names := map[string]source{}
 	for _, s := range srcs {
 		if !validPath(s.name) {
 			return nil, fmt.Errorf("cannot back up %q: unsupported name", s.abs)
 		}
+		if o, dup := names[s.name]; dup {
+			if o.abs == s.abs {
+				return nil, fmt.Errorf("%s is given twice", s.abs)
+			}
+			return nil, fmt.Errorf("%s and %s have the same name %q; rename one", o.abs, s.abs, s.name)
+		}
+		names[s.name] = s
 	}
 	sort.Slice(srcs, func(i, j int) bool { return comparePaths(srcs[i].name, srcs[j].name) < 0 })
 
@@ -201,9 +241,15 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 	if u, err := user.Current(); err == nil {
 		snap.User = u.Username
 	}
-	if b.opt.DB != "" {
-		snap.DB = absOr(b.opt.DB)
+	// The databases in path order: the snapshot's DB fields and MoreDBs.
+	var dbInfo []SnapshotDB
+	for _, s := range srcs {
+		if s.db {
+			dbInfo = append(dbInfo, SnapshotDB{Path: s.abs})
+		}
 	}
+	sort.Slice(dbInfo, func(i, j int) bool { return dbInfo[i].Path < dbInfo[j].Path })
+	snap.setDatabases(dbInfo)
 	if b.opt.Media != "" {
 		snap.Media = absOr(b.opt.Media)
 	}
@@ -222,25 +268,34 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 		ptree = &parentTree{tr: tr, idx: b.r.idx}
 	}
 
-	// The database's state is pinned before anything else is read, so
-	// every media file its messages name is at least as old as the walk
-	// that follows. Its pages are then read, and the pinned state checked,
-	// beside the rest of the backup; the snapshot is only written if the
-	// check passes.
-	var db *dbSource
+	// The databases' states are pinned before anything else is read, one
+	// after the other, so every media file their messages name is at
+	// least as old as the walk that follows. Their pages are then read,
+	// and each pinned state checked, beside the rest of the backup; the
+	// snapshot is only written if every check passes.
+	dbs := map[string]*dbSource{}
 	for _, s := range srcs {
-		if s.db {
-			if db, err = b.openDB(ctx, s, parent, snap); err != nil {
-				return nil, err
-			}
-			defer db.close()
+		if !s.db {
+			continue
 		}
+		var info *SnapshotDB
+		for i := range dbInfo {
+			if dbInfo[i].Path == s.abs {
+				info = &dbInfo[i]
+			}
+		}
+		db, err := b.openDB(ctx, s, parent, snap.Host, info)
+		if err != nil {
+			return nil, err
+		}
+		defer db.close()
+		dbs[s.name] = db
 	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	root, err := b.pipeline(ctx, cancel, srcs, db, ptree)
-	if db != nil {
+	root, err := b.pipeline(ctx, cancel, srcs, dbs, ptree)
+	for _, db := range dbs {
 		if err != nil {
 			db.stopCheck()
 		}
@@ -254,6 +309,7 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 		}
 		return nil, err
 	}
+	snap.setDatabases(dbInfo)
 	for _, id := range root {
 		snap.Root = append(snap.Root, id.String())
 	}
@@ -303,7 +359,7 @@ func (b *backup) findParent(ctx context.Context, snap *Snapshot) (*Snapshot, err
 	b.snaps = snaps
 	for i := len(snaps) - 1; i >= 0; i-- {
 		s := snaps[i]
-		if s.Host == snap.Host && s.DB == snap.DB && s.Media == snap.Media {
+		if s.SourceKey() == snap.SourceKey() {
 			return s, nil
 		}
 	}
@@ -414,7 +470,7 @@ type item struct {
 // workers hash, compress and encrypt into packs, uploaders store them,
 // and assemble writes the directory tree in walk order. It returns the
 // root directory's pieces once every pack is stored and indexed.
-func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, srcs []source, db *dbSource, ptree *parentTree) ([]ID, error) {
+func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, srcs []source, dbs map[string]*dbSource, ptree *parentTree) ([]ID, error) {
 	b.pending = map[ID]struct{}{}
 	b.newPacks = append(b.newPacks, b.adopted...)
 	for _, p := range b.adopted {
@@ -458,7 +514,10 @@ func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, s
 		}()
 	}
 	var dbWG sync.WaitGroup
-	if db != nil && db.pages != nil {
+	for _, db := range dbs {
+		if db.pages == nil {
+			continue
+		}
 		dbWG.Add(1)
 		go func() {
 			defer dbWG.Done()
@@ -472,8 +531,8 @@ func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, s
 	go func() {
 		defer close(order)
 		defer close(jobs)
-		defer dbWG.Wait() // the page reader sends jobs too
-		if err := b.produce(ctx, srcs, db, ptree, order, jobs); err != nil {
+		defer dbWG.Wait() // the page readers send jobs too
+		if err := b.produce(ctx, srcs, dbs, ptree, order, jobs); err != nil {
 			fail(err)
 		}
 	}()
@@ -524,7 +583,7 @@ func (b *backup) writeIndex(ctx context.Context, packs []packIndex) error {
 }
 
 // produce walks the sources in tree order and feeds nodes and chunks.
-func (b *backup) produce(ctx context.Context, srcs []source, db *dbSource, ptree *parentTree, order chan<- item, jobs chan<- *chunkJob) error {
+func (b *backup) produce(ctx context.Context, srcs []source, dbs map[string]*dbSource, ptree *parentTree, order chan<- item, jobs chan<- *chunkJob) error {
 	cfg := b.r.cfg
 	buf := make([]byte, cfg.MaxChunk)
 	ck, err := chunkers.NewChunkerBuffer(chunkerAlgorithm, eofReader{}, &chunkers.ChunkerOpts{
@@ -543,6 +602,7 @@ func (b *backup) produce(ctx context.Context, srcs []source, db *dbSource, ptree
 	}
 	for _, s := range srcs {
 		if s.db {
+			db := dbs[s.name]
 			n, err := db.result(ctx)
 			if err != nil {
 				return err

@@ -15,13 +15,13 @@ import (
 // database may be before DBCheck "auto" runs one again.
 const DefaultFullCheckEvery = 7 * 24 * time.Hour
 
-// dbSource is the chat database of one backup: either the parent's node,
+// dbSource is one chat database of a backup: either the parent's node,
 // reused because nothing was written since, or a pinned view of its pages
 // with an integrity check running on that same state.
 type dbSource struct {
 	src    source
 	stamp0 DBStamp
-	snap   *Snapshot
+	info   *SnapshotDB // what the snapshot says of it, filled in here
 
 	reuse *Node // the parent's node, when the database is unchanged
 
@@ -35,12 +35,12 @@ type dbSource struct {
 
 // openDB decides how the database is backed up and, unless the parent's
 // copy can be reused, pins its state and starts the check on it.
-func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, snap *Snapshot) (*dbSource, error) {
+func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, host string, info *SnapshotDB) (*dbSource, error) {
 	stamp0, err := stampDB(s.abs)
 	if err != nil {
 		return nil, fmt.Errorf("chat database %s: %w", s.abs, err)
 	}
-	d := &dbSource{src: s, stamp0: stamp0, snap: snap, node: make(chan *Node, 1), checkDone: make(chan error, 1), stopCheck: func() {}}
+	d := &dbSource{src: s, stamp0: stamp0, info: info, node: make(chan *Node, 1), checkDone: make(chan error, 1), stopCheck: func() {}}
 	mode := b.opt.DBCheck
 	if mode == "" {
 		mode = "auto"
@@ -49,7 +49,13 @@ func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, snap *S
 	// written since (same stamp) and its check was strict enough, else
 	// the page map new pages are compared with.
 	var pnode *Node
+	var pinfo SnapshotDB
 	if parent != nil {
+		for _, pd := range parent.Databases() {
+			if pd.Path == s.abs {
+				pinfo = pd
+			}
+		}
 		if pnode, err = b.r.findTopNode(ctx, parent, s.name); err != nil {
 			return nil, err
 		}
@@ -57,11 +63,11 @@ func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, snap *S
 			pnode = nil // a version-1 copy: stored again, as pages
 		}
 	}
-	if pnode != nil && parent.DBStamp != nil && *parent.DBStamp == stamp0 && parent.DBCheck != "" &&
-		(mode != "full" || parent.DBCheck == "full") && b.pageMapStored(pnode) {
+	if pnode != nil && pinfo.Stamp != nil && *pinfo.Stamp == stamp0 && pinfo.Check != "" &&
+		(mode != "full" || pinfo.Check == "full") && b.pageMapStored(pnode) {
 		d.reuse = pnode
-		snap.DBStamp = &stamp0
-		snap.DBCheck, snap.DBFullCheck = parent.DBCheck, parent.DBFullCheck
+		info.Stamp = &stamp0
+		info.Check, info.FullCheck = pinfo.Check, pinfo.FullCheck
 		d.node <- pnode
 		d.checkDone <- nil
 		return d, nil
@@ -72,7 +78,7 @@ func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, snap *S
 		}
 	}
 	full := mode == "full"
-	lastFull := b.lastFullCheck(snap)
+	lastFull := b.lastFullCheck(host, s.abs)
 	if mode == "auto" {
 		every := b.opt.DBFullCheckEvery
 		if every <= 0 {
@@ -85,12 +91,12 @@ func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, snap *S
 		return nil, err
 	}
 	d.pages = pages
-	snap.DBCheck = "quick"
-	snap.DBFullCheck = lastFull
+	info.Check = "quick"
+	info.FullCheck = lastFull
 	if full {
-		snap.DBCheck = "full"
+		info.Check = "full"
 		t := b.start.UTC()
-		snap.DBFullCheck = &t
+		info.FullCheck = &t
 		if b.workersAuto && b.opt.Workers > 1 {
 			// The full check is one long single-threaded job: leave it
 			// a core, or it ends up last and alone.
@@ -103,20 +109,25 @@ func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, snap *S
 	return d, nil
 }
 
-// lastFullCheck returns when this database (same host and path) last
-// passed a full integrity check in a snapshot of the repository.
-func (b *backup) lastFullCheck(snap *Snapshot) *time.Time {
+// lastFullCheck returns when the database at path (on host) last passed a
+// full integrity check in a snapshot of the repository.
+func (b *backup) lastFullCheck(host, path string) *time.Time {
 	var last *time.Time
 	for _, s := range b.snaps {
-		if s.Host != snap.Host || s.DB != snap.DB {
+		if s.Host != host {
 			continue
 		}
-		t := s.DBFullCheck
-		if t == nil && s.Version == 1 && s.DBCheck == "full" {
-			t = &s.Time
-		}
-		if t != nil && (last == nil || t.After(*last)) {
-			last = t
+		for _, d := range s.Databases() {
+			if d.Path != path {
+				continue
+			}
+			t := d.FullCheck
+			if t == nil && s.Version == 1 && d.Check == "full" {
+				t = &s.Time
+			}
+			if t != nil && (last == nil || t.After(*last)) {
+				last = t
+			}
 		}
 	}
 	return last
@@ -228,7 +239,7 @@ func (b *backup) readPages(ctx context.Context, d *dbSource, jobs chan<- *chunkJ
 	size := int64(count) * int64(pageSize)
 	atomic.AddInt64(&b.stats.ReadBytes, size)
 	if stamp1, err := stampDB(d.src.abs); err == nil && stamp1 == d.stamp0 {
-		d.snap.DBStamp = &d.stamp0 // nothing was written since the pin
+		d.info.Stamp = &d.stamp0 // nothing was written since the pin
 	}
 	return &Node{Path: d.src.name, Type: TypeDB, Mode: unixMode(fi.Mode()), Size: size, MTime: fi.ModTime().UnixNano(), PageMap: root.String()}, nil
 }

@@ -75,13 +75,10 @@ func TestUnchangedDatabaseIsReused(t *testing.T) {
 	}
 }
 
-// A corrupt database fails the backup; no snapshot claims it.
-func TestCorruptDatabaseFailsBackup(t *testing.T) {
-	ctx := context.Background()
-	tr := newTestRepo(t)
-	dbPath := filepath.Join(t.TempDir(), "msgstore.db")
-	makeDB(t, dbPath, 20000)
-	// Checkpoint into the main file, then damage a page in the middle.
+// corruptMiddlePage checkpoints the database into its main file and
+// overwrites the page in its middle with garbage.
+func corruptMiddlePage(t *testing.T, dbPath string) {
+	t.Helper()
 	db, _ := sql.Open("sqlite", dbPath)
 	db.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
 	db.Exec("PRAGMA journal_mode=DELETE")
@@ -90,15 +87,26 @@ func TestCorruptDatabaseFailsBackup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	fi, _ := f.Stat()
 	garbage := make([]byte, 4096)
 	for i := range garbage {
 		garbage[i] = byte(i * 7)
 	}
-	f.WriteAt(garbage, (fi.Size()/4096/2)*4096)
-	f.Close()
+	if _, err := f.WriteAt(garbage, (fi.Size()/4096/2)*4096); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A corrupt database fails the backup; no snapshot claims it.
+func TestCorruptDatabaseFailsBackup(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	dbPath := filepath.Join(t.TempDir(), "msgstore.db")
+	makeDB(t, dbPath, 20000)
+	corruptMiddlePage(t, dbPath)
 	for _, mode := range []string{"full", "quick", "auto"} {
-		_, err = tr.Backup(ctx, BackupOptions{DB: dbPath, DBCheck: mode})
+		_, err := tr.Backup(ctx, BackupOptions{DB: dbPath, DBCheck: mode})
 		if !errors.Is(err, gather.ErrCorruptDB) {
 			t.Fatalf("%s: backup of a corrupt database: %v, want ErrCorruptDB", mode, err)
 		}

@@ -34,7 +34,7 @@ func ApplyPolicy(snaps []*Snapshot, p Policy) []Decision {
 	groups := map[string][]*Snapshot{}
 	var keys []string
 	for _, s := range snaps {
-		k := s.Host + "\x00" + s.DB + "\x00" + s.Media
+		k := s.SourceKey()
 		if _, ok := groups[k]; !ok {
 			keys = append(keys, k)
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/wabackup/wabackup/pkg/gather"
 )
@@ -86,37 +87,70 @@ func writePages(ctx context.Context, f *os.File, dst string, n *Node, load loadF
 	return nil
 }
 
-// CheckStoredDB rebuilds the chat database a snapshot holds into a
-// temporary file (in dir) and runs PRAGMA integrity_check on it, without
-// the source. A snapshot without a database is an error wrapping
-// ErrNoSnapshot; damage to the stored pages wraps ErrCorrupt, a database
-// that fails the check wraps gather.ErrCorruptDB.
-func (r *Repository) CheckStoredDB(ctx context.Context, snap *Snapshot, dir string) error {
-	path, done, err := r.StoredDB(ctx, snap, dir)
+// CheckStoredDB rebuilds the chat database called name ("" for the
+// first) that a snapshot holds into a temporary file (in dir) and runs
+// PRAGMA integrity_check on it, without the source. A snapshot without
+// that database is an error wrapping ErrNoSnapshot; damage to the stored
+// pages wraps ErrCorrupt, a database that fails the check wraps
+// gather.ErrCorruptDB.
+func (r *Repository) CheckStoredDB(ctx context.Context, snap *Snapshot, name, dir string) error {
+	db, err := snap.Database(name)
+	if err != nil {
+		return err
+	}
+	path, done, err := r.StoredDBNamed(ctx, snap, db.Name(), dir)
 	if err != nil {
 		return err
 	}
 	defer done()
-	return gather.CheckDB(ctx, path, fmt.Sprintf("%s (snapshot %s)", snap.DB, snap.ID.Short()), false)
+	return gather.CheckDB(ctx, path, fmt.Sprintf("%s (snapshot %s)", db.Path, snap.ID.Short()), false)
 }
 
-// StoredDB rebuilds the chat database a snapshot holds into a temporary
-// file in dir (every page verified) and returns its path and a function
-// that removes it. Errors as for CheckStoredDB.
+// Database returns the snapshot's database called name: its name in the
+// tree (msgstore.db) or its source path; "" is the first. A snapshot
+// without any database is an error wrapping ErrNoSnapshot.
+func (s *Snapshot) Database(name string) (SnapshotDB, error) {
+	dbs := s.Databases()
+	if len(dbs) == 0 {
+		return SnapshotDB{}, fmt.Errorf("snapshot %s holds no database: %w", s.ID.Short(), ErrNoSnapshot)
+	}
+	if name == "" {
+		return dbs[0], nil
+	}
+	var names []string
+	for _, d := range dbs {
+		if d.Name() == name || d.Path == name {
+			return d, nil
+		}
+		names = append(names, d.Name())
+	}
+	return SnapshotDB{}, fmt.Errorf("snapshot %s holds no database %q (it holds %s)", s.ID.Short(), name, strings.Join(names, ", "))
+}
+
+// StoredDB is StoredDBNamed for the snapshot's first database.
 func (r *Repository) StoredDB(ctx context.Context, snap *Snapshot, dir string) (string, func(), error) {
+	return r.StoredDBNamed(ctx, snap, "", dir)
+}
+
+// StoredDBNamed rebuilds the chat database called name (as for Database)
+// that a snapshot holds into a temporary file in dir (every page
+// verified) and returns its path and a function that removes it. Errors
+// as for CheckStoredDB.
+func (r *Repository) StoredDBNamed(ctx context.Context, snap *Snapshot, name, dir string) (string, func(), error) {
 	none := func() {}
 	if err := r.LoadIndex(ctx); err != nil {
 		return "", none, err
 	}
-	if snap.DB == "" {
-		return "", none, fmt.Errorf("snapshot %s holds no database: %w", snap.ID.Short(), ErrNoSnapshot)
-	}
-	n, err := r.findTopNode(ctx, snap, filepath.Base(snap.DB))
+	db, err := snap.Database(name)
 	if err != nil {
 		return "", none, err
 	}
-	if n == nil {
-		return "", none, fmt.Errorf("snapshot %s: its database %s cannot be found in the tree: %w", snap.ID.Short(), filepath.Base(snap.DB), ErrCorrupt)
+	n, err := r.findTopNode(ctx, snap, db.Name())
+	if err != nil {
+		return "", none, err
+	}
+	if n == nil || n.Type != TypeDB && n.Type != TypeFile {
+		return "", none, fmt.Errorf("snapshot %s: its database %s cannot be found in the tree: %w", snap.ID.Short(), db.Name(), ErrCorrupt)
 	}
 	tmp, err := os.MkdirTemp(dir, "wabackup-db-")
 	if err != nil {

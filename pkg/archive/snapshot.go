@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -33,6 +34,11 @@ type Snapshot struct {
 	// check: this backup's time if it ran one, else the parent's value
 	// (format 2).
 	DBFullCheck *time.Time `json:"db_full_check,omitempty"`
+	// MoreDBs are the snapshot's further chat databases, when it holds
+	// more than one (WhatsApp's msgstore.db and wa.db): the DB fields
+	// above describe the first in path order, these the rest, in path
+	// order (format 2). Databases returns them all.
+	MoreDBs     []SnapshotDB `json:"more_dbs,omitempty"`
 	Partial     bool       `json:"partial,omitempty"`
 	Warnings    int        `json:"warnings,omitempty"`
 	Stats       Stats      `json:"stats"`
@@ -42,6 +48,59 @@ type Snapshot struct {
 	Dropped      int    `json:"dropped,omitempty"`
 
 	ID ID `json:"-"` // from the object name
+}
+
+// SnapshotDB describes one chat database of a snapshot: its source path,
+// the stamp of the state stored, how that copy was checked and when the
+// database last passed a full integrity check.
+type SnapshotDB struct {
+	Path      string     `json:"path"`
+	Stamp     *DBStamp   `json:"stamp,omitempty"`
+	Check     string     `json:"check,omitempty"` // "full" or "quick"
+	FullCheck *time.Time `json:"full_check,omitempty"`
+}
+
+// Name is the database's top-level name in the snapshot's tree.
+func (d SnapshotDB) Name() string { return filepath.Base(d.Path) }
+
+// Databases returns the snapshot's chat databases in path order (none for
+// a media-only snapshot).
+func (s *Snapshot) Databases() []SnapshotDB {
+	if s.DB == "" {
+		return nil
+	}
+	return append([]SnapshotDB{{Path: s.DB, Stamp: s.DBStamp, Check: s.DBCheck, FullCheck: s.DBFullCheck}}, s.MoreDBs...)
+}
+
+// HasDB reports whether the snapshot holds a chat database.
+func (s *Snapshot) HasDB() bool { return s.DB != "" }
+
+// DBPaths returns the source paths of the snapshot's databases.
+func (s *Snapshot) DBPaths() []string {
+	var out []string
+	for _, d := range s.Databases() {
+		out = append(out, d.Path)
+	}
+	return out
+}
+
+// setDatabases stores dbs (in path order) in the DB fields and MoreDBs.
+func (s *Snapshot) setDatabases(dbs []SnapshotDB) {
+	s.DB, s.DBStamp, s.DBCheck, s.DBFullCheck, s.MoreDBs = "", nil, "", nil, nil
+	if len(dbs) == 0 {
+		return
+	}
+	s.DB, s.DBStamp, s.DBCheck, s.DBFullCheck = dbs[0].Path, dbs[0].Stamp, dbs[0].Check, dbs[0].FullCheck
+	if len(dbs) > 1 {
+		s.MoreDBs = append([]SnapshotDB(nil), dbs[1:]...)
+	}
+}
+
+// SourceKey identifies what a snapshot backed up: its host, databases and
+// media folder. Snapshots with the same key are one series (the parent of
+// a backup, forget's groups).
+func (s *Snapshot) SourceKey() string {
+	return s.Host + "\x00" + strings.Join(s.DBPaths(), "\x00") + "\x00\x00" + s.Media
 }
 
 // Stats counts what a backup saw and sent.
@@ -300,10 +359,23 @@ func parseSnapshot(data []byte) (*Snapshot, error) {
 	default:
 		return nil, fmt.Errorf("unsupported snapshot version %d", s.Version)
 	}
-	switch s.DBCheck {
-	case "", "full", "quick":
-	default:
-		return nil, fmt.Errorf("unknown db_check %q", s.DBCheck)
+	if len(s.MoreDBs) > 0 && (s.Version < 2 || s.DB == "") {
+		return nil, errors.New("more_dbs without a first database")
+	}
+	seen := map[string]bool{}
+	for i, d := range s.Databases() {
+		switch d.Check {
+		case "", "full", "quick":
+		default:
+			return nil, fmt.Errorf("unknown db_check %q", d.Check)
+		}
+		if i > 0 && d.Path == "" {
+			return nil, errors.New("a database without a path")
+		}
+		if seen[d.Name()] {
+			return nil, fmt.Errorf("two databases named %q", d.Name())
+		}
+		seen[d.Name()] = true
 	}
 	if s.Parent != "" {
 		if _, err := ParseID(s.Parent); err != nil {
