@@ -18,10 +18,10 @@ export XDG_CONFIG_HOME="$WORK/config"   # keep the demo away from your own setti
 echo "==> wabackup init --repo $REPO"
 "$BIN" init --repo "$REPO" --key-out "$WORK/key.txt"
 
-echo "==> wabackup backup (database + media)"
-"$BIN" backup --repo "$REPO" --key-file "$WORK/key.txt" --db "$SAMPLE/msgstore.db" --media "$SAMPLE/Media"
+echo "==> wabackup backup (the two databases + media)"
+"$BIN" backup --repo "$REPO" --key-file "$WORK/key.txt" --db "$SAMPLE/msgstore.db" --db "$SAMPLE/wa.db" --media "$SAMPLE/Media"
 echo "==> again: unchanged files are not read"
-"$BIN" backup --repo "$REPO" --key-file "$WORK/key.txt" --db "$SAMPLE/msgstore.db" --media "$SAMPLE/Media"
+"$BIN" backup --repo "$REPO" --key-file "$WORK/key.txt" --db "$SAMPLE/msgstore.db" --db "$SAMPLE/wa.db" --media "$SAMPLE/Media"
 "$BIN" snapshots --repo "$REPO" --key-file "$WORK/key.txt"
 
 echo "==> wabackup check --read-data"
@@ -33,4 +33,5 @@ echo "==> wabackup restore latest (as on a new machine: only the repository and 
 echo "==> comparing"
 diff -r "$SAMPLE/Media" "$WORK/restored/Media"
 cmp "$SAMPLE/msgstore.db" "$WORK/restored/msgstore.db"
-echo "OK: media and database restored byte-identically into $WORK/restored"
+cmp "$SAMPLE/wa.db" "$WORK/restored/wa.db"
+echo "OK: media and databases restored byte-identically into $WORK/restored"
