@@ -98,23 +98,35 @@ read again.`,
 				if err != nil {
 					return err
 				}
-				a.cleanupAbandoned(ctx, r)
 				s := snap.Stats
-				a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
-					"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
-					"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "resent_chunks": s.Resent, "resent_bytes": s.ResentBytes, "excluded": s.Excluded,
-					"warnings": snap.Warnings, "db_check": snap.DBCheck, "dbs": dbsJSON(snap),
-					"duration_seconds": time.Since(start).Seconds()})
-				a.out.Printf("snapshot %s saved: %d files, %s (%d unchanged); read %s, added %s to the repository in %s\n",
-					snap.ID.Short(), s.Files, humanBytes(s.Bytes), s.Unchanged, humanBytes(s.ReadBytes), humanBytes(s.AddedBytes),
-					time.Since(start).Round(time.Millisecond))
-				if s.Resent > 0 {
+				if opt.DryRun {
+					a.out.JSON(map[string]any{"message_type": "backup_plan", "dry_run": true, "partial": snap.Partial,
+						"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
+						"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "excluded": s.Excluded,
+						"warnings": snap.Warnings, "dbs": dbsJSON(snap), "duration_seconds": time.Since(start).Seconds()})
+					a.out.Printf("dry run, nothing stored: would save %d files, %s (%d unchanged); read %s, would add %s to the repository (%d new chunks, %s before compression)\n",
+						s.Files, humanBytes(s.Bytes), s.Unchanged, humanBytes(s.ReadBytes), humanBytes(s.AddedBytes), s.NewChunks, humanBytes(s.NewBytes))
+				} else {
+					a.cleanupAbandoned(ctx, r)
+					a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
+						"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
+						"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "resent_chunks": s.Resent, "resent_bytes": s.ResentBytes, "excluded": s.Excluded,
+						"warnings": snap.Warnings, "db_check": snap.DBCheck, "dbs": dbsJSON(snap),
+						"duration_seconds": time.Since(start).Seconds()})
+					a.out.Printf("snapshot %s saved: %d files, %s (%d unchanged); read %s, added %s to the repository in %s\n",
+						snap.ID.Short(), s.Files, humanBytes(s.Bytes), s.Unchanged, humanBytes(s.ReadBytes), humanBytes(s.AddedBytes),
+						time.Since(start).Round(time.Millisecond))
+				}
+				if s.Resent > 0 && !opt.DryRun {
 					a.out.Printf("healed: sent %d chunk(s), %s, again from the source (their packs were missing or truncated in the store)\n", s.Resent, humanBytes(s.ResentBytes))
 				}
 				if snap.Partial {
 					first := ""
 					if len(warnings) > 0 {
 						first = " (first: " + warnings[0] + ")"
+					}
+					if opt.DryRun {
+						return &partialError{fmt.Sprintf("dry run: the snapshot would be partial: %d file(s) could not be read%s", len(warnings), first)}
 					}
 					return &partialError{fmt.Sprintf("snapshot %s is partial: %d file(s) could not be read%s", snap.ID.Short(), len(warnings), first)}
 				}
@@ -129,6 +141,7 @@ read again.`,
 	f.DurationVar(&opt.DBFullCheckEvery, "db-full-check-every", archive.DefaultFullCheckEvery, "with --db-check auto: how old the last full integrity check may be")
 	f.StringVar(&opt.Host, "host", "", "host name to record (default: this machine's)")
 	f.StringSliceVar(&opt.Tags, "tag", nil, "tag the snapshot (repeatable)")
+	f.BoolVarP(&opt.DryRun, "dry-run", "n", false, "read and count everything, store nothing: say what the backup would add")
 	f.StringArrayVar(&opt.Exclude, "exclude", nil, "leave out media matching this pattern: a path in the snapshot or a glob over it (Media/.thumbnails), or, without /, a glob over names at any depth ('*.tmp') (repeatable)")
 	f.StringVar(&excludeFile, "exclude-file", "", "read --exclude patterns from this file, one a line (# comments)")
 	return cmd
@@ -167,4 +180,3 @@ func (a *app) cleanupAbandoned(ctx context.Context, r *archive.Repository) {
 		}
 	}
 }
-
