@@ -151,7 +151,11 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 		}
 	}
 	walk(cmd.Root())
+	// init --password is a switch: WABACKUP_PASSWORD is the password
+	// itself, never that switch, and no password comes from the config
+	// file (a "password =" line is an error, not a quietly unused secret).
 	delete(known, "config")
+	delete(known, "password")
 	for _, e := range []string{"WABACKUP_CONFIG", "WABACKUP_KEY", "WABACKUP_PASSWORD", "WABACKUP_CPUPROFILE",
 		"WABACKUP_GDRIVE_CLIENT_SECRET", "WABACKUP_GDRIVE_ENDPOINT", "WABACKUP_VAULT_PKCS11_PIN"} {
 		knownEnv[e] = true
@@ -164,7 +168,7 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 	fs := pflag.NewFlagSet("all", pflag.ContinueOnError)
 	fs.AddFlagSet(cmd.Flags())
 	fs.AddFlagSet(cmd.InheritedFlags())
-	return settings.Apply(fs, file, map[string]bool{"config": true})
+	return settings.Apply(fs, file, map[string]bool{"config": true, "password": true})
 }
 
 // credentials gathers the key or password before any work is done, so a
