@@ -43,12 +43,8 @@ all of them), --host and --latest N select. --json prints one object,
 				if a.out.json {
 					list := make([]map[string]any, 0, len(snaps))
 					for _, s := range snaps {
-						t := s.Tags
-						if t == nil {
-							t = []string{}
-						}
 						m := map[string]any{"id": s.ID.String(), "time": s.Time, "host": s.Host, "db": s.DB, "media": s.Media,
-							"tags": t, "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes,
+							"tags": orEmpty(s.Tags), "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes,
 							"db_check": s.DBCheck, "db_full_check": s.DBFullCheck, "format_version": s.Version}
 						if s.RepairedFrom != "" {
 							m["repaired_from"], m["dropped"] = s.RepairedFrom, s.Dropped
