@@ -117,7 +117,47 @@ and restores them on any machine with the 64-digit key or a password.`,
 		a.versionCommand(),
 		&cobra.Command{Use: "exit-codes", Short: "The exit codes wabackup uses", Long: exitCodesHelp},
 	)
+	// Execute adds these; added now, the completion group gets the rule
+	// below too.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	var groups func(c *cobra.Command)
+	groups = func(c *cobra.Command) {
+		if !c.Runnable() && c.HasSubCommands() {
+			c.RunE = a.needsCommand
+		}
+		for _, sub := range c.Commands() {
+			groups(sub)
+		}
+	}
+	groups(root)
 	return root
+}
+
+// needsCommand runs a command that only groups others (wabackup, key,
+// repair, completion): an unknown subcommand is a usage error; none at all
+// prints the help, or with --json (help is not JSON) is a usage error too.
+func (a *app) needsCommand(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if cmd.SuggestionsMinimumDistance <= 0 {
+			cmd.SuggestionsMinimumDistance = 2 // cobra's default for the root
+		}
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += fmt.Sprintf(" (did you mean %q?)", s[0])
+		}
+		return errors.New(msg)
+	}
+	if !a.out.json {
+		return cmd.Help()
+	}
+	var names []string
+	for _, c := range cmd.Commands() {
+		if c.IsAvailableCommand() {
+			names = append(names, c.Name())
+		}
+	}
+	return fmt.Errorf("%s needs a command: %s", cmd.CommandPath(), strings.Join(names, ", "))
 }
 
 // applySettings fills unset flags from WABACKUP_* variables and the
