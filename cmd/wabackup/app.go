@@ -117,7 +117,47 @@ and restores them on any machine with the 64-digit key or a password.`,
 		a.versionCommand(),
 		&cobra.Command{Use: "exit-codes", Short: "The exit codes wabackup uses", Long: exitCodesHelp},
 	)
+	// Execute adds these; added now, the completion group gets the rule
+	// below too.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	var groups func(c *cobra.Command)
+	groups = func(c *cobra.Command) {
+		if !c.Runnable() && c.HasSubCommands() {
+			c.RunE = a.needsCommand
+		}
+		for _, sub := range c.Commands() {
+			groups(sub)
+		}
+	}
+	groups(root)
 	return root
+}
+
+// needsCommand runs a command that only groups others (wabackup, key,
+// repair, completion): an unknown subcommand is a usage error; none at all
+// prints the help, or with --json (help is not JSON) is a usage error too.
+func (a *app) needsCommand(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if cmd.SuggestionsMinimumDistance <= 0 {
+			cmd.SuggestionsMinimumDistance = 2 // cobra's default for the root
+		}
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += fmt.Sprintf(" (did you mean %q?)", s[0])
+		}
+		return errors.New(msg)
+	}
+	if !a.out.json {
+		return cmd.Help()
+	}
+	var names []string
+	for _, c := range cmd.Commands() {
+		if c.IsAvailableCommand() {
+			names = append(names, c.Name())
+		}
+	}
+	return fmt.Errorf("%s needs a command: %s", cmd.CommandPath(), strings.Join(names, ", "))
 }
 
 // applySettings fills unset flags from WABACKUP_* variables and the
@@ -151,7 +191,11 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 		}
 	}
 	walk(cmd.Root())
+	// init --password is a switch: WABACKUP_PASSWORD is the password
+	// itself, never that switch, and no password comes from the config
+	// file (a "password =" line is an error, not a quietly unused secret).
 	delete(known, "config")
+	delete(known, "password")
 	for _, e := range []string{"WABACKUP_CONFIG", "WABACKUP_KEY", "WABACKUP_PASSWORD", "WABACKUP_CPUPROFILE",
 		"WABACKUP_GDRIVE_CLIENT_SECRET", "WABACKUP_GDRIVE_ENDPOINT", "WABACKUP_VAULT_PKCS11_PIN"} {
 		knownEnv[e] = true
@@ -164,7 +208,7 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 	fs := pflag.NewFlagSet("all", pflag.ContinueOnError)
 	fs.AddFlagSet(cmd.Flags())
 	fs.AddFlagSet(cmd.InheritedFlags())
-	return settings.Apply(fs, file, map[string]bool{"config": true})
+	return settings.Apply(fs, file, map[string]bool{"config": true, "password": true})
 }
 
 // credentials gathers the key or password before any work is done, so a

@@ -110,6 +110,7 @@ func (a *app) logoutCommand() *cobra.Command {
 			if err := gdrive.Logout(cmd.Context()); err != nil {
 				return err
 			}
+			a.out.JSON(map[string]any{"message_type": "logout", "service": "gdrive"})
 			a.out.Printf("logged out of Google Drive\n")
 			return nil
 		},

@@ -44,11 +44,7 @@ backups of the chat. --dry-run only says what would be removed.`,
 							lastGroup = g
 							a.out.Printf("snapshots of host %s, database %s, media %s:\n", s.Host, orDash(strings.Join(s.DBPaths(), ", ")), orDash(s.Media))
 						}
-						reasons := d.Reasons
-						if reasons == nil {
-							reasons = []string{}
-						}
-						a.out.JSON(map[string]any{"message_type": "forget", "snapshot_id": s.ID.String(), "time": s.Time, "keep": d.Keep, "reasons": reasons,
+						a.out.JSON(map[string]any{"message_type": "forget", "snapshot_id": s.ID.String(), "time": s.Time, "keep": d.Keep, "reasons": orEmpty(d.Reasons),
 							"group": map[string]any{"host": s.Host, "db": s.DB, "dbs": orEmpty(s.DBPaths()), "media": s.Media}})
 						a.out.Printf("%-6s %s  %s  %s\n", action, d.Snapshot.ID.Short(), d.Snapshot.Time.Local().Format("2006-01-02 15:04:05"), strings.Join(d.Reasons, ","))
 					}

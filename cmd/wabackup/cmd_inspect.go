@@ -159,6 +159,7 @@ with a / is matched against the whole path instead of the name.`,
 						return fmt.Errorf("snapshot %s: %w", s.ID.Short(), err)
 					}
 				}
+				a.out.JSON(map[string]any{"message_type": "find_summary", "matches": matches, "snapshots": len(snaps)})
 				if !a.out.json {
 					fmt.Fprintf(a.out.stderr, "%d match(es) in %d snapshot(s)\n", matches, len(snaps))
 				}

@@ -36,7 +36,7 @@ store. Takes an exclusive lock; an interruption leaves a complete index.`,
 						return err
 					}
 					a.out.JSON(map[string]any{"message_type": "repair_index", "dry_run": dryRun, "packs": res.Packs, "chunks": res.Chunks,
-						"index_objects_replaced": res.Replaced, "damaged_packs": res.Damaged, "salvaged_chunks": res.Salvaged, "lost_chunks": res.Lost})
+						"index_objects_replaced": res.Replaced, "damaged_packs": orEmpty(res.Damaged), "salvaged_chunks": res.Salvaged, "lost_chunks": res.Lost})
 					verb := "rebuilt"
 					if dryRun {
 						verb = "would rebuild"
@@ -91,7 +91,7 @@ has the data). Takes an exclusive lock.`,
 					}
 					made := 0
 					for _, rep := range reps {
-						m := map[string]any{"message_type": "repair_snapshot", "snapshot_id": rep.From.ID.String(), "dropped": rep.Dropped, "dry_run": dryRun}
+						m := map[string]any{"message_type": "repair_snapshot", "snapshot_id": rep.From.ID.String(), "dropped": orEmpty(rep.Dropped), "dry_run": dryRun}
 						switch {
 						case len(rep.Dropped) == 0:
 							a.out.Printf("snapshot %s: nothing lost\n", rep.From.ID.Short())

@@ -69,7 +69,7 @@ database first, and the exit code is 1.`,
 					if bar != nil {
 						bar.Finish()
 					}
-					var failed []map[string]any
+					failed := []map[string]any{}
 					if inc != nil {
 						for _, f := range inc.Failed {
 							what := ""

@@ -43,12 +43,8 @@ all of them), --host and --latest N select. --json prints one object,
 				if a.out.json {
 					list := make([]map[string]any, 0, len(snaps))
 					for _, s := range snaps {
-						t := s.Tags
-						if t == nil {
-							t = []string{}
-						}
 						m := map[string]any{"id": s.ID.String(), "time": s.Time, "host": s.Host, "db": s.DB, "dbs": dbsJSON(s), "media": s.Media,
-							"tags": t, "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes,
+							"tags": orEmpty(s.Tags), "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes,
 							"db_check": s.DBCheck, "db_full_check": s.DBFullCheck, "format_version": s.Version}
 						if s.RepairedFrom != "" {
 							m["repaired_from"], m["dropped"] = s.RepairedFrom, s.Dropped
@@ -148,12 +144,4 @@ func dbCheckNoteOne(at time.Time, d archive.SnapshotDB) string {
 		return fmt.Sprintf("quick (full %dh before)", int(age.Hours()))
 	}
 	return fmt.Sprintf("quick (full %dd before)", int(age.Hours()/24))
-}
-
-// orEmpty is l, or [] instead of nil (JSON lists are never null).
-func orEmpty(l []string) []string {
-	if l == nil {
-		return []string{}
-	}
-	return l
 }

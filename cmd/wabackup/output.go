@@ -54,6 +54,14 @@ func (o *output) JSON(v any) {
 	fmt.Fprintln(o.stdout, string(b))
 }
 
+// orEmpty is l, or [] for nil: a JSON list is never null.
+func orEmpty(l []string) []string {
+	if l == nil {
+		return []string{}
+	}
+	return l
+}
+
 // fail reports the error that ends the command.
 func (o *output) fail(code int, msg string) {
 	if o.json {
