@@ -115,16 +115,7 @@ func diffRowsFiles(ctx context.Context, older, newer string) ([]TableRows, error
 		if !inB {
 			tr.Module = ta.module
 		}
-		if inA {
-			if tr.Before, err = countRows(ctx, conn, "a", name); err != nil {
-				return nil, err
-			}
-		}
-		if inB {
-			if tr.After, err = countRows(ctx, conn, "b", name); err != nil {
-				return nil, err
-			}
-		}
+		tr.Before, tr.After = ta.rows, tb.rows
 		if (!inA || ta.rowid != "") && (!inB || tb.rowid != "") {
 			tr.ByRowid = true
 			switch {
@@ -152,12 +143,14 @@ func diffRowsFiles(ctx context.Context, older, newer string) ([]TableRows, error
 type tableInfo struct {
 	module string // of a virtual table
 	rowid  string // a name of its rowid no column shadows; "" if none or WITHOUT ROWID or virtual
+	rows   int64
 }
 
-// listTables lists the tables of schema worth counting: not SQLite's own
-// (sqlite_*), not views, not shadow tables. A virtual table SQLite cannot
-// open here (a module or tokenizer it lacks) is left out with its shadow
-// tables, which SQLite then cannot tell from ordinary ones.
+// listTables lists the tables of schema worth counting, and counts their
+// rows: not SQLite's own (sqlite_*), not views, not shadow tables. A
+// virtual table SQLite cannot open here (a module or tokenizer it lacks)
+// is left out with its shadow tables, which SQLite then cannot tell from
+// ordinary ones.
 func listTables(ctx context.Context, conn *sql.Conn, schema string) (map[string]tableInfo, error) {
 	rows, err := conn.QueryContext(ctx, "PRAGMA "+schema+".table_list")
 	if err != nil {
@@ -195,17 +188,23 @@ func listTables(ctx context.Context, conn *sql.Conn, schema string) (map[string]
 				return nil, err
 			}
 			ti.module = vtabModule(ddl.String)
-			if _, err := countRows(ctx, conn, schema, e.name); err != nil {
+			if ti.rows, err = countRows(ctx, conn, schema, e.name); err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
 				broken = append(broken, e.name)
 				continue
 			}
-		} else if !e.wr {
+			out[e.name] = ti
+			continue
+		}
+		if !e.wr {
 			if ti.rowid, err = rowidAlias(ctx, conn, schema, e.name); err != nil {
 				return nil, err
 			}
+		}
+		if ti.rows, err = countRows(ctx, conn, schema, e.name); err != nil {
+			return nil, err
 		}
 		out[e.name] = ti
 	}
