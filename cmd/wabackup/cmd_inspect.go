@@ -2,12 +2,15 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -321,11 +324,17 @@ unless --db names another.`,
 }
 
 func (a *app) diffCommand() *cobra.Command {
-	return &cobra.Command{
+	var noRows bool
+	cmd := &cobra.Command{
 		Use:   "diff SNAPSHOT1 SNAPSHOT2",
 		Short: "What changed between two snapshots",
 		Long: `List what was added (+), removed (-) and changed (M) from SNAPSHOT1 to
-SNAPSHOT2; for the chat database, how many pages changed. --json prints one
+SNAPSHOT2; for the chat database, how many pages changed and, per table, the
+rows before and after and the rows added and removed. Counting rows rebuilds
+both versions of the database into temporary files (in --temp-dir; removed
+afterwards); --no-rows skips it. Rows are matched by rowid; for a table
+without rowids, or a virtual one such as the full-text index, added and
+removed are the net change of the count (marked ~). --json prints one
 {"message_type":"change", …} object per path, then a summary.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -342,6 +351,13 @@ SNAPSHOT2; for the chat database, how many pages changed. --json prints one
 				counts := map[string]int{}
 				err = r.Diff(ctx, s1, s2, func(c archive.Change) error {
 					counts[c.Kind]++
+					var tables []archive.TableRows
+					if !noRows && (isDB(c.Old) || isDB(c.New)) {
+						var err error
+						if tables, err = r.DiffRows(ctx, dbOrNil(c.Old), dbOrNil(c.New), a.tempDirOrDefault()); err != nil {
+							return fmt.Errorf("%s: counting rows: %w", c.Path, err)
+						}
+					}
 					if a.out.json {
 						m := map[string]any{"message_type": "change", "path": c.Path, "change": c.Kind}
 						if c.New != nil {
@@ -352,6 +368,9 @@ SNAPSHOT2; for the chat database, how many pages changed. --json prints one
 						if c.PagesChanged > 0 {
 							m["pages_changed"] = c.PagesChanged
 						}
+						if tables != nil {
+							m["tables"] = tablesJSON(tables)
+						}
 						a.out.JSON(m)
 						return nil
 					}
@@ -361,6 +380,7 @@ SNAPSHOT2; for the chat database, how many pages changed. --json prints one
 						extra = fmt.Sprintf("  (%d pages changed)", c.PagesChanged)
 					}
 					fmt.Fprintf(a.out.stdout, "%s  %s%s\n", mark, c.Path, extra)
+					printTableRows(a.out.stdout, tables)
 					return nil
 				})
 				if err != nil {
@@ -373,5 +393,65 @@ SNAPSHOT2; for the chat database, how many pages changed. --json prints one
 				return nil
 			})
 		},
+	}
+	cmd.Flags().BoolVar(&noRows, "no-rows", false, "do not count the database's rows per table (which rebuilds both versions)")
+	return cmd
+}
+
+func isDB(n *archive.Node) bool { return n != nil && n.Type == archive.TypeDB }
+
+// dbOrNil is n if it is a database (the other side of a change may be a
+// file of the same name).
+func dbOrNil(n *archive.Node) *archive.Node {
+	if isDB(n) {
+		return n
+	}
+	return nil
+}
+
+func tablesJSON(tables []archive.TableRows) []map[string]any {
+	out := []map[string]any{}
+	for _, t := range tables {
+		m := map[string]any{"table": t.Name, "before": t.Before, "after": t.After, "added": t.Added, "removed": t.Removed, "by_rowid": t.ByRowid}
+		if t.Module != "" {
+			m["module"] = t.Module
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// printTableRows prints diff's table of rows per table under the
+// database's line: names left, counts right-aligned, and ~ before the
+// net counts of the tables not matched by rowid.
+func printTableRows(w io.Writer, tables []archive.TableRows) {
+	if len(tables) == 0 {
+		return
+	}
+	rows := [][]string{{"TABLE", "BEFORE", "AFTER", "ADDED", "REMOVED"}}
+	for _, t := range tables {
+		name := t.Name
+		if t.Module != "" {
+			name += " (" + t.Module + ")"
+		}
+		net := "~"
+		if t.ByRowid {
+			net = ""
+		}
+		rows = append(rows, []string{name, strconv.FormatInt(t.Before, 10), strconv.FormatInt(t.After, 10),
+			net + strconv.FormatInt(t.Added, 10), net + strconv.FormatInt(t.Removed, 10)})
+	}
+	width := make([]int, len(rows[0]))
+	for _, r := range rows {
+		for i, c := range r {
+			width[i] = max(width[i], utf8.RuneCountInString(c))
+		}
+	}
+	for _, r := range rows {
+		fmt.Fprintf(w, "     %s%s", r[0], strings.Repeat(" ", width[0]-utf8.RuneCountInString(r[0])))
+		for i, c := range r[1:] {
+			fmt.Fprintf(w, "  %*s", width[i+1], c)
+		}
+		fmt.Fprintln(w)
 	}
 }

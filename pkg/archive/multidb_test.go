@@ -14,7 +14,7 @@ import (
 	"github.com/wabackup/wabackup/pkg/gather"
 )
 
-func countRows(t *testing.T, path string) int {
+func messageRows(t *testing.T, path string) int {
 	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
 	if err != nil {
@@ -74,10 +74,10 @@ func TestSeveralDatabases(t *testing.T) {
 	if _, err := tr.Restore(ctx, s1, RestoreOptions{Target: out}); err != nil {
 		t.Fatal(err)
 	}
-	if n := countRows(t, filepath.Join(out, "msgstore.db")); n != 3000 {
+	if n := messageRows(t, filepath.Join(out, "msgstore.db")); n != 3000 {
 		t.Errorf("restored msgstore.db: %d rows, want 3000", n)
 	}
-	if n := countRows(t, filepath.Join(out, "wa.db")); n != 200 {
+	if n := messageRows(t, filepath.Join(out, "wa.db")); n != 200 {
 		t.Errorf("restored wa.db: %d rows, want 200", n)
 	}
 	if _, err := os.Stat(filepath.Join(out, "Media", "Images", "IMG-1.jpg")); err != nil {
@@ -118,10 +118,10 @@ func TestSeveralDatabases(t *testing.T) {
 	if _, err := tr.Restore(ctx, s2, RestoreOptions{Target: out2}); err != nil {
 		t.Fatal(err)
 	}
-	if n := countRows(t, filepath.Join(out2, "wa.db")); n != 205 {
+	if n := messageRows(t, filepath.Join(out2, "wa.db")); n != 205 {
 		t.Errorf("restored wa.db: %d rows, want 205", n)
 	}
-	if n := countRows(t, filepath.Join(out2, "msgstore.db")); n != 3000 {
+	if n := messageRows(t, filepath.Join(out2, "msgstore.db")); n != 3000 {
 		t.Errorf("restored msgstore.db: %d rows, want 3000", n)
 	}
 
@@ -210,6 +210,36 @@ func TestParseSnapshotMoreDBs(t *testing.T) {
 		}
 		if err == nil || !strings.Contains(err.Error(), c.err) {
 			t.Errorf("%s: err %v, want %q", c.name, err, c.err)
+		}
+	}
+}
+
+// latest~N names the Nth snapshot before the newest.
+func TestFindSnapshotLatestBack(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	media := t.TempDir()
+	var ids []ID
+	for i := 0; i < 3; i++ {
+		os.WriteFile(filepath.Join(media, "f"), []byte{byte(i)}, 0o644)
+		s, err := tr.Backup(ctx, BackupOptions{Media: media})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, s.ID)
+	}
+	for ref, want := range map[string]ID{"latest": ids[2], "latest~0": ids[2], "latest~1": ids[1], "latest~2": ids[0]} {
+		s, err := tr.FindSnapshot(ctx, ref)
+		if err != nil || s.ID != want {
+			t.Errorf("%s: %v %v, want %s", ref, s, err, want.Short())
+		}
+	}
+	if _, err := tr.FindSnapshot(ctx, "latest~3"); !errors.Is(err, ErrNoSnapshot) {
+		t.Errorf("latest~3 of 3: %v", err)
+	}
+	for _, bad := range []string{"latest~", "latest~-1", "latest~x", "latest~01"} {
+		if _, err := tr.FindSnapshot(ctx, bad); err == nil || !strings.Contains(err.Error(), "want latest~N") {
+			t.Errorf("%s: %v", bad, err)
 		}
 	}
 }

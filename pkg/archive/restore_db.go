@@ -152,12 +152,20 @@ func (r *Repository) StoredDBNamed(ctx context.Context, snap *Snapshot, name, di
 	if n == nil || n.Type != TypeDB && n.Type != TypeFile {
 		return "", none, fmt.Errorf("snapshot %s: its database %s cannot be found in the tree: %w", snap.ID.Short(), db.Name(), ErrCorrupt)
 	}
+	return r.storedNodeDB(ctx, "snapshot "+snap.ID.Short(), n, dir)
+}
+
+// storedNodeDB rebuilds the database node n (of the snapshot label names
+// in messages) into a temporary file in dir, every page verified, and
+// returns its path and a function that removes it.
+func (r *Repository) storedNodeDB(ctx context.Context, label string, n *Node, dir string) (string, func(), error) {
+	none := func() {}
 	tmp, err := os.MkdirTemp(dir, "wabackup-db-")
 	if err != nil {
 		return "", none, err
 	}
 	done := func() { os.RemoveAll(tmp) }
-	path := filepath.Join(tmp, n.Path)
+	path := filepath.Join(tmp, filepath.Base(filepath.FromSlash(n.Path)))
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		done()
@@ -168,7 +176,7 @@ func (r *Repository) StoredDBNamed(ctx context.Context, snap *Snapshot, name, di
 	load := func(ctx context.Context, id ID, use func([]byte) error) error {
 		data, err := br.chunk(ctx, id)
 		if err != nil {
-			return fmt.Errorf("snapshot %s: %s: %w", snap.ID.Short(), n.Path, err)
+			return fmt.Errorf("%s: %s: %w", label, n.Path, err)
 		}
 		return use(data)
 	}

@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -458,9 +459,14 @@ func (r *Repository) LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error)
 	return s, nil
 }
 
-// FindSnapshot resolves "latest", a full id or a unique prefix of at
+// FindSnapshot resolves "latest", "latest~N" (the Nth before the newest:
+// latest~1 is the one before it), a full id or a unique prefix of at
 // least 4 hex digits.
 func (r *Repository) FindSnapshot(ctx context.Context, ref string) (*Snapshot, error) {
+	back, isLatest, err := parseLatest(ref)
+	if err != nil {
+		return nil, err
+	}
 	snaps, damaged, err := r.loadSnapshots(ctx)
 	if err != nil {
 		return nil, err
@@ -468,15 +474,18 @@ func (r *Repository) FindSnapshot(ctx context.Context, ref string) (*Snapshot, e
 	// A damaged snapshot fails only the references it could answer: any
 	// "latest" (it may be the newest), or an id prefix it matches.
 	for _, d := range damaged {
-		if ref == "" || ref == "latest" || strings.HasPrefix(d.id.String(), strings.ToLower(ref)) {
+		if isLatest || strings.HasPrefix(d.id.String(), strings.ToLower(ref)) {
 			return nil, d.err
 		}
 	}
 	if len(snaps) == 0 {
 		return nil, ErrNoSnapshot
 	}
-	if ref == "" || ref == "latest" {
-		return snaps[len(snaps)-1], nil
+	if isLatest {
+		if back >= len(snaps) {
+			return nil, fmt.Errorf("no snapshot %q: the repository holds %d: %w", ref, len(snaps), ErrNoSnapshot)
+		}
+		return snaps[len(snaps)-1-back], nil
 	}
 	ref = strings.ToLower(ref)
 	if len(ref) < 4 {
@@ -495,6 +504,22 @@ func (r *Repository) FindSnapshot(ctx context.Context, ref string) (*Snapshot, e
 		return nil, fmt.Errorf("no snapshot %q: %w", ref, ErrNoSnapshot)
 	}
 	return found, nil
+}
+
+// parseLatest reads "", "latest" and "latest~N".
+func parseLatest(ref string) (back int, ok bool, err error) {
+	if ref == "" || ref == "latest" {
+		return 0, true, nil
+	}
+	n, found := strings.CutPrefix(ref, "latest~")
+	if !found {
+		return 0, false, nil
+	}
+	back, err = strconv.Atoi(n)
+	if err != nil || back < 0 || n != strconv.Itoa(back) {
+		return 0, false, fmt.Errorf("snapshot %q: want latest~N with N a number (latest~1 is the one before the newest)", ref)
+	}
+	return back, true, nil
 }
 
 // ErrNoSnapshot is returned when a requested snapshot does not exist.

@@ -192,6 +192,10 @@ func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
 }
 
+// SQLiteURI is sqliteURI, for the packages that open a database file
+// themselves.
+func SQLiteURI(path string, params ...string) (string, error) { return sqliteURI(path, params...) }
+
 // sqliteURI turns a file path into an SQLite URI filename with the given
 // query parameters, escaping the characters URIs give meaning to so that any
 // path name works.
