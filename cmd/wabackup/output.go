@@ -63,10 +63,16 @@ func (o *output) fail(code int, msg string) {
 	fmt.Fprintln(o.stderr, "wabackup: "+msg)
 }
 
-// progress returns a byte progress bar on stderr when it is a terminal
-// and output is for humans; otherwise nil.
+// drawsProgress reports whether progress is drawn: stderr is a terminal
+// and output is for humans.
+func (o *output) drawsProgress() bool {
+	return !o.json && !o.quiet && secret.IsTerminal(os.Stderr)
+}
+
+// progress returns a byte progress bar on stderr when drawsProgress;
+// otherwise nil.
 func (o *output) progress(desc string, total int64) *progressbar.ProgressBar {
-	if o.json || o.quiet || !secret.IsTerminal(os.Stderr) {
+	if !o.drawsProgress() {
 		return nil
 	}
 	return started(progressbar.NewOptions64(total,
@@ -91,15 +97,18 @@ func started(b *progressbar.ProgressBar) *progressbar.ProgressBar {
 	return b
 }
 
-// progressCount is progress for things that are not bytes (packs).
-func (o *output) progressCount(desc string, total int64) *progressbar.ProgressBar {
-	if o.json || o.quiet || !secret.IsTerminal(os.Stderr) {
+// progressCount is progress for things that are not bytes: unit names
+// them in the rate ("packs" → "3 packs/s").
+func (o *output) progressCount(desc, unit string, total int64) *progressbar.ProgressBar {
+	if !o.drawsProgress() {
 		return nil
 	}
 	return started(progressbar.NewOptions64(total,
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionSetDescription(desc),
 		progressbar.OptionShowCount(),
+		progressbar.OptionShowIts(),
+		progressbar.OptionSetItsString(unit),
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionClearOnFinish(),
