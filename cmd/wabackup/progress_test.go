@@ -124,6 +124,44 @@ func TestProgressLineDrawsFilesWithTheirBytes(t *testing.T) {
 	l.finish()
 }
 
+// The rate shown (and the ETA from it) is over the last seconds, not the
+// average since the start: after a fast second and six slow ones it is
+// the slow rate. (The library's rolling rate: the mean of its last ten
+// samples, each over at least half a second.)
+func TestProgressRateIsASlidingWindow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes 7 s")
+	}
+	var out strings.Builder
+	l := newProgressLine(&out, "restore", -1, 1<<40)
+	start := time.Now()
+	var n int64
+	feed := func(perStep int64, d time.Duration) {
+		for end := time.Now().Add(d); time.Now().Before(end); {
+			time.Sleep(20 * time.Millisecond)
+			n += perStep
+			l.update(0, -1, n)
+		}
+	}
+	feed(4<<20, time.Second) // 200 MiB/s
+	slowFrom, slowN := time.Now(), n
+	feed(200<<10, 6*time.Second) // 10 MiB/s
+	frames := strings.Split(out.String(), "\r")
+	last := frames[len(frames)-1]
+	m := regexp.MustCompile(`, ([\d.]+) MiB/s\)`).FindStringSubmatch(last)
+	if m == nil {
+		t.Fatalf("no MiB/s rate in %q", last)
+	}
+	shown, _ := strconv.ParseFloat(m[1], 64)
+	slow := float64(n-slowN) / time.Since(slowFrom).Seconds() / (1 << 20)
+	overall := float64(n) / time.Since(start).Seconds() / (1 << 20)
+	t.Logf("shown %.1f MiB/s, the last 6 s %.1f MiB/s, since the start %.1f MiB/s", shown, slow, overall)
+	if shown < slow*0.6 || shown > slow*1.5 || shown > overall*0.7 {
+		t.Fatalf("rate shown %.1f MiB/s; the last 6 s ran at %.1f MiB/s, the average since the start is %.1f MiB/s (%q)", shown, slow, overall, last)
+	}
+	l.finish()
+}
+
 func TestFilesDone(t *testing.T) {
 	for _, c := range []struct {
 		done, total int64
