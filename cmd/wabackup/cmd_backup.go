@@ -56,9 +56,9 @@ read again.`,
 					warnings = append(warnings, msg)
 					a.out.Warnf("%s", msg)
 				}
-				// The total: what the last snapshot of the same sources held
-				// (the walk does not know it before it ends).
-				total := int64(-1)
+				// The totals: what the last snapshot of the same sources held
+				// (the walk does not know them before it ends).
+				total, totalFiles := int64(-1), int64(-1)
 				if snaps, err := r.Snapshots(ctx); err == nil {
 					host := opt.Host
 					if host == "" {
@@ -66,22 +66,18 @@ read again.`,
 					}
 					for i := len(snaps) - 1; i >= 0; i-- {
 						if s := snaps[i]; s.SourceKey() == opt.SourceKey(host) && s.Stats.Bytes > 0 {
-							total = s.Stats.Bytes
+							total, totalFiles = s.Stats.Bytes, s.Stats.Files
 							break
 						}
 					}
 				}
-				bar := a.out.progress("backup", total)
+				bar := a.out.progress("backup", totalFiles, total)
 				if bar != nil {
 					opt.Progress = func(p archive.BackupProgress) {
 						if total > 0 {
-							if p.Bytes > total {
-								total = p.Bytes
-								bar.ChangeMax64(total)
-							}
-							bar.Set64(p.Bytes)
+							bar.update(p.Files, totalFiles, p.Bytes)
 						} else {
-							bar.Set64(p.ReadBytes)
+							bar.update(p.Files, -1, p.ReadBytes)
 						}
 					}
 				}
@@ -92,9 +88,7 @@ read again.`,
 					snap, err = r.Backup(ctx, opt)
 					return err
 				})
-				if bar != nil {
-					bar.Finish()
-				}
+				bar.finish()
 				if err != nil {
 					return err
 				}

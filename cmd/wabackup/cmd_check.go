@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/wabackup/wabackup/pkg/archive"
@@ -78,10 +79,23 @@ source.`,
 				var res *archive.CheckResult
 				err := a.withLock(ctx, r, false, "check", func() error {
 					var err error
-					bar := a.out.progressCount("check: packs", -1)
-					if bar != nil {
-						opt.Progress = func(done, total int) { bar.ChangeMax(total); bar.Set(done) }
-						defer bar.Finish()
+					// The bar starts with the reading of packs, its
+					// total known, so its clock and rate are the reading's.
+					var bar *progressbar.ProgressBar
+					if a.out.drawsProgress() {
+						opt.Progress = func(done, total int) {
+							if bar == nil && total > 0 {
+								bar = a.out.progressCount("check: packs", "packs", int64(total))
+							}
+							if bar != nil {
+								_ = bar.Set(done)
+							}
+						}
+						defer func() {
+							if bar != nil {
+								_ = bar.Finish()
+							}
+						}()
 					}
 					res, err = r.Check(ctx, opt)
 					return err

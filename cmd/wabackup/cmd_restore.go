@@ -56,19 +56,22 @@ database first, and the exit code is 1.`,
 						a.out.Printf("would restore %d files, %s from snapshot %s to %s (%d already there would be kept)\n", w, humanBytes(wb), snap.ID.Short(), opt.Target, k)
 						return nil
 					}
-					bar := a.out.progress("restore", snap.Stats.Bytes)
-					if bar != nil {
-						opt.Progress = func(p archive.RestoreProgress) { bar.Set64(p.Bytes) }
-						defer bar.Finish()
+					// The totals: what this restore covers (after --include
+					// and --exclude); no progress when they cannot be had.
+					var bar *progressLine
+					if a.out.drawsProgress() {
+						if files, size, err := r.RestoreSize(ctx, snap, opt); err == nil && size > 0 {
+							bar = a.out.progress("restore", files, size)
+							opt.Progress = func(p archive.RestoreProgress) { bar.update(p.Files, files, p.Bytes) }
+							defer bar.finish()
+						}
 					}
 					total, err = r.Restore(ctx, snap, opt)
 					var inc *archive.IncompleteError
 					if err != nil && !errors.As(err, &inc) {
 						return err
 					}
-					if bar != nil {
-						bar.Finish()
-					}
+					bar.finish()
 					failed := []map[string]any{}
 					if inc != nil {
 						for _, f := range inc.Failed {

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -71,23 +74,83 @@ func (o *output) fail(code int, msg string) {
 	fmt.Fprintln(o.stderr, "wabackup: "+msg)
 }
 
-// progress returns a byte progress bar on stderr when it is a terminal
-// and output is for humans; otherwise nil.
-func (o *output) progress(desc string, total int64) *progressbar.ProgressBar {
-	if o.json || o.quiet || !secret.IsTerminal(os.Stderr) {
+// drawsProgress reports whether progress is drawn: stderr is a terminal
+// and output is for humans.
+func (o *output) drawsProgress() bool {
+	return !o.json && !o.quiet && secret.IsTerminal(os.Stderr)
+}
+
+// progress returns the progress line of a backup or restore on stderr
+// when drawsProgress, otherwise nil: files done of totalFiles and a bar of
+// bytes done of totalBytes (either total -1: not known). Its rate (and
+// the ETA from it) is the library's rolling one: the mean of the last ten
+// rates each measured over at least half a second between updates, so a
+// sliding window of the last five seconds or more, not the average since
+// the start.
+func (o *output) progress(verb string, totalFiles, totalBytes int64) *progressLine {
+	if !o.drawsProgress() {
 		return nil
 	}
-	return started(progressbar.NewOptions64(total,
-		progressbar.OptionSetWriter(os.Stderr),
-		progressbar.OptionSetDescription(desc),
+	return newProgressLine(os.Stderr, verb, totalFiles, totalBytes)
+}
+
+func newProgressLine(w io.Writer, verb string, totalFiles, totalBytes int64) *progressLine {
+	return &progressLine{verb: verb, total: totalBytes, bar: started(progressbar.NewOptions64(totalBytes,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(filesDone(verb, 0, totalFiles)),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionUseIECUnits(true), // as the summaries (MiB)
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionClearOnFinish(),
 		progressbar.OptionSetWidth(30),
-	))
+	))}
+}
+
+// progressLine is a progress bar whose description (the file counts) and
+// bytes change together. The library renders on each of Describe and
+// Set64 and would throttle the second of the pair, showing the new file
+// count with the old bytes; here the pair is drawn at most every 100 ms,
+// both rendered.
+type progressLine struct {
+	mu           sync.Mutex
+	bar          *progressbar.ProgressBar
+	verb         string
+	total        int64 // the bar's bytes, -1 not known
+	files, bytes int64 // the highest counts given (restore workers report at once)
+	next         time.Time
+}
+
+// update shows files done of totalFiles (-1: not known) and bytes done;
+// the totals grow to the counts when these pass them.
+func (l *progressLine) update(files, totalFiles, bytes int64) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.files, l.bytes = max(l.files, files), max(l.bytes, bytes)
+	if totalFiles >= 0 {
+		totalFiles = max(totalFiles, l.files)
+	}
+	if l.total > 0 && l.bytes > l.total {
+		l.total = l.bytes
+		l.bar.ChangeMax64(l.total)
+	}
+	now := time.Now()
+	if now.Before(l.next) {
+		return
+	}
+	l.next = now.Add(100 * time.Millisecond)
+	l.bar.Describe(filesDone(l.verb, l.files, totalFiles))
+	_ = l.bar.Set64(l.bytes)
+}
+
+// finish clears the line.
+func (l *progressLine) finish() {
+	if l != nil {
+		_ = l.bar.Finish()
+	}
 }
 
 // started draws the empty bar at once, which starts its clock now: left
@@ -99,20 +162,46 @@ func started(b *progressbar.ProgressBar) *progressbar.ProgressBar {
 	return b
 }
 
-// progressCount is progress for things that are not bytes (packs).
-func (o *output) progressCount(desc string, total int64) *progressbar.ProgressBar {
-	if o.json || o.quiet || !secret.IsTerminal(os.Stderr) {
+// progressCount is progress for things that are not bytes: unit names
+// them in the rate ("packs" → "3 packs/s").
+func (o *output) progressCount(desc, unit string, total int64) *progressbar.ProgressBar {
+	if !o.drawsProgress() {
 		return nil
 	}
 	return started(progressbar.NewOptions64(total,
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionSetDescription(desc),
 		progressbar.OptionShowCount(),
+		progressbar.OptionShowIts(),
+		progressbar.OptionSetItsString(unit),
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionClearOnFinish(),
 		progressbar.OptionSetWidth(30),
 	))
+}
+
+// filesDone is a progress bar's description: "backup: files 1,234/5,678",
+// or without the total when it is not known (total < 0).
+func filesDone(verb string, done, total int64) string {
+	if total < 0 {
+		return verb + ": files " + groupDigits(done)
+	}
+	return verb + ": files " + groupDigits(done) + "/" + groupDigits(total)
+}
+
+// groupDigits writes n with thousands separators: 1234567 → "1,234,567".
+func groupDigits(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	if neg {
+		s = "-" + s
+	}
+	return s
 }
 
 func humanBytes(n int64) string {

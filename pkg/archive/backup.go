@@ -33,7 +33,7 @@ const chunkerAlgorithm = "fastcdc-v1.0.0"
 
 // BackupOptions say what to back up.
 type BackupOptions struct {
-	DB    string // chat database (SQLite); optional
+	DB string // chat database (SQLite); optional
 	// DBs are further chat databases (WhatsApp keeps msgstore.db and
 	// wa.db), each pinned, checked and stored as DB is.
 	DBs   []string

@@ -22,7 +22,8 @@ type CheckOptions struct {
 	// Subset, when 0 < Subset < 1, reads only that fraction of the packs,
 	// chosen at random.
 	Subset float64
-	// Progress is called after each pack read.
+	// Progress is called once with done 0 when the reading of packs
+	// starts, then after each pack read.
 	Progress func(done, total int)
 }
 
@@ -333,6 +334,9 @@ func (r *Repository) readData(ctx context.Context, opt CheckOptions, stored map[
 	// work is decryption and hashing, and, on a remote store, waiting);
 	// their findings are reported in the order above whatever the order
 	// they finish in.
+	if opt.Progress != nil {
+		opt.Progress(0, len(ids))
+	}
 	workers := min(max(runtime.GOMAXPROCS(0), 2), 4, len(ids))
 	found := make([]error, len(ids))
 	next := make(chan int)

@@ -138,7 +138,7 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 				nfiles.Add(1)
 				nbytes.Add(n.Size)
 				if opt.Progress != nil {
-					opt.Progress(RestoreProgress{Files: nfiles.Load(), Bytes: nbytes.Load(), Current: n.Path})
+					opt.Progress(RestoreProgress{Files: nfiles.Load(), Bytes: nbytes.Load(), Kept: nkept.Load(), Current: n.Path})
 				}
 			}
 		}()
@@ -252,6 +252,28 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 		return total, &IncompleteError{Failed: failed}
 	}
 	return total, nil
+}
+
+// RestoreSize returns the files a restore of snap with opt's Include and
+// Exclude covers (kept ones too) and their size: the totals the Files and
+// Bytes of RestoreProgress count towards. With nothing left out they come
+// from the snapshot's stats; else from a walk of its tree.
+func (r *Repository) RestoreSize(ctx context.Context, snap *Snapshot, opt RestoreOptions) (files, size int64, err error) {
+	if len(opt.Include) == 0 && len(opt.Exclude) == 0 && snap.Stats.Files > 0 {
+		return snap.Stats.Files, snap.Stats.Bytes, nil
+	}
+	sel, err := newSelector(opt.Include, opt.Exclude)
+	if err != nil {
+		return 0, 0, err
+	}
+	err = r.Walk(ctx, snap, func(n *Node) error {
+		if (n.Type == TypeFile || n.Type == TypeDB) && sel.selects(n.Path, false) {
+			files++
+			size += n.Size
+		}
+		return nil
+	})
+	return files, size, err
 }
 
 // selector decides which nodes a restore writes: --include patterns

@@ -39,10 +39,10 @@ type Snapshot struct {
 	// more than one (WhatsApp's msgstore.db and wa.db): the DB fields
 	// above describe the first in path order, these the rest, in path
 	// order (format 2). Databases returns them all.
-	MoreDBs     []SnapshotDB `json:"more_dbs,omitempty"`
-	Partial     bool       `json:"partial,omitempty"`
-	Warnings    int        `json:"warnings,omitempty"`
-	Stats       Stats      `json:"stats"`
+	MoreDBs  []SnapshotDB `json:"more_dbs,omitempty"`
+	Partial  bool         `json:"partial,omitempty"`
+	Warnings int          `json:"warnings,omitempty"`
+	Stats    Stats        `json:"stats"`
 	// RepairedFrom names the snapshot this one was made from by repair
 	// snapshots, which left out the Dropped files whose data is lost.
 	RepairedFrom string `json:"repaired_from,omitempty"`
