@@ -182,6 +182,9 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 	walk = func(c *cobra.Command) {
 		for _, fs := range []*pflag.FlagSet{c.Flags(), c.PersistentFlags()} {
 			fs.VisitAll(func(f *pflag.Flag) {
+				if f.Annotations[settings.NotASetting] != nil {
+					return // only the command line sets it
+				}
 				known[f.Name] = true
 				knownEnv[settings.EnvName(f.Name)] = true
 			})
@@ -191,11 +194,10 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 		}
 	}
 	walk(cmd.Root())
-	// init --password is a switch: WABACKUP_PASSWORD is the password
-	// itself, never that switch, and no password comes from the config
-	// file (a "password =" line is an error, not a quietly unused secret).
+	// A flag marked notASetting (init --password, a switch) is no
+	// setting: "password =" in the config file is an error, not a quietly
+	// unused secret, and WABACKUP_PASSWORD is the password itself.
 	delete(known, "config")
-	delete(known, "password")
 	for _, e := range []string{"WABACKUP_CONFIG", "WABACKUP_KEY", "WABACKUP_PASSWORD", "WABACKUP_CPUPROFILE",
 		"WABACKUP_GDRIVE_CLIENT_SECRET", "WABACKUP_GDRIVE_ENDPOINT", "WABACKUP_VAULT_PKCS11_PIN"} {
 		knownEnv[e] = true
@@ -208,7 +210,7 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 	fs := pflag.NewFlagSet("all", pflag.ContinueOnError)
 	fs.AddFlagSet(cmd.Flags())
 	fs.AddFlagSet(cmd.InheritedFlags())
-	return settings.Apply(fs, file, map[string]bool{"config": true, "password": true})
+	return settings.Apply(fs, file, map[string]bool{"config": true})
 }
 
 // credentials gathers the key or password before any work is done, so a

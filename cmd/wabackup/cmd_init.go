@@ -105,6 +105,7 @@ that key vault (wabackup-vault), which allows only a few wrong guesses.`,
 		},
 	}
 	cmd.Flags().BoolVar(&password, "password", false, "also protect the key with a password (asked for twice)")
+	notASetting(cmd, "password") // WABACKUP_PASSWORD is the password itself, never this switch
 	cmd.Flags().BoolVar(&force, "force", false, "with --key-out: overwrite an existing file")
 	cmd.Flags().IntVar(&parity, "parity", 0, "keep N % of Reed–Solomon parity for every pack (1 to 10; 0: none), so check --read-data --repair can rebuild a pack with a few damaged or missing bytes")
 	cmd.Flags().StringVar(&keyOut, "key-out", "", "also write the 64-digit key to this file (mode 0600)")

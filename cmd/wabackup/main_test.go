@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,7 +28,58 @@ import (
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
 		"wabackup": func() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) },
+		"peakrss":  peakRSSMain,
 	})
+}
+
+// peakRSSMain runs its arguments as a command and writes the command's
+// peak RSS (KiB) to the file named by $PEAKRSS_FILE. It exists because a
+// child started by a large process (go test) reports the parent's peak as
+// its own: os/exec starts children with vfork, and Linux counts the
+// address space a child had before its exec. A small process in between
+// measures the command alone.
+func peakRSSMain() {
+	cmd := exec.Command(os.Args[1], os.Args[2:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err := cmd.Run()
+	if cmd.ProcessState == nil {
+		fmt.Fprintln(os.Stderr, "peakrss:", err)
+		os.Exit(1)
+	}
+	kib := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss
+	if werr := os.WriteFile(os.Getenv("PEAKRSS_FILE"), []byte(strconv.FormatInt(kib, 10)), 0o644); werr != nil {
+		fmt.Fprintln(os.Stderr, "peakrss:", werr)
+		os.Exit(1)
+	}
+	os.Exit(cmd.ProcessState.ExitCode())
+}
+
+// measuredRSS makes cmd run under peakrss and returns a function that,
+// once cmd has run, gives its peak RSS in KiB.
+func measuredRSS(t *testing.T, cmd *exec.Cmd) func() int64 {
+	t.Helper()
+	dir := t.TempDir()
+	wrapper := filepath.Join(dir, "peakrss")
+	if err := os.Symlink(os.Args[0], wrapper); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "kib")
+	cmd.Args = append([]string{wrapper}, cmd.Args...)
+	cmd.Args[1] = cmd.Path
+	cmd.Path = wrapper
+	cmd.Env = append(cmd.Environ(), "PEAKRSS_FILE="+file)
+	return func() int64 {
+		t.Helper()
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := strconv.ParseInt(string(b), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
 }
 
 // TestScripts runs the end-to-end CLI scripts in testdata/script. Besides

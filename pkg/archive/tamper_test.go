@@ -273,6 +273,42 @@ type tamperFixture struct {
 	indexes  []string
 }
 
+// usedBlobs returns the ids of the blobs a restore of snap reads: its
+// directory pieces and its files' chunks.
+func usedBlobs(t *testing.T, fx *tamperFixture, snap *Snapshot) map[ID]bool {
+	t.Helper()
+	r, err := tamperOpen(t, fx.dir, fx.creds())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.LoadIndex(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	used := map[ID]bool{}
+	tr, err := r.openTree(context.Background(), snap, func(id ID) { used[id] = true }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	for {
+		n, err := tr.Next()
+		if err == io.EOF {
+			return used
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range n.Chunks {
+			id, err := ParseID(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			used[id] = true
+		}
+	}
+}
+
 func (fx *tamperFixture) creds() Credentials { return Credentials{RecoveryKey: &fx.recovery} }
 
 func (fx *tamperFixture) snapName(i int) string { return snapshotName(fx.snaps[i].ID) }
@@ -481,11 +517,20 @@ func TestTamper(t *testing.T) {
 			damage: func(t *testing.T, dir string) { tamperSwapBlobs(t, dir, eqPack, eqI, eqJ) },
 			names:  []string{eqPack.name()}, check: checkNamesAll, snap: latest, restore: restoreCorrupt,
 		})
-		p := fx.packs[rng.IntN(len(fx.packs))]
-		for len(p.entries) < 2 {
+		// Two adjacent blobs the latest snapshot reads (a directory piece
+		// of the first snapshot alone is not read by its restore).
+		used := usedBlobs(t, fx, fx.snaps[latest])
+		var p tamperPack
+		i := -1
+		for i < 0 {
 			p = fx.packs[rng.IntN(len(fx.packs))]
+			for _, j := range rng.Perm(max(len(p.entries)-1, 0)) {
+				if used[p.entries[j].ID] && used[p.entries[j+1].ID] {
+					i = j
+					break
+				}
+			}
 		}
-		i := rng.IntN(len(p.entries) - 1)
 		cases = append(cases, tamperCase{
 			name:   fmt.Sprintf("swap adjacent blobs %d and %d inside a pack", i, i+1),
 			damage: func(t *testing.T, dir string) { tamperSwapBlobs(t, dir, p, i, i+1) },
