@@ -28,6 +28,8 @@ type app struct {
 
 	repo            string
 	configFile      string
+	allowRollback   bool
+	unlockedWith    archive.Credentials // what opened the repository (key rotate keeps that slot)
 	keyFile         string
 	passwordFile    string
 	passwordCommand string
@@ -72,6 +74,7 @@ and restores them on any machine with the 64-digit key or a password.`,
 	pf := root.PersistentFlags()
 	pf.StringVarP(&a.repo, "repo", "r", "", "repository: a path, file:///path, s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX], s3://HOST/BUCKET[/PREFIX], gdrive://appdata/NAME or gdrive://folder/PATH (env WABACKUP_REPO)")
 	pf.StringVar(&a.configFile, "config", "", "config file (default $XDG_CONFIG_HOME/wabackup/config)")
+	pf.BoolVar(&a.allowRollback, "allow-rollback", false, "accept a repository store that shows an older keyring or fewer snapshots than this machine has seen (after restoring the store from a backup)")
 	pf.StringVar(&a.keyFile, "key-file", "", "read the 64-digit key from this file (env WABACKUP_KEY_FILE)")
 	pf.StringVar(&a.passwordFile, "password-file", "", "read the password from this file (env WABACKUP_PASSWORD_FILE)")
 	pf.StringVar(&a.passwordCommand, "password-command", "", "run this shell command to get the password (env WABACKUP_PASSWORD_COMMAND)")
@@ -351,7 +354,11 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 		r.SetTempDir(a.tempDir)
 	}
 	r.SetCacheDir(a.cachePath())
+	r.SetAllowRollback(a.allowRollback)
 	if err := r.Unlock(ctx, cred); err != nil {
+		if errors.Is(err, archive.ErrRetiredKey) {
+			return nil, err // it says which slot and why
+		}
 		if errors.Is(err, keys.ErrWrongKey) && a.typedKeyErr != nil {
 			return nil, a.typedKeyErr
 		}
@@ -360,6 +367,7 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 		}
 		return nil, err
 	}
+	a.unlockedWith = cred
 	return r, nil
 }
 
@@ -372,6 +380,14 @@ func (a *app) withRepo(ctx context.Context, fn func(*archive.Repository) error) 
 	}
 	defer r.Close()
 	return fn(r)
+}
+
+// withRepoLocked is withRepo holding the exclusive lock (key changes:
+// each writes the next keyring version).
+func (a *app) withRepoLocked(ctx context.Context, op string, fn func(*archive.Repository) error) error {
+	return a.withRepo(ctx, func(r *archive.Repository) error {
+		return a.withLock(ctx, r, true, op, func() error { return fn(r) })
+	})
 }
 
 // withLock runs fn holding a repository lock. A command that only reads

@@ -64,8 +64,8 @@ that key vault (wabackup-vault), which allows only a few wrong guesses.`,
 			if keyOut != "" && !force {
 				// Before anything is created: the file may be another
 				// repository's only key.
-				if _, err := os.Lstat(keyOut); err == nil {
-					return fmt.Errorf("%s exists: refusing to overwrite it (it may be another repository's key); choose another --key-out, or add --force", keyOut)
+				if err := refuseExisting(keyOut); err != nil {
+					return err
 				}
 			}
 			st, err := a.openStore(cmd.Context(), true)
@@ -114,6 +114,15 @@ that key vault (wabackup-vault), which allows only a few wrong guesses.`,
 
 // writeKeyFile writes the 64-digit key to path with mode 0600 and makes it
 // durable; it refuses to replace an existing file unless force.
+// refuseExisting fails if a --key-out file exists: it may hold another
+// repository's only key.
+func refuseExisting(path string) error {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("%s exists: refusing to overwrite it (it may be another repository's key); choose another --key-out, or add --force", path)
+	}
+	return nil
+}
+
 func writeKeyFile(path, key string, force bool) error {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
 	if force {

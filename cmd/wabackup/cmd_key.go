@@ -42,16 +42,33 @@ func (a *app) keyCommand() *cobra.Command {
 				}
 				tw := tabwriter.NewWriter(a.out.stdout, 0, 2, 2, ' ', 0)
 				if !a.out.json && !a.out.quiet {
-					fmt.Fprintln(tw, " ID\tKIND\tLABEL\tCREATED")
+					fmt.Fprintln(tw, " ID\tKIND\tEPOCH\tLABEL\tCREATED\tNOTE")
 				}
+				kr := r.Keyring()
 				for _, s := range slots {
 					cur := " "
 					if s.ID == r.UnlockedWith() {
 						cur = "*"
 					}
-					a.out.JSON(map[string]any{"message_type": "key", "id": s.ID, "kind": s.Kind, "label": s.Label, "created": s.Created, "current": cur == "*"})
+					// A slot object the keyring does not list opens nothing:
+					// removed or revoked (its object came back), or added
+					// behind wabackup's back.
+					listed, epoch, note := true, fmt.Sprint(r.Epoch()), ""
+					if kr != nil {
+						if _, listed = kr.Slot(s.ID); !listed {
+							epoch, note = "-", "not in the keyring: opens nothing"
+							if rm, ok := kr.RemovedSlot(s.ID); ok {
+								note = fmt.Sprintf("%s on %s, yet its object is back: opens nothing", map[string]string{"removed": "removed", "rotated": "revoked by key rotate"}[rm.Why], rm.Time.Local().Format("2006-01-02"))
+							}
+						}
+					}
+					m := map[string]any{"message_type": "key", "id": s.ID, "kind": s.Kind, "label": s.Label, "created": s.Created, "current": cur == "*", "in_keyring": listed}
+					if listed {
+						m["epoch"] = r.Epoch()
+					}
+					a.out.JSON(m)
 					if !a.out.json && !a.out.quiet {
-						fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\n", cur, s.ID[:8], s.Kind, s.Label, s.Created.Local().Format("2006-01-02 15:04"))
+						fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\n", cur, s.ID[:8], s.Kind, epoch, s.Label, s.Created.Local().Format("2006-01-02 15:04"), note)
 					}
 				}
 				return tw.Flush()
@@ -64,7 +81,7 @@ func (a *app) keyCommand() *cobra.Command {
 		Short: "Add a password (or, with --recovery, a new 64-digit key)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withRepo(cmd.Context(), func(r *archive.Repository) error {
+			return a.withRepoLocked(cmd.Context(), "key add", func(r *archive.Repository) error {
 				if label == "" {
 					label = hostLabel()
 				}
@@ -107,7 +124,7 @@ the last 64-digit key, asks for confirmation on a terminal and needs --force
 otherwise. The last slot is never removed.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withRepo(cmd.Context(), func(r *archive.Repository) error {
+			return a.withRepoLocked(cmd.Context(), "key remove", func(r *archive.Repository) error {
 				target, slots, err := r.FindSlot(cmd.Context(), args[0])
 				if err != nil {
 					return err
@@ -158,7 +175,7 @@ password's slot (the one used to open the repository, or --id).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			return a.withRepo(ctx, func(r *archive.Repository) error {
+			return a.withRepoLocked(ctx, "key passwd", func(r *archive.Repository) error {
 				slots, err := r.Slots(ctx)
 				if err != nil {
 					return err
@@ -202,6 +219,6 @@ password's slot (the one used to open the repository, or --id).`,
 	}
 	passwd.Flags().StringVar(&newPwFile, "new-password-file", "", "read the new password from this file")
 	passwd.Flags().StringVar(&slotID, "id", "", "the password slot to replace")
-	cmd.AddCommand(list, add, remove, passwd, a.keyEscrowCommand(), a.keyRecoverCommand(), a.keyVaultPasswdCommand(), a.keyVaultStatusCommand(), a.keyVaultDeleteCommand())
+	cmd.AddCommand(list, add, remove, passwd, a.keyRotateCommand(), a.keyEscrowCommand(), a.keyRecoverCommand(), a.keyVaultPasswdCommand(), a.keyVaultStatusCommand(), a.keyVaultDeleteCommand())
 	return cmd
 }

@@ -10,10 +10,12 @@ func (a *app) migrateCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "migrate",
 		Short: "Upgrade the repository to the current format",
-		Long: `Upgrade a repository to the current format (version 2: page-level database
-backups and content-addressed directory trees). Only the small config object
-is rewritten: nothing is re-uploaded, and every existing snapshot stays
-readable. Older wabackup releases cannot read the repository afterwards.`,
+		Long: `Upgrade a repository to the current format (version 3: a keyring that
+authenticates the key slots and makes key rotation possible; version 2 brought
+page-level database backups and content-addressed directory trees). Only the
+small config object is rewritten and the keyring written (it lists the key
+slots there are now): nothing is re-uploaded, and every existing snapshot
+stays readable. Older wabackup releases cannot read the repository afterwards.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()

@@ -163,8 +163,10 @@ The new password comes from --new-password-file or is asked for twice.`,
 			if err != nil {
 				return err
 			}
-			_, err = a.escrow(ctx, r, pw)
-			return err
+			return a.withLock(ctx, r, true, "key escrow", func() error {
+				_, err := a.escrow(ctx, r, pw)
+				return err
+			})
 		},
 	}
 	cmd.Flags().StringVar(&newPwFile, "new-password-file", "", "read the vault password from this file")
@@ -184,7 +186,7 @@ password), then add and print a new 64-digit key.`,
 				return errors.New("give --vault URL")
 			}
 			ctx := cmd.Context()
-			return a.withRepo(ctx, func(r *archive.Repository) error {
+			return a.withRepoLocked(ctx, "key recover", func(r *archive.Repository) error {
 				k, s, err := r.AddRecoveryKey(ctx, hostLabel())
 				if err != nil {
 					return err
@@ -440,11 +442,16 @@ the vault.`,
 					return err
 				}
 				var removed []string
-				for _, s := range doomed {
-					if _, err := t.repo.RemoveSlot(ctx, s.ID); err != nil {
-						return fmt.Errorf("the key was deleted from vault %s, but the repository's vault slot %s was not removed (remove it with wabackup key remove %s): %w", c.URL(), s.ID[:8], s.ID[:8], err)
+				if err := a.withLock(ctx, t.repo, true, "key vault-delete", func() error {
+					for _, s := range doomed {
+						if _, err := t.repo.RemoveSlot(ctx, s.ID); err != nil {
+							return fmt.Errorf("the key was deleted from vault %s, but the repository's vault slot %s was not removed (remove it with wabackup key remove %s): %w", c.URL(), s.ID[:8], s.ID[:8], err)
+						}
+						removed = append(removed, s.ID)
 					}
-					removed = append(removed, s.ID)
+					return nil
+				}); err != nil {
+					return err
 				}
 				a.out.JSON(map[string]any{"message_type": "vault_deleted", "vault": c.URL(), "name": t.name, "removed": removed})
 				a.out.Printf("deleted the key escrowed in vault %s and removed the repository's vault slot %s: the repository no longer opens through this vault (the 64-digit key and its other slots still open it)\n", c.URL(), strings.Join(shortIDs(removed), ", "))

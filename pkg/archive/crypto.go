@@ -65,8 +65,12 @@ func NewRandomID() ID {
 	return id
 }
 
-// keySet holds the subkeys derived from the master key (FORMAT.md §Keys).
+// keySet holds the subkeys derived from the master key (FORMAT.md §Keys)
+// of one key epoch (§2.4): epoch 0 derives all of them from its master
+// key; a later epoch derives the pack, object and config keys from its
+// own and keeps the content keys (chunk id, chunker, page tag) of epoch 0.
 type keySet struct {
+	epoch   uint32
 	master  keys.Key
 	chunkID keys.Key // HMAC-SHA256 key for chunk ids
 	pack    keys.Key // HKDF input for per-pack keys
@@ -74,6 +78,19 @@ type keySet struct {
 	chunker keys.Key // keys the FastCDC gear table
 	config  keys.Key // HMAC-SHA256 key for the config MAC
 	pageTag keys.Key // HMAC-SHA256 key for database page tags (format 2)
+}
+
+// epochKeys derives the keys of an epoch with the content keys of the
+// keyring (nil in epoch 0: derived from master).
+func epochKeys(epoch uint32, master keys.Key, content *keys.ContentKeys) *keySet {
+	k := deriveKeys(master)
+	k.epoch = epoch
+	if content != nil {
+		copy(k.chunkID[:], content.ChunkID)
+		copy(k.chunker[:], content.Chunker)
+		copy(k.pageTag[:], content.PageTag)
+	}
+	return k
 }
 
 func deriveKeys(master keys.Key) *keySet {
@@ -238,9 +255,14 @@ func (s *srcErr) Read(p []byte) (int, error) {
 // streamReader decrypts a STREAM object. It returns an error wrapping
 // ErrCorrupt on any authentication failure, truncation or trailing data.
 type streamReader struct {
-	r       io.Reader
-	name    string
-	aead    cipher.AEAD
+	r    io.Reader
+	name string
+	aead cipher.AEAD
+	// more are the AEADs of the other epochs a first segment that does
+	// not open under aead is tried with; epoch is the epoch that opened.
+	more    []cipher.AEAD
+	moreEp  []uint32
+	epoch   uint32
 	buf     []byte // ciphertext segment + one byte look-ahead
 	plain   []byte
 	pos     int
@@ -250,6 +272,12 @@ type streamReader struct {
 }
 
 func (k *keySet) newStreamReader(r io.Reader, name string) (*streamReader, error) {
+	return newStreamReaderKeys(r, name, []*keySet{k})
+}
+
+// newStreamReaderKeys reads an object written under any of ks (the
+// current epoch first): the first segment says which.
+func newStreamReaderKeys(r io.Reader, name string, ks []*keySet) (*streamReader, error) {
 	salt := make([]byte, saltSize)
 	if _, err := io.ReadFull(r, salt); err != nil {
 		if truncated(err) {
@@ -257,7 +285,12 @@ func (k *keySet) newStreamReader(r io.Reader, name string) (*streamReader, error
 		}
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return &streamReader{r: r, name: name, aead: k.objectAEAD(salt, name), buf: make([]byte, 0, segmentSize+tagSize+1)}, nil
+	sr := &streamReader{r: r, name: name, aead: ks[0].objectAEAD(salt, name), epoch: ks[0].epoch, buf: make([]byte, 0, segmentSize+tagSize+1)}
+	for _, k := range ks[1:] {
+		sr.more = append(sr.more, k.objectAEAD(salt, name))
+		sr.moreEp = append(sr.moreEp, k.epoch)
+	}
+	return sr, nil
 }
 
 func (s *streamReader) Read(p []byte) (int, error) {
@@ -295,6 +328,16 @@ func (s *streamReader) next() error {
 	}
 	var nonce [12]byte
 	plain, oerr := s.aead.Open(s.plain[:0], streamNonce(&nonce, s.counter, last), seg, nil)
+	if oerr != nil && s.counter == 0 {
+		// Written in another epoch? (seg is not overwritten: the
+		// plaintext goes to s.plain.)
+		for i, a := range s.more {
+			if plain, oerr = a.Open(s.plain[:0], streamNonce(&nonce, 0, last), seg, nil); oerr == nil {
+				s.aead, s.epoch = a, s.moreEp[i]
+				break
+			}
+		}
+	}
 	if oerr != nil {
 		if !last {
 			// A full segment that fails may be the last one of a stream

@@ -97,11 +97,14 @@ func (r *Repository) Forget(ctx context.Context, p Policy, dryRun bool) ([]Decis
 	if dryRun {
 		return ds, nil
 	}
+	removed := map[ID]bool{}
+	defer func() { r.forgotHighWater(removed, snaps) }()
 	for _, d := range ds {
 		if !d.Keep {
 			if err := r.store.Delete(ctx, snapshotName(d.Snapshot.ID)); err != nil {
 				return ds, err
 			}
+			removed[d.Snapshot.ID] = true
 		}
 	}
 	return ds, nil

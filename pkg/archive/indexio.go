@@ -182,7 +182,7 @@ func (r *Repository) readTrailer(ctx context.Context, id ID, size int64) ([]blob
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return r.keys.parseTrailer(id, sealed, size)
+	return r.parseTrailer(id, sealed, size)
 }
 
 // packIDFromName parses "data/xx/<64 hex>".

@@ -112,7 +112,7 @@ func (r *Repository) openObject(ctx context.Context, name string, compressed boo
 	if err != nil {
 		return nil, err
 	}
-	sr, err := r.keys.newStreamReader(rc, name)
+	sr, err := newStreamReaderKeys(rc, name, r.readKeys())
 	if err != nil {
 		rc.Close()
 		return nil, err

@@ -318,7 +318,7 @@ func verifyPackFile(r *Repository, id ID, f *os.File, size int64) ([]blobEntry, 
 	if _, err := f.ReadAt(sealed, size-4-tl); err != nil {
 		return nil, err
 	}
-	entries, err := r.keys.parseTrailer(id, sealed, size)
+	entries, err := r.parseTrailer(id, sealed, size)
 	if err != nil {
 		return nil, err
 	}

@@ -230,7 +230,7 @@ func (r *Repository) repairSnapshot(ctx context.Context, s *Snapshot, saver *pla
 		return rep, err
 	}
 	ns := *s
-	ns.Version = FormatVersion
+	ns.Version = 2 // the snapshot header version (not the repository format)
 	ns.Tree = ""
 	ns.Root = nil
 	for _, id := range root {

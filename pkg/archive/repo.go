@@ -22,8 +22,8 @@ import (
 )
 
 // FormatVersion is the repository format this package writes; it reads
-// versions 1 and 2 (FORMAT.md §11).
-const FormatVersion = 2
+// versions 1 to 3 (FORMAT.md §11). Version 3 adds the keyring (§2.4).
+const FormatVersion = 3
 
 // Chunk size bounds (FORMAT.md §Chunking).
 const (
@@ -124,12 +124,18 @@ type Repository struct {
 
 	store     cloud.Store
 	cfg       *Config
-	keys      *keySet
+	keys      *keySet       // the current epoch's (everything is written under it)
+	epochs    epochState    // the older epochs still readable
+	keyring   *keys.Keyring // nil before format 3
 	idx       *Index
 	tmpDir    string
 	tmpDirSet bool
 
-	slotID string // the key slot Unlock used
+	slotID   string // the key slot Unlock used
+	slotKind keys.SlotKind
+	slotData map[string][]byte // stored bytes of the slots loadSlots read, by id
+
+	allowRollback bool // SetAllowRollback
 
 	cacheDir string
 
@@ -169,6 +175,10 @@ var ErrWrongKey = keys.ErrWrongKey
 // UnlockedWith returns the id of the key slot that unlocked the
 // repository.
 func (r *Repository) UnlockedWith() string { return r.slotID }
+
+// UnlockedKind returns the kind of the key slot that unlocked the
+// repository.
+func (r *Repository) UnlockedKind() keys.SlotKind { return r.slotKind }
 
 // Credentials are what the user offers to unlock a repository.
 type Credentials struct {
@@ -214,14 +224,32 @@ func Init(ctx context.Context, store cloud.Store, opt InitOptions) (*Repository,
 	if err != nil {
 		return nil, none, err
 	}
-	if err := r.putSlot(ctx, slot); err != nil {
+	ref, err := r.putSlot(ctx, slot)
+	if err != nil {
 		return nil, none, err
 	}
+	refs := []keys.SlotRef{ref}
 	if opt.Password != nil {
-		if _, err := r.AddPassword(ctx, opt.Password, opt.Argon2, opt.Label); err != nil {
+		params := keys.DefaultArgon2
+		if opt.Argon2 != nil {
+			params = *opt.Argon2
+		}
+		ps, err := keys.NewPasswordSlot(master, opt.Password, params, opt.Label)
+		if err != nil {
 			return nil, none, err
 		}
+		ref, err := r.putSlot(ctx, ps)
+		if err != nil {
+			return nil, none, err
+		}
+		refs = append(refs, ref)
 	}
+	// The keyring lists the slots; then the config makes it a repository.
+	kr := newKeyring(refs)
+	if err := r.writeKeyring(ctx, kr, r.keys); err != nil {
+		return nil, none, err
+	}
+	r.keyring = kr
 	data, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return nil, none, err
@@ -264,18 +292,50 @@ func (r *Repository) Migrate(ctx context.Context) (bool, error) {
 	if r.cfg.Version >= FormatVersion {
 		return false, nil
 	}
+	if r.keyring == nil {
+		// Format 3: the keyring lists the slots there are now (trusted
+		// on this first use) before the config says it exists.
+		slots, err := r.Slots(ctx)
+		if err != nil {
+			return false, err
+		}
+		var refs []keys.SlotRef
+		for _, s := range slots {
+			refs = append(refs, slotRef(s.ID, r.slotData[s.ID]))
+		}
+		vs, err := r.keyringVersions(ctx)
+		if err != nil {
+			return false, err
+		}
+		kr := newKeyring(refs)
+		if len(vs) > 0 {
+			kr.Version = vs[0] + 1 // an interrupted migrate's, which nothing trusts
+		}
+		if err := r.writeKeyring(ctx, kr, r.keys); err != nil {
+			return false, err
+		}
+		r.keyring = kr
+	}
 	cfg := *r.cfg
 	cfg.Version = FormatVersion
 	cfg.MAC = cfg.mac(r.keys)
-	data, err := json.MarshalIndent(&cfg, "", "  ")
-	if err != nil {
+	if err := r.putConfig(ctx, &cfg); err != nil {
 		return false, err
-	}
-	if err := r.store.Put(ctx, "config", bytes.NewReader(data), int64(len(data))); err != nil {
-		return false, fmt.Errorf("writing config: %w", err)
 	}
 	r.cfg = &cfg
 	return true, nil
+}
+
+// putConfig stores cfg as the config object.
+func (r *Repository) putConfig(ctx context.Context, cfg *Config) error {
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := r.store.Put(ctx, "config", bytes.NewReader(data), int64(len(data))); err != nil {
+		return fmt.Errorf("writing config: %w", err)
+	}
+	return nil
 }
 
 // Slots lists the repository's key slots. It fails on a damaged one.
@@ -314,6 +374,10 @@ func (r *Repository) loadSlots(ctx context.Context) (slots []*keys.Slot, damaged
 			damaged = append(damaged, fmt.Errorf("%s: slot id %s does not match its name: %w", o.Name, s.ID, ErrCorrupt))
 			continue
 		}
+		if r.slotData == nil {
+			r.slotData = map[string][]byte{}
+		}
+		r.slotData[s.ID] = data
 		slots = append(slots, s)
 	}
 	return slots, damaged, nil
@@ -338,6 +402,12 @@ func (r *Repository) Unlock(ctx context.Context, c Credentials) (err error) {
 		return fmt.Errorf("repository has no usable key slots: %w", ErrCorrupt)
 	}
 	var lastErr error = ErrWrongKey
+	var keyringErr error // the first slot that opened but the keyring refused
+	defer func() {
+		if err != nil && keyringErr != nil {
+			err = keyringErr
+		}
+	}()
 	budget, tried := keys.Argon2Budget, 0
 	for _, s := range slots {
 		var secret []byte
@@ -370,23 +440,47 @@ func (r *Repository) Unlock(ctx context.Context, c Credentials) (err error) {
 			}
 			continue
 		}
-		k := deriveKeys(master)
-		if !hmac.Equal([]byte(r.cfg.mac(k)), []byte(r.cfg.MAC)) {
+		if err := r.openKeyring(ctx, s, r.slotData[s.ID], master); err != nil {
+			// A slot of another epoch, or not listed (a rotation that
+			// stopped before its keyring): another slot may open.
+			if errors.Is(err, ErrRetiredKey) || errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrRolledBack) {
+				if keyringErr == nil {
+					keyringErr = err
+				}
+				continue
+			}
+			return err
+		}
+		if !r.configMACOK() {
 			return fmt.Errorf("config: MAC does not verify (the config object was altered): %w", ErrCorrupt)
 		}
-		r.keys = k
-		r.slotID = s.ID
+		r.slotID, r.slotKind = s.ID, s.Kind
 		return nil
 	}
 	return lastErr
 }
 
-func (r *Repository) putSlot(ctx context.Context, s *keys.Slot) error {
+// putSlot stores a slot object and returns the keyring's reference to it.
+func (r *Repository) putSlot(ctx context.Context, s *keys.Slot) (keys.SlotRef, error) {
 	data, err := s.Marshal()
+	if err != nil {
+		return keys.SlotRef{}, err
+	}
+	if err := r.store.Put(ctx, "keys/"+s.ID, bytes.NewReader(data), int64(len(data))); err != nil {
+		return keys.SlotRef{}, err
+	}
+	return slotRef(s.ID, data), nil
+}
+
+// addSlot stores a new slot and lists it in the keyring. (Stored but not
+// listed, after a crash in between, it opens nothing.) The caller holds
+// the exclusive lock.
+func (r *Repository) addSlot(ctx context.Context, s *keys.Slot) error {
+	ref, err := r.putSlot(ctx, s)
 	if err != nil {
 		return err
 	}
-	return r.store.Put(ctx, "keys/"+s.ID, bytes.NewReader(data), int64(len(data)))
+	return r.updateKeyring(ctx, func(kr *keys.Keyring) { kr.Slots = append(kr.Slots, ref) })
 }
 
 // AddPassword adds a password slot and returns it.
@@ -399,7 +493,7 @@ func (r *Repository) AddPassword(ctx context.Context, password []byte, p *keys.A
 	if err != nil {
 		return nil, err
 	}
-	return s, r.putSlot(ctx, s)
+	return s, r.addSlot(ctx, s)
 }
 
 // AddRecoveryKey adds a slot for a new random recovery key and returns it.
@@ -412,7 +506,7 @@ func (r *Repository) AddRecoveryKey(ctx context.Context, label string) (keys.Key
 	if err != nil {
 		return k, nil, err
 	}
-	return k, s, r.putSlot(ctx, s)
+	return k, s, r.addSlot(ctx, s)
 }
 
 // AddVaultSlot adds a slot opened by a secret escrowed in a key vault.
@@ -421,7 +515,7 @@ func (r *Repository) AddVaultSlot(ctx context.Context, secret keys.Key, label st
 	if err != nil {
 		return nil, err
 	}
-	return s, r.putSlot(ctx, s)
+	return s, r.addSlot(ctx, s)
 }
 
 // RemoveSlot deletes a key slot by id or unique id prefix. It refuses to
@@ -431,8 +525,22 @@ func (r *Repository) RemoveSlot(ctx context.Context, ref string) (*keys.Slot, er
 	if err != nil {
 		return nil, err
 	}
-	if len(slots) == 1 {
+	if len(slots) == 1 || r.keyring != nil && len(r.keyring.Slots) == 1 && r.keyring.Slots[0].ID == found.ID {
 		return nil, errors.New("refusing to remove the last key slot: the repository would become unreadable")
+	}
+	// The keyring first: from then on the slot opens nothing, even if
+	// its object comes back.
+	if err := r.updateKeyring(ctx, func(kr *keys.Keyring) {
+		kept := kr.Slots[:0]
+		for _, ref := range kr.Slots {
+			if ref.ID != found.ID {
+				kept = append(kept, ref)
+			}
+		}
+		kr.Slots = kept
+		kr.Removed = append(kr.Removed, keys.RemovedSlot{ID: found.ID, Time: time.Now().UTC().Truncate(time.Second), Why: "removed"})
+	}); err != nil {
+		return nil, err
 	}
 	return found, r.store.Delete(ctx, "keys/"+found.ID)
 }

@@ -427,6 +427,9 @@ func (r *Repository) loadSnapshots(ctx context.Context) ([]*Snapshot, []damagedS
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	if err := r.checkSnapshotsHighWater(out, damaged); err != nil {
+		return nil, nil, err
+	}
 	return out, damaged, nil
 }
 

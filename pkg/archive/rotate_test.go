@@ -1,0 +1,350 @@
+package archive
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/wabackup/wabackup/pkg/cloud"
+	"github.com/wabackup/wabackup/pkg/cloud/local"
+	"github.com/wabackup/wabackup/pkg/keys"
+)
+
+// openWith opens the repository at dir as a new process would, with a
+// cache directory (for the high-water marks) and these credentials.
+func openWith(t *testing.T, dir, cache string, c Credentials, allowRollback bool) (*Repository, error) {
+	t.Helper()
+	st, err := local.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(context.Background(), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetTempDir(t.TempDir())
+	r.SetCacheDir(cache)
+	r.SetAllowRollback(allowRollback)
+	if err := r.Unlock(context.Background(), c); err != nil {
+		r.Close()
+		return nil, err
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, nil
+}
+
+func restoreAll(t *testing.T, r *Repository, s *Snapshot) string {
+	t.Helper()
+	out := t.TempDir()
+	if _, err := r.Restore(context.Background(), s, RestoreOptions{Target: out, NoSync: true}); err != nil {
+		t.Fatalf("restore of %s: %v", s.ID.Short(), err)
+	}
+	return out
+}
+
+// objectOpensUnder reports whether an object of the store decrypts under
+// the keys of master (epoch 0 derivation, as a leaked old key gives).
+func objectOpensUnder(t *testing.T, dir, name string, master keys.Key) bool {
+	t.Helper()
+	data, err := os.ReadFile(tamperPath(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sr, err := deriveKeys(master).newStreamReader(bytes.NewReader(data), name)
+	if err != nil {
+		return false
+	}
+	_, err = io.ReadAll(sr)
+	return err == nil
+}
+
+// key rotate (issue 15, acceptance 1, without --rewrite): a slot not kept
+// opens nothing written after the rotation — its master key decrypts the
+// old snapshots only — and wabackup refuses it even when the store puts
+// its object back; the kept password and the new 64-digit key open
+// everything, old and new.
+func TestRotateRetiresOldSlots(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	media := filepath.Join(t.TempDir(), "Media")
+	randomTree(t, media, 5)
+	s1, err := tr.Backup(ctx, BackupOptions{Media: media})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1 := treeDigest(t, media)
+	slots, err := tr.Slots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pw, rec *keys.Slot
+	for _, s := range slots {
+		switch s.Kind {
+		case keys.KindPassword:
+			pw = s
+		case keys.KindRecovery:
+			rec = s
+		}
+	}
+	oldRecoverySlot, err := os.ReadFile(tamperPath(tr.dir, "keys/"+rec.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldMaster, err := rec.Unwrap(tr.recovery[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := tr.Rotate(ctx, RotateOptions{Keep: []KeepSlot{{ID: pw.ID, Secret: []byte("correct horse")}}, NewRecoveryKey: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Epoch != 1 || len(res.Kept) != 1 || res.KeptFrom[0].ID != pw.ID || res.RecoveryKey == nil || len(res.Removed) != 1 || res.Removed[0].ID != rec.ID {
+		t.Fatalf("rotate: %+v", res)
+	}
+	randomTree(t, filepath.Join(media, "after"), 6)
+	s2, err := tr.Backup(ctx, BackupOptions{Media: media})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2 := treeDigest(t, media)
+	if s2.Stats.NewChunks == 0 || s2.Stats.Unchanged == 0 {
+		t.Errorf("backup after the rotation: %+v (deduplication across the epochs expected)", s2.Stats)
+	}
+
+	// The kept password and the new key open everything.
+	cache := t.TempDir()
+	for name, c := range map[string]Credentials{"password": {Password: []byte("correct horse")}, "new key": {RecoveryKey: res.RecoveryKey}} {
+		r, err := openWith(t, tr.dir, cache, c, false)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		compareTrees(t, d1, treeDigest(t, filepath.Join(restoreAll(t, r, s1), "Media")))
+		compareTrees(t, d2, treeDigest(t, filepath.Join(restoreAll(t, r, s2), "Media")))
+		if cr, err := r.Check(ctx, CheckOptions{ReadData: true}); err != nil {
+			t.Fatalf("%s: check: %v %v", name, err, cr.Errors)
+		}
+	}
+
+	// The old 64-digit key: its slot is gone; put back byte for byte, it
+	// is refused, named.
+	if _, err := openWith(t, tr.dir, cache, Credentials{RecoveryKey: &tr.recovery}, false); !errors.Is(err, keys.ErrWrongKey) {
+		t.Fatalf("old key after the rotation: %v", err)
+	}
+	if err := os.WriteFile(tamperPath(tr.dir, "keys/"+rec.ID), oldRecoverySlot, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = openWith(t, tr.dir, cache, Credentials{RecoveryKey: &tr.recovery}, false)
+	if !errors.Is(err, ErrRetiredKey) || !strings.Contains(err.Error(), rec.ID[:8]) || !strings.Contains(err.Error(), "retired by key rotate") {
+		t.Fatalf("old slot put back: %v", err)
+	}
+	// What the old master key itself can read (someone who kept the old
+	// slot and its key, outside wabackup): the first snapshot, not the
+	// second.
+	if !objectOpensUnder(t, tr.dir, snapshotName(s1.ID), oldMaster) {
+		t.Error("the old master key does not open the snapshot from before the rotation")
+	}
+	if objectOpensUnder(t, tr.dir, snapshotName(s2.ID), oldMaster) {
+		t.Error("the old master key opens a snapshot made after the rotation")
+	}
+	r, _ := openWith(t, tr.dir, cache, Credentials{RecoveryKey: res.RecoveryKey}, false)
+	idx, err := r.listNames(ctx, "index/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := 0
+	for _, o := range idx {
+		if !objectOpensUnder(t, tr.dir, o.Name, oldMaster) {
+			newer++
+		}
+	}
+	if newer == 0 {
+		t.Error("every index object opens under the old master key")
+	}
+}
+
+// Rollback (issue 15, acceptance 2): a removed slot put back is refused,
+// named; a keyring older than this machine has seen is refused, and so is
+// a snapshot list without the newest snapshot seen; --allow-rollback
+// accepts both.
+func TestKeyringRollback(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	cache := t.TempDir()
+	tr.SetCacheDir(cache)
+	media := filepath.Join(t.TempDir(), "Media")
+	randomTree(t, media, 7)
+	s1, err := tr.Backup(ctx, BackupOptions{Media: media})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := []byte("second password")
+	extra, err := tr.AddPassword(ctx, second, testArgon, "extra")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slotBytes, err := os.ReadFile(tamperPath(tr.dir, "keys/"+extra.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyringV2, err := os.ReadFile(tamperPath(tr.dir, keyringName(2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.RemoveSlot(ctx, extra.ID); err != nil {
+		t.Fatal(err)
+	}
+	// The removed slot's object back: refused with the date.
+	if err := os.WriteFile(tamperPath(tr.dir, "keys/"+extra.ID), slotBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = openWith(t, tr.dir, cache, Credentials{Password: second}, false)
+	if !errors.Is(err, ErrRetiredKey) || !strings.Contains(err.Error(), "was removed on") || !strings.Contains(err.Error(), extra.ID[:8]) {
+		t.Fatalf("removed slot put back: %v", err)
+	}
+	// The store rolled back to keyring version 2, where the slot was
+	// listed: this machine has seen version 3.
+	os.Remove(tamperPath(tr.dir, keyringName(3)))
+	os.WriteFile(tamperPath(tr.dir, keyringName(2)), keyringV2, 0o600)
+	_, err = openWith(t, tr.dir, cache, Credentials{Password: second}, false)
+	if !errors.Is(err, ErrRolledBack) || !strings.Contains(err.Error(), "version 2") || !strings.Contains(err.Error(), "version 3") {
+		t.Fatalf("keyring rolled back: %v", err)
+	}
+	if _, err := openWith(t, tr.dir, cache, Credentials{RecoveryKey: &tr.recovery}, false); !errors.Is(err, ErrRolledBack) {
+		t.Fatalf("keyring rolled back, opened with another slot: %v", err)
+	}
+	// Knowingly accepted; and a fresh machine cannot tell (FORMAT.md).
+	if _, err := openWith(t, tr.dir, cache, Credentials{Password: second}, true); err != nil {
+		t.Fatalf("--allow-rollback: %v", err)
+	}
+	if _, err := openWith(t, tr.dir, t.TempDir(), Credentials{Password: second}, false); err != nil {
+		t.Fatalf("a fresh machine: %v", err)
+	}
+
+	// Snapshots: the newest seen disappears without a forget here.
+	r, err := openWith(t, tr.dir, cache, Credentials{RecoveryKey: &tr.recovery}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := r.Backup(ctx, BackupOptions{Media: media})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Snapshots(ctx); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(tamperPath(tr.dir, snapshotName(s2.ID)))
+	r, err = openWith(t, tr.dir, cache, Credentials{RecoveryKey: &tr.recovery}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Snapshots(ctx); !errors.Is(err, ErrRolledBack) || !strings.Contains(err.Error(), s2.ID.Short()) {
+		t.Fatalf("newest snapshot gone: %v", err)
+	}
+	r, _ = openWith(t, tr.dir, cache, Credentials{RecoveryKey: &tr.recovery}, true)
+	if snaps, err := r.Snapshots(ctx); err != nil || len(snaps) != 1 || snaps[0].ID != s1.ID {
+		t.Fatalf("--allow-rollback: %v %v", snaps, err)
+	}
+	// Accepted once, the mark is what the store shows; forget of the
+	// newest snapshot on this machine lowers it too.
+	r, _ = openWith(t, tr.dir, cache, Credentials{RecoveryKey: &tr.recovery}, false)
+	s3, err := r.Backup(ctx, BackupOptions{Media: media})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Snapshots(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.store.Delete(ctx, snapshotName(s3.ID)); err != nil {
+		t.Fatal(err)
+	}
+	r.forgotHighWater(map[ID]bool{s3.ID: true}, []*Snapshot{s1, s3})
+	if _, err := r.Snapshots(ctx); err != nil {
+		t.Fatalf("after this machine forgot the newest: %v", err)
+	}
+}
+
+// An interrupted rotation leaves a repository that opens with the old or
+// the new keys, and that check passes.
+func TestRotateInterrupted(t *testing.T) {
+	ctx := context.Background()
+	for _, stop := range []string{"keyring", "config", "delete"} {
+		t.Run(stop, func(t *testing.T) {
+			tr := newTestRepo(t)
+			media := filepath.Join(t.TempDir(), "Media")
+			randomTree(t, media, 8)
+			s1, err := tr.Backup(ctx, BackupOptions{Media: media})
+			if err != nil {
+				t.Fatal(err)
+			}
+			slots, _ := tr.Slots(ctx)
+			var pw string
+			for _, s := range slots {
+				if s.Kind == keys.KindPassword {
+					pw = s.ID
+				}
+			}
+			fs := &failingStore{Store: tr.store, failPut: map[string]bool{}, failDelete: stop == "delete"}
+			switch stop {
+			case "keyring":
+				fs.failPut[keyringName(2)] = true
+			case "config":
+				fs.failPut["config"] = true
+			}
+			tr.store = fs
+			res, err := tr.Rotate(ctx, RotateOptions{Keep: []KeepSlot{{ID: pw, Secret: []byte("correct horse")}}, NewRecoveryKey: true})
+			if err == nil {
+				t.Fatal("rotation did not fail")
+			}
+			// Before the keyring: the old keys; after: the new ones.
+			old := Credentials{RecoveryKey: &tr.recovery}
+			want := old
+			if stop != "keyring" {
+				want = Credentials{RecoveryKey: res.RecoveryKey}
+			}
+			r, err := openWith(t, tr.dir, t.TempDir(), want, false)
+			if err != nil {
+				t.Fatalf("open after a rotation stopped at %s: %v", stop, err)
+			}
+			if stop != "keyring" {
+				if _, err := openWith(t, tr.dir, t.TempDir(), old, false); !errors.Is(err, keys.ErrWrongKey) {
+					t.Errorf("old key after a rotation stopped at %s: %v", stop, err)
+				}
+			}
+			if cr, err := r.Check(ctx, CheckOptions{ReadData: true}); err != nil {
+				t.Fatalf("check: %v %v", err, cr.Errors)
+			}
+			restoreAll(t, r, s1)
+			if _, err := openWith(t, tr.dir, t.TempDir(), Credentials{Password: []byte("correct horse")}, false); err != nil {
+				t.Fatalf("the kept password: %v", err)
+			}
+		})
+	}
+}
+
+// failingStore fails the Puts of the names in failPut, and every Delete
+// if failDelete: an interruption at that point.
+type failingStore struct {
+	cloud.Store
+	failPut    map[string]bool
+	failDelete bool
+}
+
+func (f *failingStore) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if f.failPut[name] {
+		return errors.New("injected failure")
+	}
+	return f.Store.Put(ctx, name, r, size)
+}
+
+func (f *failingStore) Delete(ctx context.Context, name string) error {
+	if f.failDelete {
+		return errors.New("injected failure")
+	}
+	return f.Store.Delete(ctx, name)
+}
