@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
 
 	"github.com/spf13/cobra"
 
@@ -12,7 +16,7 @@ import (
 
 func (a *app) keyRotateCommand() *cobra.Command {
 	var keyOut, label string
-	var force bool
+	var force, rewrite bool
 	cmd := &cobra.Command{
 		Use:   "rotate",
 		Short: "Start a new key epoch: revoke every key and password but the one in use",
@@ -23,7 +27,13 @@ once (or written to --key-out), and every other key slot stops opening the
 repository — even if the store puts its object back. Snapshots made before
 stay readable through the new keys. Nothing is re-uploaded: whoever held an
 old key can still decrypt the data stored before the rotation (if they copied
-it), but nothing written after it.`,
+it), but nothing written after it.
+
+With --rewrite, every stored object is then re-encrypted under the new key
+(streamed, one pack at a time) and the old key is destroyed: it opens
+nothing at all. An interrupted --rewrite is finished by running
+key rotate --rewrite again (it does not rotate a second time, and skips
+what is done).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -37,11 +47,15 @@ it), but nothing written after it.`,
 			}
 			return a.withRepo(ctx, func(r *archive.Repository) error {
 				return a.withLock(ctx, r, true, "key rotate", func() error {
+					if kr := r.Keyring(); rewrite && kr != nil && kr.Rewrite {
+						a.out.Printf("finishing the interrupted rewrite into key epoch %d (no new rotation)\n", r.Epoch())
+						return a.rewrite(ctx, r, nil)
+					}
 					keep, err := a.keepOpeningSlot(r)
 					if err != nil {
 						return err
 					}
-					res, err := r.Rotate(ctx, archive.RotateOptions{Keep: keep, NewRecoveryKey: true, Label: label})
+					res, err := r.Rotate(ctx, archive.RotateOptions{Keep: keep, NewRecoveryKey: true, Label: label, Rewrite: rewrite})
 					if res == nil && err != nil {
 						return err
 					}
@@ -65,7 +79,9 @@ it), but nothing written after it.`,
 					if keyOut == "" {
 						m["key"] = formatted
 					}
-					a.out.JSON(m)
+					if !rewrite {
+						a.out.JSON(m)
+					}
 					if !a.out.json {
 						var b strings.Builder
 						fmt.Fprintf(&b, "rotated to key epoch %d: from now on everything is written under a new master key.\n", res.Epoch)
@@ -80,14 +96,20 @@ it), but nothing written after it.`,
 						} else {
 							fmt.Fprintf(&b, "the new 64-digit key (%s) is in %s\n", res.Recovery.ID[:8], keyOut)
 						}
-						b.WriteString("Nothing was re-uploaded: data stored before the rotation stays encrypted under the old key.\n")
+						if !rewrite {
+							b.WriteString("Nothing was re-uploaded: data stored before the rotation stays encrypted under the old key (--rewrite re-encrypts it).\n")
+						}
 						fmt.Fprint(a.out.stdout, b.String())
 					}
-					return err
+					if err != nil || !rewrite {
+						return err
+					}
+					return a.rewrite(ctx, r, m)
 				})
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&rewrite, "rewrite", false, "then re-encrypt all stored data under the new key and destroy the old one")
 	cmd.Flags().StringVar(&keyOut, "key-out", "", "write the new 64-digit key to this file (mode 0600) instead of showing it")
 	cmd.Flags().BoolVar(&force, "force", false, "with --key-out: overwrite an existing file")
 	cmd.Flags().StringVar(&label, "label", "", "a note for the new 64-digit key's slot (default: host name)")
@@ -116,4 +138,43 @@ func (a *app) keepOpeningSlot(r *archive.Repository) ([]archive.KeepSlot, error)
 		return nil, fmt.Errorf("internal error: no secret for key slot %.8s", id)
 	}
 	return []archive.KeepSlot{{ID: id, Secret: secret}}, nil
+}
+
+// rewrite runs Rewrite with a progress bar and reports it; m, if not nil,
+// is the key_rotated message to complete.
+func (a *app) rewrite(ctx context.Context, r *archive.Repository, m map[string]any) error {
+	start := time.Now()
+	var bar *progressbar.ProgressBar
+	res, err := r.Rewrite(ctx, func(p archive.RewriteProgress) {
+		if bar == nil {
+			bar = a.out.progressCount("rewrite: packs", "packs", int64(p.TotalPacks))
+		}
+		if bar != nil {
+			bar.Set(p.Packs)
+		}
+	})
+	if bar != nil {
+		bar.Finish()
+	}
+	if err != nil {
+		return fmt.Errorf("re-encrypting under key epoch %d: %w (run wabackup key rotate --rewrite again to go on; what is done is kept)", r.Epoch(), err)
+	}
+	if m == nil {
+		m = map[string]any{"message_type": "key_rotated", "epoch": r.Epoch(), "kept": []string{}, "removed": []string{}}
+	}
+	m["rewritten"] = true
+	m["packs_rewritten"], m["packs_skipped"] = res.Packs, res.PacksSkipped
+	m["objects_rewritten"], m["objects_skipped"] = res.Objects, res.ObjectsSkipped
+	m["retired_epochs"] = res.Retired
+	if res.Retired == nil {
+		m["retired_epochs"] = []uint32{}
+	}
+	m["duration_seconds"] = time.Since(start).Seconds()
+	a.out.JSON(m)
+	a.out.Printf("re-encrypted %d pack(s) (%s) and %d object(s) under key epoch %d (%d pack(s) and %d object(s) were already) in %s; the old key was destroyed: it opens nothing\n",
+		res.Packs, humanBytes(res.Bytes), res.Objects, r.Epoch(), res.PacksSkipped, res.ObjectsSkipped, time.Since(start).Round(time.Millisecond))
+	if res.Damaged > 0 {
+		a.out.Warnf("%d object(s) in damaged/ (set aside by repair) are left as they were, under the old key: remove them when you no longer need them", res.Damaged)
+	}
+	return nil
 }

@@ -219,10 +219,48 @@ func (r *Repository) Check(ctx context.Context, opt CheckOptions) (*CheckResult,
 			return nil, err
 		}
 	}
+	if w := r.oldEpochWarning(ctx, opt.ReadData); w != "" {
+		res.Warnings = append(res.Warnings, w)
+	}
 	if len(res.Errors) > 0 {
 		return res, ErrCheckFailed
 	}
 	return res, nil
+}
+
+// oldEpochWarning says how many of the objects check read are still under
+// an older key epoch than the current one (FORMAT.md §2.4), and the
+// key slots whose objects are in the store but not in the keyring.
+func (r *Repository) oldEpochWarning(ctx context.Context, readData bool) string {
+	var parts []string
+	if len(r.epochs.old) > 0 {
+		packs := 0
+		r.epochs.packEpochs.Range(func(_, _ any) bool { packs++; return true })
+		what := fmt.Sprintf("%d index and snapshot object(s)", r.epochs.oldObjects.Load())
+		if readData {
+			what += fmt.Sprintf(" and %d pack(s)", packs)
+		}
+		var epochs []string
+		for _, k := range r.epochs.old {
+			epochs = append(epochs, fmt.Sprint(k.epoch))
+		}
+		parts = append(parts, fmt.Sprintf("%s are still under key epoch %s, from before the last key rotation (a key revoked then still decrypts them, if it was copied): wabackup key rotate --rewrite re-encrypts them", what, strings.Join(epochs, ", ")))
+	}
+	if kr := r.keyring; kr != nil {
+		slots, _, err := r.loadSlots(ctx)
+		if err == nil {
+			n := 0
+			for _, s := range slots {
+				if _, ok := kr.Slot(s.ID); !ok {
+					n++
+				}
+			}
+			if n > 0 {
+				parts = append(parts, fmt.Sprintf("%d key slot object(s) are not in the keyring and open nothing (removed, revoked, or left by an interrupted key command; wabackup key list shows them)", n))
+			}
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 func (r *Repository) checkTree(ctx context.Context, s *Snapshot, seenSegs map[ID]bool, seenDirs map[string]bool, errf func(string, ...any)) error {

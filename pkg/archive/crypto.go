@@ -263,6 +263,7 @@ type streamReader struct {
 	more    []cipher.AEAD
 	moreEp  []uint32
 	epoch   uint32
+	onOld   func() // called when the first segment opens under more
 	buf     []byte // ciphertext segment + one byte look-ahead
 	plain   []byte
 	pos     int
@@ -334,6 +335,9 @@ func (s *streamReader) next() error {
 		for i, a := range s.more {
 			if plain, oerr = a.Open(s.plain[:0], streamNonce(&nonce, 0, last), seg, nil); oerr == nil {
 				s.aead, s.epoch = a, s.moreEp[i]
+				if s.onOld != nil {
+					s.onOld()
+				}
 				break
 			}
 		}

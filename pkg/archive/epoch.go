@@ -3,6 +3,7 @@ package archive
 import (
 	"crypto/cipher"
 	"sync"
+	"sync/atomic"
 )
 
 // Key epochs (FORMAT.md §2.4). A repository's objects are written under
@@ -12,8 +13,9 @@ import (
 // current epoch first: an object opens under exactly one epoch's key (AES-
 // GCM authentication fails under any other).
 type epochState struct {
-	old        []*keySet // older epochs still readable, newest first
-	packEpochs sync.Map  // pack ID -> *keySet it opened under (older epochs only)
+	old        []*keySet    // older epochs still readable, newest first
+	packEpochs sync.Map     // pack ID -> *keySet it opened under (older epochs only)
+	oldObjects atomic.Int64 // STREAM objects read that were under an older epoch
 }
 
 // readKeys returns the keys of every readable epoch, the current first.
@@ -61,7 +63,6 @@ func (r *Repository) parseTrailer(id ID, sealed []byte, size int64) ([]blobEntry
 	}
 	return nil, first
 }
-
 
 // blobAEADs returns the AEADs to open a blob of pack id with, and the
 // epochs they belong to.

@@ -117,6 +117,7 @@ func (r *Repository) openObject(ctx context.Context, name string, compressed boo
 		rc.Close()
 		return nil, err
 	}
+	sr.onOld = func() { r.epochs.oldObjects.Add(1) }
 	if !compressed {
 		return &objReader{Reader: sr, closers: []func(){func() { rc.Close() }}}, nil
 	}

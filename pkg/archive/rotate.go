@@ -19,6 +19,9 @@ type KeepSlot struct {
 // RotateOptions say which slots survive a key rotation.
 type RotateOptions struct {
 	Keep []KeepSlot
+	// Rewrite marks the new keyring as rewriting (Rewrite follows): an
+	// interrupted rotate --rewrite then goes on instead of rotating again.
+	Rewrite bool
 	// NewRecoveryKey adds a slot for a new 64-digit key.
 	NewRecoveryKey bool
 	Label          string
@@ -134,7 +137,7 @@ func (r *Repository) Rotate(ctx context.Context, opt RotateOptions) (*RotateResu
 	now := time.Now().UTC().Truncate(time.Second)
 	next := &keys.Keyring{V: 1, Version: cur.Version + 1, Time: now, Epoch: epoch, Content: content,
 		Old:     append([]keys.EpochKey{{Epoch: cur.Epoch, Key: clone32(r.keys.master), Created: cur.Time}}, cur.Old...),
-		Retired: cur.Retired, Slots: refs, Removed: cur.Removed}
+		Retired: cur.Retired, Slots: refs, Removed: cur.Removed, Rewrite: opt.Rewrite}
 	for _, ref := range cur.Slots {
 		next.Removed = append(next.Removed, keys.RemovedSlot{ID: ref.ID, Time: now, Why: "rotated"})
 		if s := byID[ref.ID]; s != nil && !kept[ref.ID] {

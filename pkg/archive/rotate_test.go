@@ -126,8 +126,12 @@ func TestRotateRetiresOldSlots(t *testing.T) {
 		}
 		compareTrees(t, d1, treeDigest(t, filepath.Join(restoreAll(t, r, s1), "Media")))
 		compareTrees(t, d2, treeDigest(t, filepath.Join(restoreAll(t, r, s2), "Media")))
-		if cr, err := r.Check(ctx, CheckOptions{ReadData: true}); err != nil {
+		cr, err := r.Check(ctx, CheckOptions{ReadData: true})
+		if err != nil {
 			t.Fatalf("%s: check: %v %v", name, err, cr.Errors)
+		}
+		if !strings.Contains(strings.Join(cr.Warnings, "\n"), "are still under key epoch 0") {
+			t.Errorf("%s: check does not report the objects under the old epoch: %q", name, cr.Warnings)
 		}
 	}
 
@@ -347,4 +351,158 @@ func (f *failingStore) Delete(ctx context.Context, name string) error {
 		return errors.New("injected failure")
 	}
 	return f.Store.Delete(ctx, name)
+}
+
+// packOpensUnder reports whether a stored pack's trailer authenticates
+// under the pack keys of master.
+func packOpensUnder(t *testing.T, dir string, id ID, master keys.Key) bool {
+	t.Helper()
+	data, err := os.ReadFile(tamperPath(dir, packName(id)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := int64(data[len(data)-4])<<24 | int64(data[len(data)-3])<<16 | int64(data[len(data)-2])<<8 | int64(data[len(data)-1])
+	sealed := data[int64(len(data))-4-tl : len(data)-4]
+	_, err = deriveKeys(master).parseTrailer(id, sealed, int64(len(data)))
+	return err == nil
+}
+
+// rotate --rewrite (issue 15, acceptance 1): afterwards the old key
+// opens nothing at all — no pack, index, snapshot or keyring — while the
+// kept password and the new key open everything; a second run has
+// nothing left to do.
+func TestRotateRewrite(t *testing.T) {
+	ctx := context.Background()
+	for _, parity := range []int{0, 2} {
+		t.Run(map[int]string{0: "plain", 2: "parity"}[parity], func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "repo")
+			st, err := local.Open(dir, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, rk, err := Init(ctx, st, InitOptions{Password: []byte("correct horse"), Argon2: testArgon, Parity: parity})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.SetTempDir(t.TempDir())
+			src := t.TempDir()
+			makeDB(t, filepath.Join(src, "msgstore.db"), 2000)
+			randomTree(t, filepath.Join(src, "Media"), 9)
+			s1, err := r.Backup(ctx, BackupOptions{DB: filepath.Join(src, "msgstore.db"), Media: filepath.Join(src, "Media")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			slots, _ := r.Slots(ctx)
+			var pw, rec *keys.Slot
+			for _, s := range slots {
+				if s.Kind == keys.KindPassword {
+					pw = s
+				} else {
+					rec = s
+				}
+			}
+			oldMaster, _ := rec.Unwrap(rk[:])
+			res, err := r.Rotate(ctx, RotateOptions{Keep: []KeepSlot{{ID: pw.ID, Secret: []byte("correct horse")}}, NewRecoveryKey: true, Rewrite: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rw, err := r.Rewrite(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rw.Packs == 0 || rw.Objects == 0 || len(rw.Retired) != 1 || rw.Retired[0] != 0 {
+				t.Fatalf("rewrite: %+v", rw)
+			}
+			// Nothing in the store opens under the old master key.
+			packs, _, err := r.listPacks(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for id := range packs {
+				if packOpensUnder(t, dir, id, oldMaster) {
+					t.Errorf("%s still opens under the old key", packName(id))
+				}
+			}
+			for _, prefix := range []string{"index/", "snapshots/", "keyring/"} {
+				objs, _ := r.listNames(ctx, prefix)
+				for _, o := range objs {
+					if objectOpensUnder(t, dir, o.Name, oldMaster) {
+						t.Errorf("%s still opens under the old key", o.Name)
+					}
+				}
+			}
+			if kr := r.Keyring(); len(kr.Old) != 0 || kr.Rewrite || len(kr.Retired) != 1 {
+				t.Errorf("keyring after the rewrite: %+v", kr)
+			}
+			vs, _ := r.keyringVersions(ctx)
+			if len(vs) != 1 {
+				t.Errorf("keyring versions left: %v", vs)
+			}
+			for name, c := range map[string]Credentials{"password": {Password: []byte("correct horse")}, "new key": {RecoveryKey: res.RecoveryKey}} {
+				o, err := openWith(t, dir, t.TempDir(), c, false)
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				if cr, err := o.Check(ctx, CheckOptions{ReadData: true}); err != nil || len(cr.Warnings) != 0 {
+					t.Fatalf("%s: check: %v %v %v", name, err, cr.Errors, cr.Warnings)
+				}
+				out := restoreAll(t, o, s1)
+				compareTrees(t, treeDigest(t, filepath.Join(src, "Media")), treeDigest(t, filepath.Join(out, "Media")))
+				if n := messageRows(t, filepath.Join(out, "msgstore.db")); n != 2000 {
+					t.Errorf("%s: restored database has %d rows", name, n)
+				}
+			}
+			again, err := r.Rewrite(ctx, nil)
+			if err != nil || again.Packs != 0 || again.Objects != 0 {
+				t.Fatalf("second rewrite: %+v %v", again, err)
+			}
+		})
+	}
+}
+
+// An interrupted rewrite: the repository opens and checks with the
+// objects half rewritten, and the next run rewrites only the rest.
+func TestRewriteInterrupted(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	media := filepath.Join(t.TempDir(), "Media")
+	randomTree(t, media, 10)
+	if _, err := tr.Backup(ctx, BackupOptions{Media: media}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := tr.Rotate(ctx, RotateOptions{NewRecoveryKey: true, Rewrite: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	packs, _, _ := tr.listPacks(ctx)
+	stopAt := len(packs) / 2
+	cctx, cancel := context.WithCancel(ctx)
+	_, err = tr.Rewrite(cctx, func(p RewriteProgress) {
+		if p.Packs == stopAt {
+			cancel()
+		}
+	})
+	if err == nil {
+		t.Fatal("the cancelled rewrite finished")
+	}
+	r, err := openWith(t, tr.dir, t.TempDir(), Credentials{RecoveryKey: res.RecoveryKey}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Keyring().Rewrite || len(r.Keyring().Old) != 1 {
+		t.Fatalf("keyring after the interruption: %+v", r.Keyring())
+	}
+	if cr, err := r.Check(ctx, CheckOptions{ReadData: true}); err != nil {
+		t.Fatalf("check of a half rewritten repository: %v %v", err, cr.Errors)
+	}
+	rw, err := r.Rewrite(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rw.PacksSkipped < stopAt || rw.Packs+rw.PacksSkipped != len(packs) || rw.Packs == 0 {
+		t.Errorf("resumed rewrite: %+v (of %d packs, %d done before)", rw, len(packs), stopAt)
+	}
+	if cr, err := r.Check(ctx, CheckOptions{ReadData: true}); err != nil {
+		t.Fatalf("check: %v %v", err, cr.Errors)
+	}
 }

@@ -37,6 +37,9 @@ type Keyring struct {
 	Retired []RetiredEpoch `json:"retired,omitempty"`
 	Slots   []SlotRef      `json:"slots"`
 	Removed []RemovedSlot  `json:"removed,omitempty"`
+	// Rewrite says a rotate --rewrite is re-encrypting the objects of the
+	// Old epochs; it is cleared, with Old, when that is done.
+	Rewrite bool `json:"rewrite,omitempty"`
 }
 
 // ContentKeys are the keys of the repository's content (see Keyring).
@@ -118,6 +121,9 @@ func (k *Keyring) check() error {
 	if len(k.Slots) == 0 {
 		return bad("no slots")
 	}
+	if k.Rewrite && len(k.Old) == 0 {
+		return bad("a rewrite with no old epoch to rewrite")
+	}
 	if (k.Epoch == 0) != (k.Content == nil) {
 		return bad("content keys are present exactly when the epoch is not 0")
 	}
@@ -179,7 +185,7 @@ func (k *Keyring) Marshal() ([]byte, error) {
 	return b, nil
 }
 
-var keyringFields = map[string]bool{"v": true, "version": true, "time": true, "epoch": true, "content": true, "old": true, "retired": true, "slots": true, "removed": true}
+var keyringFields = map[string]bool{"v": true, "version": true, "time": true, "epoch": true, "content": true, "old": true, "retired": true, "slots": true, "removed": true, "rewrite": true}
 
 // ParseKeyring decodes a keyring written by Marshal, strictly: one JSON
 // object, no trailing data, no unknown or duplicated fields, every
