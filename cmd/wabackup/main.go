@@ -43,12 +43,14 @@ const exitCodesHelp = `Exit codes:
        the repository or the chat database, a restore that left out files
        whose data is damaged (it lists them), a version-1 repository that needs
        'wabackup migrate' before a backup, a store that cannot be reached
-       within the retry budget…)
+       within the retry budget, a store that shows an older state than this
+       machine has seen (--allow-rollback accepts it)…)
   3    backup finished but the snapshot is partial: some files could not be read
   10   the repository does not exist
   11   the repository is locked by another process
-  12   wrong or malformed key or password, or a wrong key-vault password (the
-       message says how many attempts are left before the vault destroys the key)
+  12   wrong or malformed key or password, a key slot that was removed or
+       revoked by key rotate, or a wrong key-vault password (the message says
+       how many attempts are left before the vault destroys the key)
   14   the store refused us: access denied, no credentials, not logged in to
        Google Drive, wrong S3 region, clock skew
   15   the store (or a local disk: no space left, quota exceeded) is full, or

@@ -120,7 +120,14 @@ func (r *Repository) openKeyring(ctx context.Context, slot *keys.Slot, slotData 
 		return nil
 	}
 	if r.cfg.Version < 3 {
-		return fmt.Errorf("the config says format version %d, but the repository has a keyring (format 3): the config was downgraded: %w", r.cfg.Version, ErrCorrupt)
+		// A migrate interrupted after its keyring and before the config:
+		// an epoch-0 keyring is then unused (migrate writes the next
+		// version). A later epoch's means the config was downgraded.
+		if kr, err := r.readKeyring(ctx, vs[0], deriveKeys(master)); err == nil && kr.Epoch == 0 {
+			r.keys = deriveKeys(master)
+			return nil
+		}
+		return fmt.Errorf("the config says format version %d, but the repository has a keyring of a later key epoch (format 3): the config was downgraded: %w", r.cfg.Version, ErrCorrupt)
 	}
 	if err := r.checkHighWater(vs[0]); err != nil {
 		return err

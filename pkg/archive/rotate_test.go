@@ -506,3 +506,47 @@ func TestRewriteInterrupted(t *testing.T) {
 		t.Fatalf("check: %v %v", err, cr.Errors)
 	}
 }
+
+// migrate interrupted after its keyring, before the config: the
+// repository opens as before (the epoch-0 keyring unused), and migrate
+// run again finishes with the next keyring version; a keyring of a later
+// epoch beside an old config is a downgrade, refused.
+func TestMigrateInterrupted(t *testing.T) {
+	ctx := context.Background()
+	r, dir := openV1Fixture(t)
+	r.store = &failingStore{Store: r.store, failPut: map[string]bool{"config": true}}
+	if _, err := r.Migrate(ctx); err == nil {
+		t.Fatal("migrate did not fail")
+	}
+	r = openV1At(t, dir)
+	if v := r.Config().Version; v != 1 {
+		t.Fatalf("config version %d after the failed migrate", v)
+	}
+	checkReadData(t, r)
+	if changed, err := r.Migrate(ctx); err != nil || !changed {
+		t.Fatalf("migrate again: %v %v", changed, err)
+	}
+	r = openV1At(t, dir)
+	if kr := r.Keyring(); kr == nil || kr.Version != 2 || r.Config().Version != 3 {
+		t.Fatalf("after migrate: keyring %+v, config version %d", kr, r.Config().Version)
+	}
+	// Rotate, then put the version-1 config back: refused.
+	old, err := os.ReadFile("../../testdata/v1repo/repo/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyText, _ := os.ReadFile("../../testdata/v1repo/key.txt")
+	k, _ := keys.ParseRecoveryKey(string(keyText))
+	if _, err := r.Rotate(ctx, RotateOptions{Keep: []KeepSlot{{ID: r.UnlockedWith(), Secret: k[:]}}}); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "config"), old, 0o600)
+	st, _ := local.Open(dir, false)
+	o, err := Open(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Unlock(ctx, Credentials{RecoveryKey: &k}); err == nil || !strings.Contains(err.Error(), "downgraded") {
+		t.Fatalf("a version-1 config beside a rotated keyring: %v", err)
+	}
+}
