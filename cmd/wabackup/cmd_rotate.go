@@ -91,6 +91,11 @@ what is done).`,
 						for _, s := range res.Removed {
 							fmt.Fprintf(&b, "revoked %s %s (%s)\n", s.Kind, s.ID[:8], s.Label)
 						}
+						for _, s := range res.Removed {
+							if s.Kind == keys.KindVault {
+								fmt.Fprintf(&b, "the key escrowed in vault %s no longer opens the repository: escrow the new key with wabackup key escrow --vault %s (or rotate through the vault, with --vault, to keep it)\n", s.Extra[vaultExtraURL], s.Extra[vaultExtraURL])
+							}
+						}
 						if keyOut == "" {
 							fmt.Fprintf(&b, "the new 64-digit key (%s), shown once:\n\n    %s\n\n", res.Recovery.ID[:8], formatted)
 						} else {

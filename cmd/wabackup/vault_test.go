@@ -411,3 +411,47 @@ func TestVaultPinsAndSlots(t *testing.T) {
 		t.Fatalf("key escrow after deleting the orphaned record: %d %s %s", code, out, errs)
 	}
 }
+
+// key rotate through the vault keeps the escrowed key (the vault's secret
+// opens the slot made for the new epoch; issue 15: "the vault is
+// re-escrowed"); a rotation opened with the 64-digit key revokes the
+// vault's slot and says to escrow again.
+func TestVaultRotate(t *testing.T) {
+	h := vaulttest.SoftHSM(t)
+	v := vaulttest.Start(t, vaulttest.Options{HSM: h})
+	work := t.TempDir()
+	repo := filepath.Join(work, "repo")
+	media := filepath.Join(work, "Media")
+	writeTree(t, media)
+	pw := filepath.Join(work, "pw.txt")
+	os.WriteFile(pw, []byte("correct horse battery staple\n"), 0o600)
+	keyFile := filepath.Join(work, "key.txt")
+	home := filepath.Join(work, "home")
+	vflags := []string{"--vault", v.URL, "--vault-cacert", v.CACert}
+	if code, out, errs := wabIn(t, home, append([]string{"init", "--repo", repo, "--password-file", pw, "--key-out", keyFile}, vflags...)...); code != 0 {
+		t.Fatalf("init: %d\n%s\n%s", code, out, errs)
+	}
+	if code, out, errs := wabIn(t, home, "backup", "--repo", repo, "--key-file", keyFile, "--media", media); code != 0 {
+		t.Fatalf("backup: %d\n%s\n%s", code, out, errs)
+	}
+	code, out, errs := wabIn(t, home, append([]string{"key", "rotate", "--repo", repo, "--password-file", pw, "--key-out", filepath.Join(work, "k2")}, vflags...)...)
+	if code != 0 || !strings.Contains(out, "kept vault") || !strings.Contains(out, "revoked recovery") {
+		t.Fatalf("rotate through the vault: %d\n%s\n%s", code, out, errs)
+	}
+	if code, _, errs := wabIn(t, home, "snapshots", "--repo", repo, "--key-file", keyFile); code != exitWrongKey {
+		t.Fatalf("the revoked key: exit %d %s", code, errs)
+	}
+	// A new machine restores through the vault, as before.
+	target := filepath.Join(work, "restored")
+	if code, out, errs := wabIn(t, filepath.Join(work, "home2"), append([]string{"restore", "latest", "--repo", repo, "--password-file", pw, "--target", target}, vflags...)...); code != 0 {
+		t.Fatalf("restore through the vault after the rotation: %d\n%s\n%s", code, out, errs)
+	}
+	// Rotating with the 64-digit key revokes the vault slot, and says so.
+	code, out, errs = wabIn(t, home, "key", "rotate", "--repo", repo, "--key-file", filepath.Join(work, "k2"), "--key-out", filepath.Join(work, "k3"))
+	if code != 0 || !strings.Contains(out, "revoked vault") || !strings.Contains(out, "key escrow --vault "+v.URL) {
+		t.Fatalf("rotate with the key: %d\n%s\n%s", code, out, errs)
+	}
+	if code, _, _ := wabIn(t, filepath.Join(work, "home3"), append([]string{"snapshots", "--repo", repo, "--password-file", pw}, vflags...)...); code == 0 {
+		t.Fatal("the revoked vault slot still opens the repository")
+	}
+}

@@ -91,6 +91,19 @@ func TestRotateRetiresOldSlots(t *testing.T) {
 			rec = s
 		}
 	}
+	// A second password, not kept: the one that leaked.
+	leaked, err := tr.AddPassword(ctx, []byte("leaked password"), testArgon, "old laptop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leakedSlot, err := os.ReadFile(tamperPath(tr.dir, "keys/"+leaked.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leakedMaster, err := leaked.Unwrap([]byte("leaked password"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	oldRecoverySlot, err := os.ReadFile(tamperPath(tr.dir, "keys/"+rec.ID))
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +117,7 @@ func TestRotateRetiresOldSlots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Epoch != 1 || len(res.Kept) != 1 || res.KeptFrom[0].ID != pw.ID || res.RecoveryKey == nil || len(res.Removed) != 1 || res.Removed[0].ID != rec.ID {
+	if res.Epoch != 1 || len(res.Kept) != 1 || res.KeptFrom[0].ID != pw.ID || res.RecoveryKey == nil || len(res.Removed) != 2 {
 		t.Fatalf("rotate: %+v", res)
 	}
 	randomTree(t, filepath.Join(media, "after"), 6)
@@ -146,6 +159,18 @@ func TestRotateRetiresOldSlots(t *testing.T) {
 	_, err = openWith(t, tr.dir, cache, Credentials{RecoveryKey: &tr.recovery}, false)
 	if !errors.Is(err, ErrRetiredKey) || !strings.Contains(err.Error(), rec.ID[:8]) || !strings.Contains(err.Error(), "retired by key rotate") {
 		t.Fatalf("old slot put back: %v", err)
+	}
+	// The leaked password likewise, and what it opened decrypts the old
+	// snapshot only.
+	if _, err := openWith(t, tr.dir, cache, Credentials{Password: []byte("leaked password")}, false); !errors.Is(err, keys.ErrWrongKey) {
+		t.Fatalf("leaked password after the rotation: %v", err)
+	}
+	os.WriteFile(tamperPath(tr.dir, "keys/"+leaked.ID), leakedSlot, 0o600)
+	if _, err := openWith(t, tr.dir, cache, Credentials{Password: []byte("leaked password")}, false); !errors.Is(err, ErrRetiredKey) || !strings.Contains(err.Error(), leaked.ID[:8]) {
+		t.Fatalf("leaked password's slot put back: %v", err)
+	}
+	if leakedMaster != oldMaster {
+		t.Fatal("the slots of one epoch wrap different master keys")
 	}
 	// What the old master key itself can read (someone who kept the old
 	// slot and its key, outside wabackup): the first snapshot, not the
