@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/wabackup/wabackup/internal/secret"
 	"github.com/wabackup/wabackup/pkg/archive"
 	"github.com/wabackup/wabackup/pkg/keys"
 )
@@ -17,6 +19,7 @@ import (
 func (a *app) keyRotateCommand() *cobra.Command {
 	var keyOut, label string
 	var force, rewrite bool
+	var keepIDs, keepFiles []string
 	cmd := &cobra.Command{
 		Use:   "rotate",
 		Short: "Start a new key epoch: revoke every key and password but the one in use",
@@ -27,7 +30,9 @@ once (or written to --key-out), and every other key slot stops opening the
 repository — even if the store puts its object back. Snapshots made before
 stay readable through the new keys. Nothing is re-uploaded: whoever held an
 old key can still decrypt the data stored before the rotation (if they copied
-it), but nothing written after it.
+it), but nothing written after it. --keep ID keeps another password slot
+too: its password is asked for (or read from the --keep-password-file given
+in the same position).
 
 With --rewrite, every stored object is then re-encrypted under the new key
 (streamed, one pack at a time) and the old key is destroyed: it opens
@@ -55,6 +60,11 @@ what is done).`,
 					if err != nil {
 						return err
 					}
+					more, err := a.keepMore(ctx, r, keepIDs, keepFiles)
+					if err != nil {
+						return err
+					}
+					keep = append(keep, more...)
 					res, err := r.Rotate(ctx, archive.RotateOptions{Keep: keep, NewRecoveryKey: true, Label: label, Rewrite: rewrite})
 					if res == nil && err != nil {
 						return err
@@ -86,7 +96,11 @@ what is done).`,
 						var b strings.Builder
 						fmt.Fprintf(&b, "rotated to key epoch %d: from now on everything is written under a new master key.\n", res.Epoch)
 						for i, s := range res.Kept {
-							fmt.Fprintf(&b, "kept %s %s (the one in use; its slot is now %s)\n", s.Kind, res.KeptFrom[i].ID[:8], s.ID[:8])
+							what := ""
+							if i == 0 {
+								what = "the one in use; "
+							}
+							fmt.Fprintf(&b, "kept %s %s (%sits slot is now %s)\n", s.Kind, res.KeptFrom[i].ID[:8], what, s.ID[:8])
 						}
 						for _, s := range res.Removed {
 							fmt.Fprintf(&b, "revoked %s %s (%s)\n", s.Kind, s.ID[:8], s.Label)
@@ -114,6 +128,10 @@ what is done).`,
 			})
 		},
 	}
+	cmd.Flags().StringArrayVar(&keepIDs, "keep", nil, "also keep this password slot (at least 4 hex digits of its id; repeatable): its password is asked for")
+	cmd.Flags().StringArrayVar(&keepFiles, "keep-password-file", nil, "the password of the --keep slot in the same position, from this file (repeatable)")
+	notASetting(cmd, "keep")
+	notASetting(cmd, "keep-password-file")
 	cmd.Flags().BoolVar(&rewrite, "rewrite", false, "then re-encrypt all stored data under the new key and destroy the old one")
 	cmd.Flags().StringVar(&keyOut, "key-out", "", "write the new 64-digit key to this file (mode 0600) instead of showing it")
 	cmd.Flags().BoolVar(&force, "force", false, "with --key-out: overwrite an existing file")
@@ -182,4 +200,39 @@ func (a *app) rewrite(ctx context.Context, r *archive.Repository, m map[string]a
 		a.out.Warnf("%d object(s) in damaged/ (set aside by repair) are left as they were, under the old key: remove them when you no longer need them", res.Damaged)
 	}
 	return nil
+}
+
+// keepMore are the --keep password slots with their passwords, from
+// --keep-password-file in the same position or asked for.
+func (a *app) keepMore(ctx context.Context, r *archive.Repository, ids, files []string) ([]archive.KeepSlot, error) {
+	if len(files) > len(ids) {
+		return nil, fmt.Errorf("%d --keep-password-file for %d --keep", len(files), len(ids))
+	}
+	var out []archive.KeepSlot
+	for i, ref := range ids {
+		s, _, err := r.FindSlot(ctx, ref)
+		if err != nil {
+			return nil, fmt.Errorf("--keep %s: %w", ref, err)
+		}
+		if s.ID == r.UnlockedWith() {
+			continue // kept anyway
+		}
+		if s.Kind != keys.KindPassword {
+			return nil, fmt.Errorf("--keep %s: a %s slot cannot be kept (a new 64-digit key replaces the old ones; escrow again for a vault)", ref, s.Kind)
+		}
+		var pw []byte
+		if i < len(files) {
+			pw, err = secret.FromFile(files[i])
+		} else {
+			pw, err = promptSecret(fmt.Sprintf("Password of key slot %s (%s): ", s.ID[:8], s.Label), false)
+			if errors.Is(err, secret.ErrNoSecret) {
+				err = fmt.Errorf("--keep %s: no terminal to ask for its password on: give --keep-password-file", ref)
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, archive.KeepSlot{ID: s.ID, Secret: pw})
+	}
+	return out, nil
 }

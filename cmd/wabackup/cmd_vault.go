@@ -441,16 +441,27 @@ the vault.`,
 				if err := c.Delete(ctx, t.credID, pw); err != nil {
 					return err
 				}
-				var removed []string
-				if err := a.withLock(ctx, t.repo, true, "key vault-delete", func() error {
-					for _, s := range doomed {
-						if _, err := t.repo.RemoveSlot(ctx, s.ID); err != nil {
-							return fmt.Errorf("the key was deleted from vault %s, but the repository's vault slot %s was not removed (remove it with wabackup key remove %s): %w", c.URL(), s.ID[:8], s.ID[:8], err)
+				removed := []string{}
+				remove := func(fn func() error) error { return fn() }
+				if t.repo.Unlocked() {
+					remove = func(fn func() error) error { return a.withLock(ctx, t.repo, true, "key vault-delete", fn) }
+				}
+				// The repository is not unlocked here (only the vault's
+				// password was given): the slot objects go, and the keyring
+				// cannot be updated. A slot it still lists cannot open
+				// anything again: the vault destroyed its secret.
+				if len(doomed) > 0 {
+					err = remove(func() error {
+						for _, s := range doomed {
+							if _, err := t.repo.RemoveSlot(ctx, s.ID); err != nil {
+								return fmt.Errorf("the key was deleted from vault %s, but the repository's vault slot %s was not removed (remove it with wabackup key remove %s): %w", c.URL(), s.ID[:8], s.ID[:8], err)
+							}
+							removed = append(removed, s.ID)
 						}
-						removed = append(removed, s.ID)
-					}
-					return nil
-				}); err != nil {
+						return nil
+					})
+				}
+				if err != nil {
 					return err
 				}
 				a.out.JSON(map[string]any{"message_type": "vault_deleted", "vault": c.URL(), "name": t.name, "removed": removed})

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,4 +107,53 @@ func slotKinds(t *testing.T, home string, via []string) map[string]string {
 		}
 	}
 	return m
+}
+
+// key rotate --keep: another password slot survives the rotation (its
+// password from --keep-password-file); a password slot not kept is
+// revoked; a wrong password for a kept slot stops the rotation before
+// anything changes.
+func TestRotateKeep(t *testing.T) {
+	work := t.TempDir()
+	home := filepath.Join(work, "home")
+	repo := filepath.Join(work, "repo")
+	file := func(name, text string) string {
+		p := filepath.Join(work, name)
+		if err := os.WriteFile(p, []byte(text+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	k1 := filepath.Join(work, "k1")
+	phone, laptop, wrong := file("phone", "phone password"), file("laptop", "laptop password"), file("wrong", "not it")
+	mustRun := func(args ...string) string {
+		t.Helper()
+		code, out, errs := wabIn(t, home, args...)
+		if code != 0 {
+			t.Fatalf("wabackup %s: exit %d\n%s\n%s", strings.Join(args, " "), code, out, errs)
+		}
+		return out
+	}
+	mustRun("init", "--repo", repo, "--key-out", k1, "-q")
+	var added struct{ ID string }
+	json.Unmarshal([]byte(mustRun("key", "add", "--repo", repo, "--key-file", k1, "--new-password-file", phone, "--label", "phone", "--json")), &added)
+	mustRun("key", "add", "--repo", repo, "--key-file", k1, "--new-password-file", laptop, "--label", "old-laptop")
+	code, _, errs := wabIn(t, home, "key", "rotate", "--repo", repo, "--key-file", k1, "--key-out", filepath.Join(work, "k2"), "--keep", added.ID[:8], "--keep-password-file", wrong)
+	if code != exitWrongKey || !strings.Contains(errs, "does not open it") {
+		t.Fatalf("a wrong password for --keep: exit %d %s", code, errs)
+	}
+	if _, err := os.Stat(filepath.Join(work, "k2")); err == nil {
+		t.Fatal("a failed rotation wrote a key file")
+	}
+	out := mustRun("key", "rotate", "--repo", repo, "--key-file", k1, "--key-out", filepath.Join(work, "k2"), "--keep", added.ID[:8], "--keep-password-file", phone)
+	for _, want := range []string{"kept recovery", "kept password " + added.ID[:8] + " (its slot is now", "revoked password", "(old-laptop)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rotate output lacks %q:\n%s", want, out)
+		}
+	}
+	mustRun("snapshots", "--repo", repo, "--password-file", phone)
+	mustRun("snapshots", "--repo", repo, "--key-file", filepath.Join(work, "k2"))
+	if code, _, _ := wabIn(t, home, "snapshots", "--repo", repo, "--password-file", laptop); code != exitWrongKey {
+		t.Errorf("the password not kept: exit %d", code)
+	}
 }

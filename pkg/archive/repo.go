@@ -176,6 +176,9 @@ var ErrWrongKey = keys.ErrWrongKey
 // repository.
 func (r *Repository) UnlockedWith() string { return r.slotID }
 
+// Unlocked reports whether Unlock succeeded.
+func (r *Repository) Unlocked() bool { return r.keys != nil }
+
 // UnlockedKind returns the kind of the key slot that unlocked the
 // repository.
 func (r *Repository) UnlockedKind() keys.SlotKind { return r.slotKind }
