@@ -79,6 +79,10 @@ type testRealm struct {
 	st   *memStore
 	down atomic.Bool
 
+	// onRequest, if set, sees every request the realm decodes (what a
+	// compromised realm observes).
+	onRequest func(req any)
+
 	// Misbehaviour: each hook may alter the decoded response before the
 	// client sees it.
 	onRecover1 func(*Recover1Response)
@@ -108,6 +112,9 @@ func roundTrip[Req, Resp marshaler](ctx context.Context, r *testRealm, req Req,
 	dreq, err := decodeReq(b)
 	if err != nil {
 		return zero, err
+	}
+	if r.onRequest != nil {
+		r.onRequest(dreq)
 	}
 	resp, err := handle(ctx, r.st, dreq)
 	if err != nil {
