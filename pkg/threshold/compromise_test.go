@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/cloudflare/circl/group"
@@ -112,8 +113,13 @@ func TestCompromisedRealm(t *testing.T) {
 	password := dictionary[rand.IntN(len(dictionary))]
 	secret := e.register(t, password)
 	requests := map[int][]any{}
+	var mu sync.Mutex // the realms are called concurrently
 	for i, r := range e.realms {
-		r.onRequest = func(req any) { requests[i+1] = append(requests[i+1], req) }
+		r.onRequest = func(req any) {
+			mu.Lock()
+			defer mu.Unlock()
+			requests[i+1] = append(requests[i+1], req)
+		}
 	}
 	e.mustRecover(t, password, secret)
 	if _, err := e.recover("not in the dictionary"); err == nil {

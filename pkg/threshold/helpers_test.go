@@ -80,8 +80,10 @@ type testRealm struct {
 	down atomic.Bool
 
 	// onRequest, if set, sees every request the realm decodes (what a
-	// compromised realm observes).
-	onRequest func(req any)
+	// compromised realm observes); onResponse every response the client
+	// decodes, before any misbehaviour hook.
+	onRequest  func(req any)
+	onResponse func(resp any)
 
 	// Misbehaviour: each hook may alter the decoded response before the
 	// client sees it.
@@ -125,7 +127,11 @@ func roundTrip[Req, Resp marshaler](ctx context.Context, r *testRealm, req Req,
 	if err != nil {
 		return zero, err
 	}
-	return decodeResp(out)
+	dresp, err := decodeResp(out)
+	if err == nil && r.onResponse != nil {
+		r.onResponse(dresp)
+	}
+	return dresp, err
 }
 
 func (r *testRealm) Register1(ctx context.Context, req *Register1Request) (*Register1Response, error) {
