@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -328,6 +329,25 @@ func TestMarshalRefusesBadStatus(t *testing.T) {
 	} {
 		if b, err := m.MarshalBinary(); err == nil {
 			t.Errorf("%T %+v encoded as %x", m, m, b)
+		}
+	}
+}
+
+// TestWireSizes pins the sizes docs/THRESHOLD.md gives for every message
+// and record.
+func TestWireSizes(t *testing.T) {
+	msgs := collectMessages(t)
+	want := map[string][]int{
+		"Register1Request": {2}, "Register1Response": {2}, "Register2Request": {324}, "Register2Response": {2},
+		"Recover1Request": {2}, "Recover1Response": {19, 3}, "Recover2Request": {50}, "Recover2Response": {263, 3},
+		"Recover3Request": {34}, "Recover3Response": {99, 5, 3}, "DeleteRequest": {2}, "DeleteResponse": {2},
+		"RealmRecord": {326, 2},
+	}
+	for name, sizes := range want {
+		for _, b := range msgs[name] {
+			if !slices.Contains(sizes, len(b)) {
+				t.Errorf("%s of %d bytes; docs/THRESHOLD.md says %v", name, len(b), sizes)
+			}
 		}
 	}
 }
