@@ -44,6 +44,9 @@ type Config struct {
 	UserInfo []byte
 }
 
+// SecretSize is the size of the escrowed secret: a key.
+const SecretSize = 32
+
 // Limits on a configuration.
 const (
 	MaxRealms         = 32   // realms in a configuration

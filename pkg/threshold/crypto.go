@@ -47,7 +47,6 @@ const (
 	unlockKeySize       = 32 // the second half
 	tagSize             = 16 // unlock-key tag and encrypted-secret commitment: HMAC-SHA-256 truncated
 	stretchedSize       = 64 // Argon2id output: access key || encryption-key seed
-	SecretSize          = 32 // the escrowed secret
 	encryptedSecretSize = SecretSize + 16
 )
 
