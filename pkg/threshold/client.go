@@ -20,7 +20,9 @@ import (
 // whatever transport the caller chooses (for the vault: HTTPS to a
 // wabackup-vault, which runs a [RealmServer]). The transport must
 // authenticate the realm and keep requests confidential: a Register2Request
-// carries that realm's key shares. An error means the realm could not be
+// carries that realm's key shares, and a Recover3Request its unlock tag,
+// which resets that realm's guess counter for whoever presents it. An error
+// means the realm could not be
 // asked or did not answer; every answer of the protocol, NotRegistered and
 // NoGuesses included, is a response. Client calls the realms concurrently,
 // each from its own goroutine.
