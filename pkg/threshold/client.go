@@ -22,10 +22,9 @@ import (
 // authenticate the realm and keep requests confidential: a Register2Request
 // carries that realm's key shares, and a Recover3Request its unlock tag,
 // which resets that realm's guess counter for whoever presents it. An error
-// means the realm could not be
-// asked or did not answer; every answer of the protocol, NotRegistered and
-// NoGuesses included, is a response. Client calls the realms concurrently,
-// each from its own goroutine.
+// means the realm could not be asked or did not answer; every answer of the
+// protocol, NotRegistered and NoGuesses included, is a response. Client
+// calls the realms concurrently, each from its own goroutine.
 type Realm interface {
 	Register1(context.Context, *Register1Request) (*Register1Response, error)
 	Register2(context.Context, *Register2Request) (*Register2Response, error)
