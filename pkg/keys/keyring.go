@@ -200,7 +200,7 @@ func ParseKeyring(data []byte) (*Keyring, error) {
 	if err != nil || tok != json.Delim('{') {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrBadKeyring)
 	}
-	if err := walkObjectWith(dec, keyringFields, ""); err != nil {
+	if err := walkObject(dec, keyringFields, ""); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
@@ -219,32 +219,4 @@ func ParseKeyring(data []byte) (*Keyring, error) {
 		return nil, err
 	}
 	return &k, nil
-}
-
-// walkObjectWith is walkObject with a top-level field list of its own
-// (nested objects may have any fields, but none twice).
-func walkObjectWith(dec *json.Decoder, allowed map[string]bool, path string) error {
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		key, ok := tok.(string)
-		if !ok {
-			return fmt.Errorf("unexpected %v in object", tok)
-		}
-		if seen[key] {
-			return fmt.Errorf("duplicate field %s", quoteShort(path+key))
-		}
-		seen[key] = true
-		if allowed != nil && !allowed[key] {
-			return fmt.Errorf("unknown field %s", quoteShort(path+key))
-		}
-		if err := walkValue(dec, nil, path+key+"."); err != nil {
-			return err
-		}
-	}
-	_, err := dec.Token()
-	return err
 }

@@ -555,7 +555,9 @@ func checkJSONShape(data []byte) error {
 }
 
 // walkObject consumes an object whose opening brace has been read. allowed,
-// if not nil, lists the permitted keys. path names the object in errors.
+// if not nil, lists the permitted keys (a top-level "argon2id" among them
+// is a slot's, whose own keys are checked too); nested objects may have
+// any keys, none twice. path names the object in errors.
 func walkObject(dec *json.Decoder, allowed map[string]bool, path string) error {
 	seen := map[string]bool{}
 	for dec.More() {
@@ -575,7 +577,7 @@ func walkObject(dec *json.Decoder, allowed map[string]bool, path string) error {
 			return fmt.Errorf("unknown field %s", quoteShort(path+key))
 		}
 		var sub map[string]bool
-		if path == "" && key == "argon2id" {
+		if path == "" && key == "argon2id" && allowed != nil && allowed["argon2id"] {
 			sub = argon2Fields
 		}
 		if err := walkValue(dec, sub, path+key+"."); err != nil {
