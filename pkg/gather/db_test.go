@@ -1,6 +1,7 @@
 package gather
 
 import (
+	"context"
 	"crypto/sha256"
 	"database/sql"
 	"fmt"
@@ -240,5 +241,41 @@ func TestHelperWriter(t *testing.T) {
 		if err := commitMessage(db, r, n); err != nil {
 			t.Fatalf("commit %d: %v", n, err)
 		}
+	}
+}
+
+// QueryDB leaves nothing beside the file it reads, even one in WAL mode
+// (sql queries a rebuilt copy in the temporary directory).
+func TestQueryDBLeavesNoFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "msgstore.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"PRAGMA journal_mode=WAL", "CREATE TABLE message (id INTEGER PRIMARY KEY, body TEXT)", "INSERT INTO message (body) VALUES ('a'), ('b')", "PRAGMA wal_checkpoint(TRUNCATE)"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	for _, suffix := range []string{"-wal", "-shm"} {
+		os.Remove(path + suffix)
+	}
+	var n int64
+	err = QueryDB(context.Background(), path, "SELECT count(*) FROM message", func([]string) error { return nil }, func(v []any) error {
+		n = v[0].(int64)
+		return nil
+	})
+	if err != nil || n != 2 {
+		t.Fatalf("query: %v, %d rows", err, n)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("files beside the database after a query: %v", names)
 	}
 }

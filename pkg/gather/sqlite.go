@@ -50,9 +50,11 @@ func CheckDB(ctx context.Context, path, label string, quick bool) error {
 
 // QueryDB runs one read-only query on the database file at path (opened
 // read-only, with query_only set, so nothing can write it) and calls fn
-// with the column names once, then with each row.
+// with the column names once, then with each row. The file must not
+// change meanwhile (a private rebuilt copy): it is opened immutable, so
+// SQLite makes no -wal or -shm beside it, whatever its journal mode.
 func QueryDB(ctx context.Context, path, query string, cols func([]string) error, row func([]any) error) error {
-	uri, err := sqliteURI(path, "mode=ro", "_pragma=query_only(1)", checkCachePragma)
+	uri, err := sqliteURI(path, "mode=ro", "immutable=1", "_pragma=query_only(1)", checkCachePragma)
 	if err != nil {
 		return err
 	}
