@@ -2,6 +2,7 @@ package archive
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -354,36 +355,106 @@ func (r *Repository) nodeChange(ctx context.Context, br *blobReader, a, b *Node)
 
 // pagesChanged compares two page maps' tags page by page.
 func (r *Repository) pagesChanged(ctx context.Context, br *blobReader, a, b *Node) (int64, error) {
-	tags := func(n *Node) (map[uint32][]byte, uint32, error) {
+	load := func(n *Node) (*pageMap, error) {
 		root, err := ParseID(n.PageMap)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
-		out := map[uint32][]byte{}
-		m, err := walkSegments(ctx, br.chunk, root, map[ID]bool{}, nil, func(m *pageMap, s *pageSegment) error {
-			for i := range s.refs {
-				out[s.first+uint32(i)] = append([]byte(nil), s.tag(i)...)
+		return loadPageMap(ctx, br.chunk, root)
+	}
+	ma, err := load(a)
+	if err != nil {
+		return 0, err
+	}
+	mb, err := load(b)
+	if err != nil {
+		return 0, err
+	}
+	return pagesChangedMaps(ctx, br.chunk, ma, mb)
+}
+
+// pagesChangedMaps counts the pages whose tags differ between two page
+// maps, or that only one of them has.
+func pagesChangedMaps(ctx context.Context, load loadBlobFunc, ma, mb *pageMap) (int64, error) {
+	if ma.pageSize != mb.pageSize {
+		return int64(max(ma.pageCount, mb.pageCount)), nil // every page differs
+	}
+	if ma.segPages != mb.segPages {
+		// The database grew across a segment size (segPagesFor): page by
+		// page, one segment of each in memory.
+		ca, cb := &tagCursor{ctx: ctx, load: load, m: ma, idx: -1}, &tagCursor{ctx: ctx, load: load, m: mb, idx: -1}
+		var n int64
+		for p := uint32(1); p <= max(ma.pageCount, mb.pageCount); p++ {
+			x, err := ca.tag(p)
+			if err != nil {
+				return 0, err
 			}
-			return nil
-		})
-		if err != nil {
-			return nil, 0, err
+			y, err := cb.tag(p)
+			if err != nil {
+				return 0, err
+			}
+			if x == nil || y == nil || !bytes.Equal(x, y) {
+				n++
+			}
 		}
-		return out, m.pageCount, nil
+		return n, nil
 	}
-	ta, ca, err := tags(a)
-	if err != nil {
-		return 0, err
-	}
-	tb, cb, err := tags(b)
-	if err != nil {
-		return 0, err
-	}
+	// Segment by segment: an identical segment id means identical tags, so
+	// only the segments that differ are read (two at a time in memory).
 	var n int64
-	for p := uint32(1); p <= max(ca, cb); p++ {
-		if string(ta[p]) != string(tb[p]) {
-			n++
+	for i := 0; i < max(len(ma.segments), len(mb.segments)); i++ {
+		if i < len(ma.segments) && i < len(mb.segments) && ma.segments[i] == mb.segments[i] {
+			continue
+		}
+		var ta []byte
+		var fa, fb uint32
+		if i < len(ma.segments) {
+			sa, err := loadSegment(ctx, load, ma, i)
+			if err != nil {
+				return 0, err
+			}
+			ta, fa = bytes.Clone(sa.tags), uint32(len(sa.refs))
+		}
+		var tb []byte
+		if i < len(mb.segments) {
+			sb, err := loadSegment(ctx, load, mb, i)
+			if err != nil {
+				return 0, err
+			}
+			tb, fb = sb.tags, uint32(len(sb.refs))
+		}
+		for k := uint32(0); k < max(fa, fb); k++ {
+			if k >= fa || k >= fb || !bytes.Equal(ta[k*pageTagSize:(k+1)*pageTagSize], tb[k*pageTagSize:(k+1)*pageTagSize]) {
+				n++
+			}
 		}
 	}
 	return n, nil
+}
+
+// tagCursor reads a page map's tags in increasing page order, one segment
+// at a time.
+type tagCursor struct {
+	ctx  context.Context
+	load loadBlobFunc
+	m    *pageMap
+	idx  int
+	tags []byte
+}
+
+// tag returns page p's tag, nil past the end of the database.
+func (c *tagCursor) tag(p uint32) ([]byte, error) {
+	if p > c.m.pageCount {
+		return nil, nil
+	}
+	i := int((p - 1) / c.m.segPages)
+	if i != c.idx {
+		s, err := loadSegment(c.ctx, c.load, c.m, i)
+		if err != nil {
+			return nil, err
+		}
+		c.tags, c.idx = append(c.tags[:0], s.tags...), i
+	}
+	k := (p - 1) % c.m.segPages
+	return c.tags[k*pageTagSize : (k+1)*pageTagSize], nil
 }

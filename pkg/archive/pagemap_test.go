@@ -469,3 +469,61 @@ func TestPruneKeepsPageMaps(t *testing.T) {
 		}
 	}
 }
+
+// pagesChangedMaps counts differing pages segment by segment, and page by
+// page when the two versions' segment sizes differ (a database that grew
+// across segPagesFor's steps), with pages only one version has counted.
+func TestPagesChangedMaps(t *testing.T) {
+	ctx := context.Background()
+	blobs := map[ID][]byte{}
+	load := func(_ context.Context, id ID) ([]byte, error) {
+		b, ok := blobs[id]
+		if !ok {
+			return nil, errors.New("no such blob")
+		}
+		return b, nil
+	}
+	// makeMap stores the segments of a database of count pages whose page
+	// p has tag byte tag(p), segPages pages to a segment.
+	makeMap := func(count, segPages uint32, tag func(p uint32) byte) *pageMap {
+		m := &pageMap{pageSize: 4096, pageCount: count, segPages: segPages}
+		for first := uint32(1); first <= count; first += segPages {
+			s := &pageSegment{first: first, groups: []ID{{1}}}
+			for p := first; p < first+segPages && p <= count; p++ {
+				tg := make([]byte, pageTagSize)
+				tg[0], tg[1] = tag(p), byte(p)
+				s.tags = append(s.tags, tg...)
+				s.refs = append(s.refs, pageRef{group: 0, slot: p - first})
+			}
+			b := encodeSegment(s)
+			id := sha256.Sum256(b)
+			blobs[id] = b
+			m.segments = append(m.segments, id)
+		}
+		return m
+	}
+	same := func(uint32) byte { return 0 }
+	changed := func(p uint32) byte {
+		if p == 5 || p == 40 || p == 41 {
+			return 1
+		}
+		return 0
+	}
+	for _, c := range []struct {
+		name string
+		a, b *pageMap
+		want int64
+	}{
+		{"identical", makeMap(100, 32, same), makeMap(100, 32, same), 0},
+		{"three changed", makeMap(100, 32, same), makeMap(100, 32, changed), 3},
+		{"grown by 10", makeMap(100, 32, same), makeMap(110, 32, same), 10},
+		{"shrunk by 10", makeMap(110, 32, same), makeMap(100, 32, same), 10},
+		{"other segment size, same pages", makeMap(100, 32, same), makeMap(100, 64, same), 0},
+		{"other segment size, changed and grown", makeMap(100, 32, same), makeMap(130, 64, changed), 3 + 30},
+	} {
+		n, err := pagesChangedMaps(ctx, load, c.a, c.b)
+		if err != nil || n != c.want {
+			t.Errorf("%s: %d (%v), want %d", c.name, n, err, c.want)
+		}
+	}
+}
