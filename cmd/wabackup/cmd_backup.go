@@ -77,7 +77,7 @@ read again.`,
 						if total > 0 {
 							bar.update(p.Files, totalFiles, p.Bytes)
 						} else {
-							bar.update(p.Files, -1, p.ReadBytes)
+							bar.update(p.Files, -1, p.Bytes)
 						}
 					}
 				}

@@ -69,7 +69,8 @@ type BackupOptions struct {
 	Progress func(BackupProgress)
 }
 
-// BackupProgress is a running count.
+// BackupProgress is a running count: Files and Bytes of the files done, and
+// of the current one the bytes of its chunks done so far.
 type BackupProgress struct {
 	Files, Bytes, ReadBytes, AddedBytes int64
 	Current                             string
@@ -462,6 +463,7 @@ func (pt *parentTree) unchanged(p, n *Node) bool {
 // back to the tree writer.
 type chunkJob struct {
 	data   []byte
+	size   int // len(data) when made (data goes back to the pool)
 	hint   compressHint
 	id     ID
 	hashed bool // id is already set (a group of database pages)
@@ -720,7 +722,7 @@ func (b *backup) sendFile(ctx context.Context, ck *chunkers.Chunker, n *Node, fi
 				// average), not to the largest chunk there can be.
 				buf = make([]byte, 0, (len(data)+tagSize+1<<20-1)&^(1<<20-1))
 			}
-			job := &chunkJob{data: append(buf[:0], data...), hint: hint, done: make(chan error, 1)}
+			job := &chunkJob{data: append(buf[:0], data...), size: len(data), hint: hint, done: make(chan error, 1)}
 			size += int64(len(data))
 			select {
 			case order <- item{chunk: job}:
@@ -756,10 +758,18 @@ func (b *backup) sendFile(ctx context.Context, ck *chunkers.Chunker, n *Node, fi
 func (b *backup) assemble(ctx context.Context, order <-chan item, tw *dirTreeWriter) error {
 	var cur *Node
 	var prog BackupProgress
+	var partial int64 // bytes of the current file's chunks done so far
+	report := func() {
+		prog.Files, prog.Bytes = b.stats.Files, b.stats.Bytes+partial
+		prog.ReadBytes = atomic.LoadInt64(&b.stats.ReadBytes)
+		prog.AddedBytes = atomic.LoadInt64(&b.stats.AddedBytes)
+		prog.Current = cur.Path
+		b.opt.Progress(prog)
+	}
 	for it := range order {
 		switch {
 		case it.node != nil:
-			cur = it.node
+			cur, partial = it.node, 0
 		case it.chunk != nil:
 			select {
 			case err := <-it.chunk.done:
@@ -770,6 +780,11 @@ func (b *backup) assemble(ctx context.Context, order <-chan item, tw *dirTreeWri
 				return context.Cause(ctx)
 			}
 			cur.Chunks = append(cur.Chunks, it.chunk.id.String())
+			// Within a large file too (a video of several GiB), the
+			// progress moves chunk by chunk.
+			if partial += int64(it.chunk.size); b.opt.Progress != nil && !it.end {
+				report()
+			}
 		case it.abort:
 			cur = nil
 			continue
@@ -788,11 +803,8 @@ func (b *backup) assemble(ctx context.Context, order <-chan item, tw *dirTreeWri
 			return err
 		}
 		if b.opt.Progress != nil {
-			prog.Files, prog.Bytes = b.stats.Files, b.stats.Bytes
-			prog.ReadBytes = atomic.LoadInt64(&b.stats.ReadBytes)
-			prog.AddedBytes = atomic.LoadInt64(&b.stats.AddedBytes)
-			prog.Current = cur.Path
-			b.opt.Progress(prog)
+			partial = 0
+			report()
 		}
 		cur = nil
 	}

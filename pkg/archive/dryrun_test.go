@@ -70,3 +70,30 @@ func TestBackupDryRun(t *testing.T) {
 		t.Errorf("dry run would add %d bytes, the backup added %d", p.AddedBytes, r.AddedBytes)
 	}
 }
+
+// Backup progress moves within a large file, chunk by chunk, not only
+// when the file is done.
+func TestBackupProgressWithinAFile(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	media := t.TempDir()
+	big := make([]byte, 24<<20)
+	for i := range big {
+		big[i] = byte(i * 2654435761 >> 13)
+	}
+	if err := os.WriteFile(filepath.Join(media, "VID-1.mp4"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var within []int64
+	_, err := tr.Backup(ctx, BackupOptions{Media: media, Progress: func(p BackupProgress) {
+		if p.Files == 0 && p.Current == filepath.Base(media)+"/VID-1.mp4" {
+			within = append(within, p.Bytes)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(within) < 3 || within[len(within)-1] <= within[0] || within[len(within)-1] > int64(len(big)) {
+		t.Fatalf("progress inside the 24 MiB file: %v", within)
+	}
+}
