@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"testing"
 )
 
@@ -91,6 +92,36 @@ func TestBackupProgressWithinAFile(t *testing.T) {
 		}
 	}})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if len(within) < 3 || within[len(within)-1] <= within[0] || within[len(within)-1] > int64(len(big)) {
+		t.Fatalf("progress inside the 24 MiB file: %v", within)
+	}
+}
+
+// Restore progress too moves within a large file.
+func TestRestoreProgressWithinAFile(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	media := t.TempDir()
+	big := make([]byte, 24<<20)
+	for i := range big {
+		big[i] = byte(i * 2654435761 >> 13)
+	}
+	os.WriteFile(filepath.Join(media, "VID-1.mp4"), big, 0o644)
+	s, err := tr.Backup(ctx, BackupOptions{Media: media})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var within []int64
+	var mu sync.Mutex
+	if _, err := tr.Restore(ctx, s, RestoreOptions{Target: t.TempDir(), NoSync: true, Progress: func(p RestoreProgress) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p.Files == 0 {
+			within = append(within, p.Bytes)
+		}
+	}}); err != nil {
 		t.Fatal(err)
 	}
 	if len(within) < 3 || within[len(within)-1] <= within[0] || within[len(within)-1] > int64(len(big)) {

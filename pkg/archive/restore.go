@@ -27,6 +27,10 @@ type RestoreOptions struct {
 	Workers   int      // files restored at once (default GOMAXPROCS)
 	NoSync    bool     // skip fsync of restored files
 	Progress  func(RestoreProgress)
+
+	// written, if set, is told the bytes of every chunk a file's contents
+	// got (Restore sets it per worker, for the progress).
+	written func(n int)
 }
 
 // RestoreProgress is a running count. Kept counts the files the target
@@ -111,18 +115,31 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 	}
 	files := make(chan *Node, opt.Workers)
 	var wg sync.WaitGroup
-	var nfiles, nbytes, nkept atomic.Int64
+	var nfiles, nbytes, nkept, inflight atomic.Int64
 	var failMu sync.Mutex
 	var failed []RestoreFailure
 	for i := 0; i < opt.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// The bytes of the file this worker is writing count in the
+			// progress as its chunks land (a large file moves the line).
+			wopt := opt
+			var partial int64
+			var cur string
+			if opt.Progress != nil {
+				wopt.written = func(k int) {
+					partial += int64(k)
+					opt.Progress(RestoreProgress{Files: nfiles.Load(), Bytes: nbytes.Load() + inflight.Add(int64(k)), Kept: nkept.Load(), Current: cur})
+				}
+			}
 			for n := range files {
 				if ctx.Err() != nil {
 					continue
 				}
-				err := r.restoreFile(ctx, readers, streams, com, anon, target, n, opt)
+				cur, partial = n.Path, 0
+				err := r.restoreFile(ctx, readers, streams, com, anon, target, n, wopt)
+				inflight.Add(-partial)
 				switch {
 				case errors.Is(err, errKept):
 					nkept.Add(1)
@@ -435,7 +452,19 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 			pf.discard()
 		}
 	}()
-	if err := writeContents(ctx, pf.f, dst, n, load); err != nil {
+	write := load
+	if opt.written != nil {
+		write = func(ctx context.Context, id ID, use func([]byte) error) error {
+			return load(ctx, id, func(data []byte) error {
+				err := use(data)
+				if err == nil {
+					opt.written(len(data))
+				}
+				return err
+			})
+		}
+	}
+	if err := writeContents(ctx, pf.f, dst, n, write); err != nil {
 		return err
 	}
 	if err := pf.f.Chmod(n.FileMode()); err != nil {
