@@ -201,6 +201,9 @@ func (s *Server) Close() { s.once.Do(func() { close(s.stop) }) }
 // PublicKey returns the vault's AKE public key.
 func (s *Server) PublicKey() []byte { return s.pub }
 
+// GuessLimit returns the guess limit of every record, OPAQUE and realm.
+func (s *Server) GuessLimit() int { return s.limit }
+
 // Fingerprint returns the SHA-256 hex fingerprint clients pin.
 func (s *Server) Fingerprint() string { return api.Fingerprint(s.pub) }
 
