@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"sync"
 	"time"
 
@@ -100,6 +101,11 @@ func (r *Realm) do(ctx context.Context, path string, in, out any) error {
 		return ae
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		return fmt.Errorf("vault %s: no answer within %s", r.url, r.timeout)
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		// The URL is said once.
+		return fmt.Errorf("vault %s: %w", r.url, ue.Err)
 	}
 	return err
 }
