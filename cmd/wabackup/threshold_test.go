@@ -301,6 +301,19 @@ func TestThresholdKeyCommands(t *testing.T) {
 		t.Fatalf("the old password after vault-passwd: exit %d %s", code, errs)
 	}
 	wabOK(t, f.home("h2"), args([]string{"snapshots", "--repo", f.repo, "--password-file", pw2}, all...)...)
+	// key rotate through the vaults keeps the threshold slot (remade for
+	// the new key epoch with the same extra fields): a new machine still
+	// opens with the password; the old 64-digit key no longer does.
+	k2 := filepath.Join(f.work, "k2")
+	out = wabOK(t, home, args([]string{"key", "rotate", "--repo", f.repo, "--password-file", pw2, "--key-out", k2}, all...)...)
+	if !strings.Contains(out, "kept vault") {
+		t.Fatalf("rotate through the vaults: %s", out)
+	}
+	wabOK(t, f.home("h3"), args([]string{"snapshots", "--repo", f.repo, "--password-file", pw2}, vs.flags(1)...)...)
+	if code, _, _ := wabIn(t, home, "snapshots", "--repo", f.repo, "--key-file", f.key); code != exitWrongKey {
+		t.Fatalf("the revoked 64-digit key: exit %d", code)
+	}
+	f.key = k2
 	// vault-status with a vault down: shown as not reachable; still a
 	// threshold.
 	vs.stop(0)

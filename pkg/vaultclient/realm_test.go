@@ -44,7 +44,7 @@ func realmOpts(tr testRealm, pinFile string) vaultclient.RealmOptions {
 
 // config asks every realm for its info and builds a threshold
 // configuration.
-func config(t *testing.T, realms []*vaultclient.Realm, thr int, credID []byte) threshold.Config {
+func config(t testing.TB, realms []*vaultclient.Realm, thr int, credID []byte) threshold.Config {
 	t.Helper()
 	cfg := threshold.Config{Threshold: thr, KDF: cheapKDF, UserInfo: credID}
 	for _, r := range realms {
