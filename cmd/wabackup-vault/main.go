@@ -1,8 +1,9 @@
 // Command wabackup-vault is the wabackup key vault: an HTTPS (TLS 1.3)
 // service that escrows repository secrets under passwords with OPAQUE
 // (RFC 9807), limits password guesses and destroys a secret after too many
-// failures. Its keys and records are sealed by an AES key inside a PKCS#11
-// token (HSM). See docs/VAULT.md.
+// failures. It is also one realm of a threshold escrow across several
+// vaults (the realm API, /v2/). Its keys and records are sealed by an AES
+// key inside a PKCS#11 token (HSM). See docs/VAULT.md.
 package main
 
 import (
@@ -158,7 +159,8 @@ func run(args []string) error {
 	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
-	log.Printf("wabackup-vault listening on https://%s (key fingerprint %s, guess limit %d)", ln.Addr(), srv.Fingerprint(), *maxGuesses)
+	realmID := srv.RealmID()
+	log.Printf("wabackup-vault listening on https://%s (key fingerprint %s, realm id %x, guess limit %d)", ln.Addr(), srv.Fingerprint(), realmID[:], srv.GuessLimit())
 	select {
 	case err := <-errc:
 		return err

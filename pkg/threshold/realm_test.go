@@ -131,6 +131,12 @@ func TestRealmStateMachine(t *testing.T) {
 		if s.state == StateRegistered && rec.GuessesLeft() != testGuesses-s.attempted {
 			t.Fatalf("%s: GuessesLeft %d", s.name, rec.GuessesLeft())
 		}
+		if s.state == StateRegistered && (rec.AllowedGuesses() != testGuesses || rec.Version() != rec.reg.version) {
+			t.Fatalf("%s: AllowedGuesses %d, Version %x", s.name, rec.AllowedGuesses(), rec.Version())
+		}
+		if s.state != StateRegistered && (rec.AllowedGuesses() != 0 || rec.Version() != (Version{})) {
+			t.Fatalf("%s: a %v record has AllowedGuesses %d, Version %x", s.name, s.state, rec.AllowedGuesses(), rec.Version())
+		}
 		if s.state != StateRegistered && rec.reg != (registration{}) {
 			t.Fatalf("%s: a %v record holds registration data", s.name, s.state)
 		}

@@ -69,6 +69,25 @@ func (r *RealmRecord) GuessesLeft() int {
 	return int(r.reg.allowedGuesses) - int(r.reg.attemptedGuesses)
 }
 
+// AllowedGuesses returns the guess limit a Registered record was
+// registered with, and 0 in the other states.
+func (r *RealmRecord) AllowedGuesses() int {
+	if r.State() != StateRegistered {
+		return 0
+	}
+	return int(r.reg.allowedGuesses)
+}
+
+// Version returns the registration's version of a Registered record, and
+// the zero Version in the other states. A store can compare versions to
+// tell a new registration from a counter update of the same one.
+func (r *RealmRecord) Version() Version {
+	if r.State() != StateRegistered {
+		return Version{}
+	}
+	return r.reg.version
+}
+
 // The record encoding:
 //
 //	format (1 byte, = 1) || state (1 byte) || registration (Registered only)

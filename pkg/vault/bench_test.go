@@ -66,3 +66,14 @@ func BenchmarkLogin(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRealmRecover measures recoveries at one realm (recover1,
+// recover2 with a durable count, recover3 with a durable reset), server
+// side only.
+func BenchmarkRealmRecover(b *testing.B) {
+	for _, withHSM := range []bool{false, true} {
+		b.Run(vaulttest.SealerName(withHSM), func(b *testing.B) {
+			vaulttest.BenchRealmRecover(b, []http.Handler{benchServer(b, withHSM)})
+		})
+	}
+}

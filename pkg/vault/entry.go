@@ -127,14 +127,31 @@ func (s *Server) getEntry(key []byte) (*entry, uint64, error) {
 // putEntry seals e and writes it if the stored version is still old.
 func (s *Server) putEntry(key []byte, old uint64, e *entry) (uint64, error) {
 	pt, _ := json.Marshal(e)
-	if _, ok := s.cfg.Store.(ValueSealer); ok {
-		return s.cfg.Store.CompareAndSwap(key, old, pt)
-	}
-	sealed, err := sealSalted(s.entryKey, entryLabel, pt, s.entryAAD(key))
+	sealed, err := s.sealStored(key, pt)
 	if err != nil {
 		return 0, err
 	}
 	return s.cfg.Store.CompareAndSwap(key, old, sealed)
+}
+
+// sealStored seals a value to be stored under key: on a store that seals
+// values itself (RatchetStore) it goes in as it is; on any other (etcd) it
+// is sealed under a key of its own from the entry key (sealSalted, AAD
+// recordAAD || key, so it opens under no other key). Entries, realm
+// records and the realm id are all stored this way.
+func (s *Server) sealStored(key, plaintext []byte) ([]byte, error) {
+	if _, ok := s.cfg.Store.(ValueSealer); ok {
+		return plaintext, nil
+	}
+	return sealSalted(s.entryKey, entryLabel, plaintext, s.entryAAD(key))
+}
+
+// openStored reverses sealStored.
+func (s *Server) openStored(key, val []byte) ([]byte, error) {
+	if _, ok := s.cfg.Store.(ValueSealer); ok {
+		return val, nil
+	}
+	return openSalted(s.entryKey, entryLabel, val, s.entryAAD(key))
 }
 
 // entryLabel is the HKDF info of the keys entries are sealed under (on a

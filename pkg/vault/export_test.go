@@ -49,3 +49,6 @@ func (s *RatchetStore) SetFailCommitForTest(f func() bool) { s.failCommit = f }
 
 // TableIDForTest returns the prefix of the store's epoch key ids.
 func (s *RatchetStore) TableIDForTest() []byte { return s.tableID }
+
+// RealmKeyForTest returns the storage key of credID's realm record.
+func (s *Server) RealmKeyForTest(credID []byte) []byte { return s.realmKey(credID) }

@@ -327,7 +327,9 @@ func (s *RatchetStore) load() error {
 // SealsValues implements ValueSealer.
 func (s *RatchetStore) SealsValues() {}
 
-// Get implements Store.
+// Get implements Store. A value that does not open under the key table
+// (put back from an older copy, or altered) fails with ErrRolledBack,
+// with the version the table holds for the key: a write can replace it.
 func (s *RatchetStore) Get(key []byte) (val []byte, version uint64, err error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -344,7 +346,7 @@ func (s *RatchetStore) Get(key []byte) (val []byte, version uint64, err error) {
 	}
 	pt, err := openOnce(sl.dk[:], sealed, valueAAD(key, sl.ver))
 	if err != nil {
-		return nil, 0, ErrRolledBack
+		return nil, sl.ver, ErrRolledBack
 	}
 	return pt, sl.ver, nil
 }

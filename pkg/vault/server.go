@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/wabackup/wabackup/pkg/opaque"
+	"github.com/wabackup/wabackup/pkg/threshold"
 	"github.com/wabackup/wabackup/pkg/vault/api"
 )
 
@@ -65,6 +66,10 @@ type Server struct {
 	entryKey []byte
 	states   stateSealer
 	rate     *rateLimiter
+	// realm answers the realm API (realm.go); realmHMAC keys its records'
+	// storage keys, derived from the OPRF seed
+	realm     *threshold.RealmServer
+	realmHMAC []byte
 
 	mu      sync.Mutex
 	watched map[string]time.Time // spent records to destroy once their last login expired
@@ -95,6 +100,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.DefaultGuesses <= 0 || cfg.DefaultGuesses > cfg.MaxGuesses {
 		cfg.DefaultGuesses = cfg.MaxGuesses
+	}
+	if cfg.DefaultGuesses > threshold.MaxAllowedGuesses {
+		return nil, fmt.Errorf("vault: a guess limit of %d; at most %d", cfg.DefaultGuesses, threshold.MaxAllowedGuesses)
 	}
 	if cfg.LoginTimeout <= 0 {
 		cfg.LoginTimeout = time.Minute
@@ -128,10 +136,21 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	realmHMAC, err := hkdf.Key(sha256.New, keys.OPRFSeed, nil, realmLabel, 32)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg: cfg, limit: cfg.DefaultGuesses, op: op, pub: keys.Public, idKey: idKey, entryKey: entryKey,
 		states: stateSealer{key: stateKey}, watched: map[string]time.Time{},
-		stop: make(chan struct{}),
+		stop: make(chan struct{}), realmHMAC: realmHMAC,
+	}
+	realmID, err := s.loadRealmID()
+	if err != nil {
+		return nil, err
+	}
+	if s.realm, err = threshold.NewRealmServer(realmID, s.limit); err != nil {
+		return nil, err
 	}
 	if cfg.RatePerSecond > 0 {
 		s.rate = newRateLimiter(cfg.RatePerSecond, cfg.RateBurst)
@@ -181,6 +200,9 @@ func (s *Server) Close() { s.once.Do(func() { close(s.stop) }) }
 
 // PublicKey returns the vault's AKE public key.
 func (s *Server) PublicKey() []byte { return s.pub }
+
+// GuessLimit returns the guess limit of every record, OPAQUE and realm.
+func (s *Server) GuessLimit() int { return s.limit }
 
 // Fingerprint returns the SHA-256 hex fingerprint clients pin.
 func (s *Server) Fingerprint() string { return api.Fingerprint(s.pub) }
@@ -251,6 +273,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+api.PathChangeStart, s.registerStart)
 	mux.HandleFunc("POST "+api.PathChangeFinish, s.registerFinish)
 	mux.HandleFunc("POST "+api.PathDelete, s.delete)
+	s.realmRoutes(mux)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.rate != nil && r.Method == http.MethodPost {
 			host, _, err := net.SplitHostPort(r.RemoteAddr)

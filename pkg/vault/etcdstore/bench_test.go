@@ -57,3 +57,14 @@ func BenchmarkLogin(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRealmRecover measures recoveries at one realm of three
+// instances (recover1, recover2 with a count committed by a majority,
+// recover3 with a committed reset), server side only.
+func BenchmarkRealmRecover(b *testing.B) {
+	for _, withHSM := range []bool{false, true} {
+		b.Run(vaulttest.SealerName(withHSM), func(b *testing.B) {
+			vaulttest.BenchRealmRecover(b, benchInstances(b, withHSM))
+		})
+	}
+}

@@ -2,6 +2,7 @@ package vaulttest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/wabackup/wabackup/pkg/opaque"
+	"github.com/wabackup/wabackup/pkg/threshold"
 	"github.com/wabackup/wabackup/pkg/vault/api"
 )
 
@@ -170,4 +172,96 @@ func register(b *testing.B, hs []http.Handler, n int, prefix string, timed bool)
 	if timed {
 		b.StopTimer()
 	}
+}
+
+// benchRealmRecords is how many users BenchRealmRecover spreads its
+// recoveries over: more than BenchWorkers, so that concurrent recoveries
+// seldom share a record (they would only retry their compare-and-swap).
+const benchRealmRecords = 256
+
+// BenchRealmRecover times b.N recoveries at one realm, each its three
+// requests in turn — recover1 (the version), recover2 (a durable count,
+// then the evaluation and its proof), recover3 (the right unlock tag: a
+// durable reset, then the share) — from BenchWorkers goroutines; request
+// i goes to handler i%len(hs), all three of a recovery to the same one.
+// The client's work is done before the timer: users are registered
+// through pkg/threshold (one realm, threshold 1), and one recovery each
+// records the requests the timed ones replay (the same blinded input:
+// the realm's cost does not depend on it).
+func BenchRealmRecover(b *testing.B, hs []http.Handler) {
+	b.StopTimer()
+	ctx := context.Background()
+	reps := make([]Replica, len(hs))
+	for i, h := range hs {
+		reps[i] = Replica{Handler: h}
+	}
+	rc, err := reps[0].RealmConfig(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	nrec := min(b.N, benchRealmRecords)
+	recover2s, recover3s := make([][]byte, nrec), make([][]byte, nrec)
+	parallel(nrec, func(i int) {
+		cred := []byte(fmt.Sprint("realm-", i))
+		var r2, r3 []byte
+		tr := &Realm{Replicas: reps, CredentialID: cred, Observe: func(path string, _, _ int, req, _ []byte) {
+			switch path {
+			case api.PathRealmRecover2:
+				r2 = req
+			case api.PathRealmRecover3:
+				r3 = req
+			}
+		}}
+		c, err := threshold.NewClient(threshold.Config{Realms: []threshold.RealmConfig{rc}, Threshold: 1,
+			KDF: threshold.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}, UserInfo: cred}, []threshold.Realm{tr})
+		if err == nil {
+			err = c.Register(ctx, []byte("password"), make([]byte, threshold.SecretSize), 10)
+		}
+		if err == nil {
+			_, err = c.Recover(ctx, []byte("password"))
+		}
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		recover2s[i], recover3s[i] = r2, r3
+	})
+	if b.Failed() {
+		return
+	}
+	recover1, _ := (&threshold.Recover1Request{}).MarshalBinary()
+	b.ResetTimer()
+	b.StartTimer()
+	parallel(b.N, func(i int) {
+		k := i % nrec
+		tr := &Realm{Replicas: reps, Route: func(string) int { return i % len(reps) }, CredentialID: []byte(fmt.Sprint("realm-", k))}
+		m1, err := tr.Post(ctx, api.PathRealmRecover1, recover1)
+		if err == nil {
+			if r, derr := threshold.UnmarshalRecover1Response(m1); derr != nil || r.Status != threshold.StatusOK {
+				err = fmt.Errorf("recover1: %v %v", r, derr)
+			}
+		}
+		var m2, m3 []byte
+		if err == nil {
+			m2, err = tr.Post(ctx, api.PathRealmRecover2, recover2s[k])
+		}
+		if err == nil {
+			if r, derr := threshold.UnmarshalRecover2Response(m2); derr != nil || r.Status != threshold.StatusOK {
+				err = fmt.Errorf("recover2: %v %v", r, derr)
+			}
+		}
+		if err == nil {
+			m3, err = tr.Post(ctx, api.PathRealmRecover3, recover3s[k])
+		}
+		if err == nil {
+			if r, derr := threshold.UnmarshalRecover3Response(m3); derr != nil || r.Status != threshold.StatusOK {
+				err = fmt.Errorf("recover3: %v %v", r, derr)
+			}
+		}
+		if err != nil {
+			b.Error(err)
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "recoveries/s")
 }
