@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -345,14 +346,7 @@ func (a *app) thresholdSlot(slots []*keys.Slot, urls, fps []string) (*realmChoic
 		}
 	}
 	if len(names) > 1 {
-		l := slices.Sorted(func(yield func(string) bool) {
-			for n := range names {
-				if !yield(n) {
-					return
-				}
-			}
-		})
-		return nil, fmt.Errorf("the repository has keys escrowed in these vaults under several names (%s): pick one with --vault-name", strings.Join(l, ", "))
+		return nil, fmt.Errorf("the repository has keys escrowed in these vaults under several names (%s): pick one with --vault-name", strings.Join(slices.Sorted(maps.Keys(names)), ", "))
 	}
 	rc := chosen.rc
 	rc.fps = make([]string, len(rc.set.Realms))
