@@ -170,6 +170,13 @@ func TestThresholdWrongPasswords(t *testing.T) {
 		}
 		oneErrorLine(t, "a wrong password", errs, want)
 	}
+	// Every vault has counted its last guess (the next request makes it
+	// NoGuesses).
+	for i, v := range realmStatus(t, home, args([]string{"--repo", f.repo}, all...)...) {
+		if v["attempts_left"] != json.Number("0") {
+			t.Fatalf("vault %d after 10 wrong passwords: %v", i+1, v)
+		}
+	}
 	code, errs := open(f.pw)
 	if code != exitWrongKey {
 		t.Fatalf("the right password after 10 wrong ones: exit %d %s", code, errs)

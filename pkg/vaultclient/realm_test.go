@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wabackup/wabackup/internal/realmtest"
 	"github.com/wabackup/wabackup/pkg/threshold"
 	"github.com/wabackup/wabackup/pkg/vault/api"
 	"github.com/wabackup/wabackup/pkg/vaultclient"
@@ -28,12 +27,15 @@ type testRealm struct {
 	stop   func()
 }
 
+// startRealms runs n in-process vaults (startVault: pkg/vault's server,
+// each with its own store and keys), each serving the realm API over TLS
+// 1.3.
 func startRealms(t *testing.T, n int) []testRealm {
 	t.Helper()
 	out := make([]testRealm, n)
 	for i := range out {
-		s := realmtest.Start(t, 10)
-		out[i] = testRealm{URL: s.URL, client: s.Client(), stop: s.Stop}
+		_, ts := startVault(t)
+		out[i] = testRealm{URL: ts.URL, client: ts.Client(), stop: ts.Close}
 	}
 	return out
 }
