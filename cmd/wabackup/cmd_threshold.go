@@ -517,6 +517,7 @@ func (p vaultProblem) String() string { return fmt.Sprintf("vault %d %s: %s", p.
 func (p vaultProblem) msg() string {
 	msg := oneLine(p.err.Error())
 	msg = strings.TrimPrefix(msg, "vault "+p.url+": ")
+	msg = strings.TrimPrefix(msg, "vault "+p.url+" ") // "vault URL presents …"
 	return strings.TrimPrefix(msg, "threshold: ")
 }
 
