@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/wabackup/wabackup/pkg/vaultclient"
 )
 
 // thresholdFiles are a test's repository, media and password files.
@@ -361,4 +364,92 @@ func TestThresholdKeyCommands(t *testing.T) {
 	// And a fresh escrow under the same name is accepted (the share left
 	// at the stopped vault does not count as a key).
 	wabOK(t, home, args([]string{"key", "escrow", "--repo", f.repo, "--key-file", f.key, "--new-password-file", f.pw}, vs.flags(1, 2)...)...)
+}
+
+// Pins and addresses: --vault-fingerprint, one per vault, is checked
+// before anything is escrowed and against what the slot records; the
+// vaults may be given again under other addresses (each must present the
+// slot's fingerprint and realm id: one that does not is left out, with a
+// warning, and the others recover the key); the password is prepared
+// (NFC) before it reaches the protocol, so another form of it opens.
+func TestThresholdPinsAndAddresses(t *testing.T) {
+	vs := startThresholdVaults(t, 4)
+	f := newThresholdFiles(t)
+	home := f.home("h")
+	all := vs.flags(0, 1, 2)
+	var fps []string
+	for i := range 4 {
+		r, err := vaultclient.NewRealm(vs.url(i), []byte("x"), vaultclient.RealmOptions{Options: vaultclient.Options{CACertFile: vs.caCert, PinFile: "-"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := r.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fps = append(fps, in.Fingerprint)
+	}
+	pins := func(fp ...string) []string {
+		var l []string
+		for _, x := range fp {
+			l = append(l, "--vault-fingerprint", x)
+		}
+		return l
+	}
+	nfd, nfc := filepath.Join(f.work, "nfd"), filepath.Join(f.work, "nfc")
+	os.WriteFile(nfd, []byte("cafe\u0301 au lait"), 0o600)
+	os.WriteFile(nfc, []byte("caf\u00e9 au lait"), 0o600)
+	wabOK(t, home, "init", "--repo", f.repo, "--key-out", f.key)
+	escrow := args([]string{"key", "escrow", "--repo", f.repo, "--key-file", f.key, "--new-password-file", nfd}, all...)
+	// A wrong pin for vault 2: refused before anything is escrowed.
+	wrong := strings.Repeat("ab", 32)
+	code, _, errs := wabIn(t, home, args(escrow, pins(fps[0], wrong, fps[2])...)...)
+	if code != exitFatal || !strings.Contains(errs, "but --vault-fingerprint pins "+wrong) || !strings.Contains(errs, "all 3 are needed to escrow the key") {
+		t.Fatalf("escrow with a wrong pin: exit %d %s", code, errs)
+	}
+	for i := range 3 {
+		if st := vs.status(t, i, f.repo); st != "not_registered" {
+			t.Fatalf("vault %d after a refused escrow: %s", i+1, st)
+		}
+	}
+	code, _, errs = wabIn(t, home, args(escrow, pins(fps[0], fps[1])...)...)
+	if code != exitFatal {
+		t.Fatalf("two pins for three vaults: exit %d %s", code, errs)
+	}
+	oneErrorLine(t, "two pins for three vaults", errs, "2 --vault-fingerprint for 3 --vault: give one per vault, in the same order")
+	wabOK(t, home, args(escrow, pins(fps[0], fps[1], fps[2])...)...)
+
+	// A new machine, pinning the vaults out of band, vault 2 under
+	// another address; the other form of the password.
+	fresh := f.home("fresh")
+	local := strings.Replace(vs.url(1), "127.0.0.1", "localhost", 1)
+	moved := []string{"--vault", vs.url(0), "--vault", local, "--vault", vs.url(2), "--vault-cacert", vs.caCert}
+	code, _, errs = wabIn(t, fresh, args([]string{"snapshots", "--repo", f.repo, "--password-file", nfc}, args(moved, pins(fps[0], fps[1], fps[2])...)...)...)
+	if code != 0 || errs != "" {
+		t.Fatalf("open with vault 2 under another address: exit %d %s", code, errs)
+	}
+	var pinned map[string]string
+	data, _ := os.ReadFile(filepath.Join(fresh, ".config", "wabackup", "vaults.json"))
+	if json.Unmarshal(data, &pinned) != nil || pinned[local] != fps[1] {
+		t.Fatalf("vaults.json: %s", data)
+	}
+	// A pin that is not the slot's: refused before the password is spent.
+	code, _, errs = wabIn(t, f.home("fresh2"), args([]string{"snapshots", "--repo", f.repo, "--password-file", nfc, "--vault-fingerprint", wrong}, vs.flags(0)...)...)
+	if code != exitFatal {
+		t.Fatalf("a wrong pin on a new machine: exit %d %s", code, errs)
+	}
+	oneErrorLine(t, "a wrong pin on a new machine", errs, "records vault fingerprint "+fps[0]+", not "+wrong)
+	// Vault 2's position given the fourth vault's address: that vault
+	// presents another key, is asked nothing else, and the other two
+	// recover the key.
+	code, _, errs = wabIn(t, f.home("fresh3"), "snapshots", "--repo", f.repo, "--password-file", nfc,
+		"--vault", vs.url(0), "--vault", vs.url(3), "--vault", vs.url(2), "--vault-cacert", vs.caCert)
+	if code != 0 || !strings.Contains(errs, "vault 2 "+vs.url(3)+": presents public key fingerprint "+fps[3]) {
+		t.Fatalf("open with another vault at vault 2's position: exit %d %s", code, errs)
+	}
+	for _, m := range realmStatus(t, home, args([]string{"--repo", f.repo}, all...)...) {
+		if m["attempts_left"] != json.Number("10") {
+			t.Fatalf("attempts after the opens: %v", m)
+		}
+	}
 }
