@@ -158,7 +158,13 @@ func (a *app) keyEscrowCommand() *cobra.Command {
 		Long: `Escrow a fresh secret that opens the repository in the key vault at --vault,
 protected by a password with OPAQUE: the vault never learns the password,
 allows a limited number of wrong guesses and then destroys the secret.
-The new password comes from --new-password-file or is asked for twice.`,
+The new password comes from --new-password-file or is asked for twice.
+
+With several --vault the secret is spread over all of them instead
+(threshold escrow, docs/VAULT.md): any --vault-threshold of them (default:
+the smallest majority) give it back, fewer learn nothing that tests the
+password, and each counts wrong guesses on its own. Every vault must
+answer; --vault-fingerprint, if given, once per --vault in the same order.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, _, err := a.vaultSetFlags(); err != nil {
@@ -194,7 +200,9 @@ func (a *app) keyRecoverCommand() *cobra.Command {
 		Short: "Open the repository with the key vault and print a new 64-digit key",
 		Long: `Recover the repository's secret from the key vault at --vault with the
 password (a new machine needs only the repository, the vault and the
-password), then add and print a new 64-digit key.`,
+password), then add and print a new 64-digit key. For a key escrowed
+across several vaults, one of their addresses is enough: the repository's
+vault slot names the others, and any threshold of them will do.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !a.viaVault() {
@@ -358,7 +366,7 @@ func (a *app) withVaultTarget(ctx context.Context, fn func(t *vaultTarget) error
 func (a *app) keyVaultStatusCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "vault-status --vault URL",
-		Short: "Show how many wrong vault passwords are left",
+		Short: "Show how many wrong vault passwords are left (at each vault)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.withVaultTarget(cmd.Context(), func(t *vaultTarget) error {
@@ -390,7 +398,9 @@ func (a *app) keyVaultPasswdCommand() *cobra.Command {
 		Long: `Change the password that protects the key escrowed in --vault: log in with
 the current password (--password-file, --password-command or a prompt), then
 register the same secret under the new one (--new-password-file or asked
-twice). The attempt counter starts afresh.`,
+twice). The attempt counter starts afresh. For a key escrowed across
+several vaults, the password changes at all of them (every one must
+answer).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -433,7 +443,8 @@ vault destroy the record for good, then remove the repository's vault slot
 for it, so the repository no longer opens through that vault. The 64-digit
 key and the other slots still open it. Refused when that vault slot is the
 repository's only key slot: get a 64-digit key first with
-wabackup key recover --vault URL.
+wabackup key recover --vault URL. For a key escrowed across several
+vaults, it is deleted at all of them.
 
 When the repository has no vault slot for --vault any more (it was
 removed with key remove), the key escrowed under --vault-name (default
