@@ -110,6 +110,10 @@ func TestThresholdEndToEnd(t *testing.T) {
 	target2 := filepath.Join(f.work, "restored2")
 	wabOK(t, f.home("h3"), args([]string{"restore", "latest", "--repo", f.repo, "--password-file", f.pw, "--target", target2}, vs.flags(2)...)...)
 	checkRestored(t, f, target2)
+	// key recover through the vaults prints a new 64-digit key.
+	if out := wabOK(t, f.home("h3"), args([]string{"key", "recover", "--repo", f.repo, "--password-file", f.pw}, vs.flags(0)...)...); !strings.Contains(out, "recovered through vaults "+strings.Join([]string{vs.url(0), vs.url(1), vs.url(2)}, ", ")+". A new 64-digit key") {
+		t.Fatalf("key recover: %s", out)
+	}
 
 	// One vault down: the other two give the key back.
 	vs.stop(1)
