@@ -45,11 +45,15 @@ type app struct {
 	s3CreateBucket bool
 	caCert         string
 
-	vaultURL    string
-	vaultCACert string
-	vaultName   string
-	vaultFP     string
-	typedKeyErr error // the prompt's input looked like a malformed 64-digit key
+	vaultURLs      []string // --vault, in order
+	vaultFPs       []string // --vault-fingerprint, one per --vault
+	vaultThreshold int      // --vault-threshold (init, key escrow)
+	vaultURL       string   // the --vault when it is one
+	vaultFP        string   // its --vault-fingerprint
+	vaultCACert    string
+	vaultName      string
+	vaultUsed      string // the vault(s) the repository was opened through, for messages
+	typedKeyErr    error  // the prompt's input looked like a malformed 64-digit key
 }
 
 func newApp(stdout, stderr io.Writer) *app {
@@ -66,7 +70,11 @@ and restores them on any machine with the 64-digit key or a password.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return a.applySettings(cmd)
+			if err := a.applySettings(cmd); err != nil {
+				return err
+			}
+			a.deriveVaultFlags()
+			return nil
 		},
 	}
 	root.SetOut(a.out.stdout)
@@ -88,10 +96,11 @@ and restores them on any machine with the 64-digit key or a password.`,
 	pf.IntVar(&a.s3Connections, "s3-connections", 0, "S3 requests in flight at once (default 4)")
 	pf.BoolVar(&a.s3CreateBucket, "s3-create-bucket", false, "with init: create the S3 bucket if it is missing")
 	pf.StringVar(&a.caCert, "cacert", "", "PEM file of extra CA certificates to trust (private S3 servers)")
-	pf.StringVar(&a.vaultURL, "vault", "", "key vault URL (https://…): escrow the key there (init, key escrow) or open the repository through it")
-	pf.StringVar(&a.vaultCACert, "vault-cacert", "", "PEM file of extra CA certificates to trust for the key vault")
+	pf.StringArrayVar(&a.vaultURLs, "vault", nil, "key vault URL (https://…): escrow the key there (init, key escrow) or open the repository through it; repeat it to spread the key over several independent vaults (threshold escrow)")
+	pf.IntVar(&a.vaultThreshold, "vault-threshold", 0, "with several --vault (init, key escrow): how many of the vaults give the key back (more than half of them; default: the smallest majority)")
+	pf.StringVar(&a.vaultCACert, "vault-cacert", "", "PEM file of extra CA certificates to trust for the key vaults (it may hold several)")
 	pf.StringVar(&a.vaultName, "vault-name", "", "name of the key in the vault (default \"default\")")
-	pf.StringVar(&a.vaultFP, "vault-fingerprint", "", "the key vault's public key fingerprint (64 hex digits, printed by wabackup-vault at start): talk to the vault only if it presents this key")
+	pf.StringArrayVar(&a.vaultFPs, "vault-fingerprint", nil, "the key vault's public key fingerprint (64 hex digits, printed by wabackup-vault at start): talk to the vault only if it presents this key; one per --vault, in the same order")
 	pf.BoolVar(&a.out.json, "json", false, "machine-readable output (one JSON object per line)")
 	pf.BoolVarP(&a.out.quiet, "quiet", "q", false, "print nothing unless there is an error")
 
@@ -331,7 +340,7 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 	}
 	var cred archive.Credentials
 	var err error
-	if a.vaultURL == "" {
+	if !a.viaVault() {
 		if cred, err = a.credentials(); err != nil {
 			return nil, err
 		}
@@ -344,7 +353,7 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	if a.vaultURL != "" {
+	if a.viaVault() {
 		if cred, err = a.vaultCredentials(ctx, r); err != nil {
 			r.Close()
 			return nil, err

@@ -53,7 +53,7 @@ that key vault (wabackup-vault), which allows only a few wrong guesses.`,
 				return err
 			}
 			var vaultPw []byte
-			if a.vaultURL != "" {
+			if a.viaVault() {
 				// The password protects the vault's copy only: a password
 				// slot in the repository would allow offline guessing.
 				if vaultPw, err = a.vaultPassword(true, ""); err != nil {

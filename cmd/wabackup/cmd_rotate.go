@@ -106,7 +106,9 @@ what is done).`,
 							fmt.Fprintf(&b, "revoked %s %s (%s)\n", s.Kind, s.ID[:8], s.Label)
 						}
 						for _, s := range res.Removed {
-							if s.Kind == keys.KindVault {
+							if set, err := parseRealmSet(s); err == nil && isThresholdSlot(s) {
+								fmt.Fprintf(&b, "the key escrowed in %s no longer opens the repository: escrow the new key with wabackup key escrow %s --vault-threshold %d (or rotate through the vaults, with --vault, to keep it)\n", set.describe(), set.flags(), set.Threshold)
+							} else if s.Kind == keys.KindVault && !isThresholdSlot(s) {
 								fmt.Fprintf(&b, "the key escrowed in vault %s no longer opens the repository: escrow the new key with wabackup key escrow --vault %s (or rotate through the vault, with --vault, to keep it)\n", s.Extra[vaultExtraURL], s.Extra[vaultExtraURL])
 							}
 						}

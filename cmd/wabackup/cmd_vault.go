@@ -31,9 +31,9 @@ const (
 func (a *app) vaultClient(slotPin string) (*vaultclient.Client, error) {
 	opt := vaultclient.Options{CACertFile: a.vaultCACert, Pin: slotPin}
 	if a.vaultFP != "" {
-		fp := strings.ToLower(strings.TrimSpace(a.vaultFP))
-		if len(fp) != 64 || strings.Trim(fp, "0123456789abcdef") != "" {
-			return nil, fmt.Errorf("--vault-fingerprint %q: want the 64 hex digits wabackup-vault prints at start", a.vaultFP)
+		fp, err := parseFingerprint(a.vaultFP)
+		if err != nil {
+			return nil, err
 		}
 		if slotPin != "" && slotPin != fp {
 			return nil, fmt.Errorf("the repository's vault slot for %s records vault fingerprint %s, not %s (--vault-fingerprint): the slot belongs to another vault or was altered", a.vaultURL, slotPin, fp)
@@ -71,6 +71,16 @@ func (a *app) vaultPassword(confirm bool, file string) ([]byte, error) {
 // escrow makes a fresh vault secret, escrows it in the vault under pw and
 // adds a vault slot for it to the unlocked repository.
 func (a *app) escrow(ctx context.Context, r *archive.Repository, pw []byte) (*keys.Slot, error) {
+	urls, fps, err := a.vaultSetFlags()
+	if err != nil {
+		return nil, err
+	}
+	if len(urls) > 1 {
+		return a.escrowThreshold(ctx, r, pw, urls, fps)
+	}
+	if a.vaultThreshold > 1 {
+		return nil, fmt.Errorf("--vault-threshold %d with one --vault: give as many --vault as the key is to be spread over", a.vaultThreshold)
+	}
 	var sec keys.Key
 	if _, err := rand.Read(sec[:]); err != nil {
 		return nil, err
@@ -107,9 +117,12 @@ func (a *app) vaultCredentials(ctx context.Context, r *archive.Repository) (arch
 	if err != nil {
 		return cred, err
 	}
-	chosen, err := a.vaultSlot(ctx, slots)
+	chosen, rc, err := a.chooseVaultSlot(ctx, slots)
 	if err != nil {
 		return cred, err
+	}
+	if rc != nil {
+		return a.thresholdCredentials(ctx, rc)
 	}
 	name := slotVaultName(chosen)
 	c, err := a.vaultClient(chosen.Extra[vaultExtraFingerprint])
@@ -133,6 +146,7 @@ func (a *app) vaultCredentials(ctx context.Context, r *archive.Repository) (arch
 	var k keys.Key
 	copy(k[:], sec)
 	cred.VaultSecret = &k
+	a.vaultUsed = "vault " + c.URL()
 	return cred, nil
 }
 
@@ -144,18 +158,25 @@ func (a *app) keyEscrowCommand() *cobra.Command {
 		Long: `Escrow a fresh secret that opens the repository in the key vault at --vault,
 protected by a password with OPAQUE: the vault never learns the password,
 allows a limited number of wrong guesses and then destroys the secret.
-The new password comes from --new-password-file or is asked for twice.`,
+The new password comes from --new-password-file or is asked for twice.
+
+With several --vault the secret is spread over all of them instead
+(threshold escrow, docs/VAULT.md): any --vault-threshold of them (default:
+the smallest majority) give it back, fewer learn nothing that tests the
+password, and each counts wrong guesses on its own. Every vault must
+answer; --vault-fingerprint, if given, once per --vault in the same order.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if a.vaultURL == "" {
-				return errors.New("give --vault URL")
+			if _, _, err := a.vaultSetFlags(); err != nil {
+				return err
 			}
 			ctx := cmd.Context()
-			vaultURL := a.vaultURL
-			a.vaultURL = "" // open with the key or password, not the vault
-			r, err := a.openRepo(ctx)
-			a.vaultURL = vaultURL
-			if err != nil {
+			var r *archive.Repository
+			// Open with the key or password, not the vault.
+			if err := a.withoutVault(func() (err error) {
+				r, err = a.openRepo(ctx)
+				return err
+			}); err != nil {
 				return err
 			}
 			defer r.Close()
@@ -179,10 +200,12 @@ func (a *app) keyRecoverCommand() *cobra.Command {
 		Short: "Open the repository with the key vault and print a new 64-digit key",
 		Long: `Recover the repository's secret from the key vault at --vault with the
 password (a new machine needs only the repository, the vault and the
-password), then add and print a new 64-digit key.`,
+password), then add and print a new 64-digit key. For a key escrowed
+across several vaults, one of their addresses is enough: the repository's
+vault slot names the others, and any threshold of them will do.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if a.vaultURL == "" {
+			if !a.viaVault() {
 				return errors.New("give --vault URL")
 			}
 			ctx := cmd.Context()
@@ -194,7 +217,7 @@ password), then add and print a new 64-digit key.`,
 				f := keys.FormatRecoveryKey(k)
 				a.out.JSON(map[string]any{"message_type": "key_added", "id": s.ID, "kind": s.Kind, "key": f})
 				if !a.out.json {
-					fmt.Fprintf(a.out.stdout, "recovered through vault %s. A new 64-digit key (slot %s):\n\n    %s\n\nKeep it safe: it opens the repository.\n", a.vaultURL, s.ID[:8], f)
+					fmt.Fprintf(a.out.stdout, "recovered through %s. A new 64-digit key (slot %s):\n\n    %s\n\nKeep it safe: it opens the repository.\n", a.vaultUsed, s.ID[:8], f)
 				}
 				return nil
 			})
@@ -222,7 +245,7 @@ func slotVaultName(s *keys.Slot) string {
 func (a *app) vaultSlot(ctx context.Context, slots []*keys.Slot) (*keys.Slot, error) {
 	var byURL, vaultSlots []*keys.Slot
 	for _, s := range slots {
-		if s.Kind != keys.KindVault || (a.vaultName != "" && slotVaultName(s) != a.vaultName) {
+		if s.Kind != keys.KindVault || isThresholdSlot(s) || (a.vaultName != "" && slotVaultName(s) != a.vaultName) {
 			continue
 		}
 		vaultSlots = append(vaultSlots, s)
@@ -282,15 +305,16 @@ type vaultTarget struct {
 	slots  []*keys.Slot        // all its key slots
 	slot   *keys.Slot          // its vault slot for --vault
 	name   string              // the key's name in the vault
-	client *vaultclient.Client // pinned to the slot's fingerprint
+	client *vaultclient.Client // pinned to the slot's fingerprint (a single vault)
 	credID []byte
+	rt     *realmTarget // the slot's vaults (threshold escrow; client is then nil)
 }
 
 // openVaultTarget opens the repository, without unlocking it, and finds
 // its vault slot for --vault, the credential and the pin.
 func (a *app) openVaultTarget(ctx context.Context) (_ *vaultTarget, err error) {
-	if a.vaultURL == "" {
-		return nil, errors.New("give --vault URL")
+	if _, _, err := a.vaultSetFlags(); err != nil {
+		return nil, err
 	}
 	st, err := a.openStore(ctx, false)
 	if err != nil {
@@ -310,8 +334,15 @@ func (a *app) openVaultTarget(ctx context.Context) (_ *vaultTarget, err error) {
 	if t.slots, err = r.Slots(ctx); err != nil {
 		return nil, err
 	}
-	if t.slot, err = a.vaultSlot(ctx, t.slots); err != nil {
+	var rc *realmChoice
+	if t.slot, rc, err = a.chooseVaultSlot(ctx, t.slots); err != nil {
 		return nil, err
+	}
+	if rc != nil {
+		t.name = rc.set.Name
+		t.credID = rc.set.UserInfo
+		t.rt, err = a.newRealmTarget(rc)
+		return t, err
 	}
 	if t.client, err = a.vaultClient(t.slot.Extra[vaultExtraFingerprint]); err != nil {
 		return nil, err
@@ -335,10 +366,13 @@ func (a *app) withVaultTarget(ctx context.Context, fn func(t *vaultTarget) error
 func (a *app) keyVaultStatusCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "vault-status --vault URL",
-		Short: "Show how many wrong vault passwords are left",
+		Short: "Show how many wrong vault passwords are left (at each vault)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.withVaultTarget(cmd.Context(), func(t *vaultTarget) error {
+				if t.rt != nil {
+					return a.thresholdStatus(cmd.Context(), t.rt)
+				}
 				c := t.client
 				left, limit, err := c.Status(cmd.Context(), t.credID)
 				if err != nil {
@@ -364,11 +398,16 @@ func (a *app) keyVaultPasswdCommand() *cobra.Command {
 		Long: `Change the password that protects the key escrowed in --vault: log in with
 the current password (--password-file, --password-command or a prompt), then
 register the same secret under the new one (--new-password-file or asked
-twice). The attempt counter starts afresh.`,
+twice). The attempt counter starts afresh. For a key escrowed across
+several vaults, the password changes at all of them (every one must
+answer).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			return a.withVaultTarget(ctx, func(t *vaultTarget) error {
+				if t.rt != nil {
+					return a.thresholdPasswd(ctx, t.rt, newPwFile)
+				}
 				c := t.client
 				if _, err := c.Info(ctx); err != nil {
 					return err
@@ -404,7 +443,8 @@ vault destroy the record for good, then remove the repository's vault slot
 for it, so the repository no longer opens through that vault. The 64-digit
 key and the other slots still open it. Refused when that vault slot is the
 repository's only key slot: get a 64-digit key first with
-wabackup key recover --vault URL.
+wabackup key recover --vault URL. For a key escrowed across several
+vaults, it is deleted at all of them.
 
 When the repository has no vault slot for --vault any more (it was
 removed with key remove), the key escrowed under --vault-name (default
@@ -414,6 +454,9 @@ the vault.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			err := a.withVaultTarget(ctx, func(t *vaultTarget) error {
+				if t.rt != nil {
+					return a.thresholdDelete(ctx, t)
+				}
 				c := t.client
 				info, err := c.Info(ctx)
 				if err != nil {
@@ -469,7 +512,7 @@ the vault.`,
 				return nil
 			})
 			var nv *noVaultSlotError
-			if errors.As(err, &nv) {
+			if errors.As(err, &nv) && len(a.vaultURLs) == 1 {
 				return a.deleteRecordWithoutSlot(ctx)
 			}
 			return err

@@ -53,13 +53,20 @@ type Options struct {
 
 // Client is a vault client for one vault URL.
 type Client struct {
-	url  string
-	hc   *http.Client
-	op   *opaque.Client
-	opts Options
+	conn
+	op *opaque.Client
 
 	mu   sync.Mutex
 	info *api.Info
+}
+
+// conn is what the clients of both API versions share for one vault: its
+// URL, the HTTPS client (TLS 1.3, the extra CA certificates) and the
+// pins.
+type conn struct {
+	url  string
+	hc   *http.Client
+	opts Options
 }
 
 // WrongPasswordError is returned when the vault does not accept the
@@ -92,11 +99,24 @@ var ErrExists = errors.New("vault: a secret is already escrowed under this name:
 
 // New returns a client for the vault at url (https://host:port).
 func New(url string, opt Options) (*Client, error) {
-	if !strings.HasPrefix(url, "https://") {
-		return nil, fmt.Errorf("vault URL %q: only https:// is allowed", url)
-	}
 	if opt.KSF == nil {
 		opt.KSF = opaque.DefaultArgon2idKSF
+	}
+	cn, err := newConn(url, opt)
+	if err != nil {
+		return nil, err
+	}
+	op, err := api.Suite.NewClient(opt.KSF, opaque.Identities{}, api.Context)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{conn: *cn, op: op}, nil
+}
+
+// newConn checks url (https only) and makes the HTTPS client opt asks for.
+func newConn(url string, opt Options) (*conn, error) {
+	if !strings.HasPrefix(url, "https://") {
+		return nil, fmt.Errorf("vault URL %q: only https:// is allowed", url)
 	}
 	hc := opt.HTTPClient
 	if hc == nil {
@@ -117,14 +137,10 @@ func New(url string, opt Options) (*Client, error) {
 		}
 		hc = &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true}}
 	}
-	op, err := api.Suite.NewClient(opt.KSF, opaque.Identities{}, api.Context)
-	if err != nil {
-		return nil, err
-	}
 	if opt.PinFile == "" {
 		opt.PinFile = DefaultPinFile()
 	}
-	return &Client{url: strings.TrimRight(url, "/"), hc: hc, op: op, opts: opt}, nil
+	return &conn{url: strings.TrimRight(url, "/"), hc: hc, opts: opt}, nil
 }
 
 // DefaultPinFile is $XDG_CONFIG_HOME/wabackup/vaults.json.
@@ -141,9 +157,9 @@ func DefaultPinFile() string {
 }
 
 // URL returns the vault's base URL.
-func (c *Client) URL() string { return c.url }
+func (c *conn) URL() string { return c.url }
 
-func (c *Client) call(ctx context.Context, path string, in, out any) error {
+func (c *conn) call(ctx context.Context, path string, in, out any) error {
 	var body io.Reader
 	method := http.MethodGet
 	if in != nil {
@@ -196,11 +212,17 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 // APIError is an error answer of the vault other than a wrong password.
 type APIError struct {
 	Status  int
-	Code    string
+	Code    string // one of the api.Code* constants
 	Message string
+	URL     string // the vault's, when known (a Realm's errors carry it)
 }
 
-func (e *APIError) Error() string { return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code) }
+func (e *APIError) Error() string {
+	if e.URL != "" {
+		return fmt.Sprintf("vault %s: %s (%s)", e.URL, e.Message, e.Code)
+	}
+	return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code)
+}
 
 // Info fetches the vault's description and checks its key against the
 // pins (the Pin option and the local pin file), then records it in the
@@ -219,14 +241,7 @@ func (c *Client) Info(ctx context.Context) (*api.Info, error) {
 		return nil, fmt.Errorf("vault %s uses suite %q, this client %q", c.url, in.Suite, api.Suite)
 	}
 	fp := api.Fingerprint(in.PublicKey)
-	if c.opts.Pin != "" && c.opts.Pin != fp {
-		where := c.opts.PinSource
-		if where == "" {
-			where = "the repository's vault slot"
-		}
-		return nil, &PinMismatchError{URL: c.url, Pinned: c.opts.Pin, Got: fp, Where: where}
-	}
-	if err := c.checkPinFile(fp); err != nil {
+	if err := c.checkPins(fp); err != nil {
 		return nil, err
 	}
 	in.Fingerprint = fp
@@ -234,9 +249,22 @@ func (c *Client) Info(ctx context.Context) (*api.Info, error) {
 	return c.info, nil
 }
 
+// checkPins checks the fingerprint fp the vault presents against the Pin
+// option and the local pin file, and records it in the pin file.
+func (c *conn) checkPins(fp string) error {
+	if c.opts.Pin != "" && c.opts.Pin != fp {
+		where := c.opts.PinSource
+		if where == "" {
+			where = "the repository's vault slot"
+		}
+		return &PinMismatchError{URL: c.url, Pinned: c.opts.Pin, Got: fp, Where: where}
+	}
+	return c.checkPinFile(fp)
+}
+
 var pinMu sync.Mutex
 
-func (c *Client) checkPinFile(fp string) error {
+func (c *conn) checkPinFile(fp string) error {
 	if c.opts.PinFile == "-" {
 		return nil
 	}
