@@ -37,7 +37,6 @@ type blobReader struct {
 	// come from one pack).
 	aead     cipher.AEAD
 	aeadPack ID
-	aeadKeys *keySet
 }
 
 func (r *Repository) newBlobReader() *blobReader {
@@ -163,19 +162,22 @@ func (b *blobReader) open(packID ID, e blobEntry, sealed []byte) ([]byte, error)
 	name := packName(packID)
 	var nonce [12]byte
 	var aad [33]byte
-	aeads, ks := b.blobAEADs(packID)
 	var plain []byte
 	var err error
-	if len(aeads) == 1 {
-		plain, err = aeads[0].Open(sealed[:0], packNonce(&nonce, uint64(e.Counter)), sealed, blobAAD(&aad, e.ID, e.Flags))
+	if b.aead != nil && b.aeadPack == packID || len(b.r.epochs.old) == 0 {
+		if b.aead == nil || b.aeadPack != packID {
+			b.aead, b.aeadPack = b.r.keys.packAEAD(packID), packID
+		}
+		plain, err = b.aead.Open(sealed[:0], packNonce(&nonce, uint64(e.Counter)), sealed, blobAAD(&aad, e.ID, e.Flags))
 	} else {
-		// Which epoch wrote the pack: tried into a buffer of its own,
-		// since a failed in-place Open leaves sealed overwritten.
-		for i, a := range aeads {
+		// A new pack, and several epochs: which one wrote it, tried into
+		// a buffer of its own (a failed in-place Open overwrites sealed).
+		for _, k := range b.r.packKeys(packID) {
+			a := k.packAEAD(packID)
 			if plain, err = a.Open(b.trial[:0], packNonce(&nonce, uint64(e.Counter)), sealed, blobAAD(&aad, e.ID, e.Flags)); err == nil {
 				b.trial = plain
-				b.r.notePackEpoch(packID, ks[i])
-				aeads, ks = aeads[i:i+1], ks[i:i+1]
+				b.r.notePackEpoch(packID, k)
+				b.aead, b.aeadPack = a, packID
 				break
 			}
 		}
@@ -183,7 +185,6 @@ func (b *blobReader) open(packID ID, e blobEntry, sealed []byte) ([]byte, error)
 	if err != nil {
 		return nil, fmt.Errorf("%s: chunk %s does not authenticate: %w", shortName(name), e.ID.Short(), ErrCorrupt)
 	}
-	b.aead, b.aeadKeys, b.aeadPack = aeads[0], ks[0], packID
 	if e.Flags&flagZstd != 0 {
 		b.out, err = b.zd.DecodeAll(plain, b.out[:0])
 		if err != nil {

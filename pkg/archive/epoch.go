@@ -1,7 +1,6 @@
 package archive
 
 import (
-	"crypto/cipher"
 	"sync"
 	"sync/atomic"
 )
@@ -62,18 +61,4 @@ func (r *Repository) parseTrailer(id ID, sealed []byte, size int64) ([]blobEntry
 		}
 	}
 	return nil, first
-}
-
-// blobAEADs returns the AEADs to open a blob of pack id with, and the
-// epochs they belong to.
-func (b *blobReader) blobAEADs(id ID) ([]cipher.AEAD, []*keySet) {
-	if b.aead != nil && b.aeadPack == id {
-		return []cipher.AEAD{b.aead}, []*keySet{b.aeadKeys}
-	}
-	ks := b.r.packKeys(id)
-	as := make([]cipher.AEAD, len(ks))
-	for i, k := range ks {
-		as[i] = k.packAEAD(id)
-	}
-	return as, ks
 }
