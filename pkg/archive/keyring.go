@@ -93,10 +93,7 @@ func (r *Repository) writeKeyring(ctx context.Context, kr *keys.Keyring, k *keyS
 	if _, err := r.store.Stat(ctx, name); err == nil {
 		return fmt.Errorf("%s exists already: another process changed the keys at the same time; run the command again", name)
 	}
-	saved := r.keys
-	r.keys = k
-	defer func() { r.keys = saved }()
-	_, err = r.saveObject(ctx, name, false, func(w io.Writer) error {
+	_, err = r.saveObjectWith(ctx, k, name, false, func(w io.Writer) error {
 		_, err := w.Write(data)
 		return err
 	})
@@ -161,7 +158,8 @@ func (r *Repository) openKeyring(ctx context.Context, slot *keys.Slot, slotData 
 		return fmt.Errorf("keys/%s: the key slot differs from the one the keyring lists (altered): %w", slot.ID, ErrCorrupt)
 	}
 	r.setKeyring(kr, master)
-	return r.noteHighWater(func(h *highWater) { h.Keyring = max(h.Keyring, kr.Version) })
+	r.noteHighWater(func(h *highWater) { h.Keyring = max(h.Keyring, kr.Version) })
+	return nil
 }
 
 // setKeyring makes kr, whose epoch's master key is master, the
@@ -217,7 +215,8 @@ func (r *Repository) updateKeyring(ctx context.Context, fn func(kr *keys.Keyring
 		return err
 	}
 	r.keyring = next
-	return r.noteHighWater(func(h *highWater) { h.Keyring = max(h.Keyring, next.Version) })
+	r.noteHighWater(func(h *highWater) { h.Keyring = max(h.Keyring, next.Version) })
+	return nil
 }
 
 // newKeyring is the first keyring of a repository: epoch 0, these slots.
@@ -258,22 +257,21 @@ func (r *Repository) loadHighWater() highWater {
 
 // noteHighWater changes the mark and stores it (best effort: a cache
 // directory that cannot be written only loses the protection).
-func (r *Repository) noteHighWater(fn func(h *highWater)) error {
+func (r *Repository) noteHighWater(fn func(h *highWater)) {
 	p := r.highWaterPath()
 	if p == "" {
-		return nil
+		return
 	}
 	h := r.loadHighWater()
 	before := h
 	fn(&h)
 	if h == before {
-		return nil
+		return
 	}
 	data, _ := json.Marshal(h)
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err == nil {
 		atomicfile.Write(p, data, 0o600)
 	}
-	return nil
 }
 
 func (r *Repository) rollbackOr(err error) error {
@@ -291,7 +289,8 @@ func (r *Repository) checkHighWater(newest uint64) error {
 		return nil
 	}
 	if r.allowRollback {
-		return r.noteHighWater(func(h *highWater) { h.Keyring = newest })
+		r.noteHighWater(func(h *highWater) { h.Keyring = newest })
+		return nil
 	}
 	return fmt.Errorf("the repository's keyring is at version %d, but this machine has seen version %d: the store may have been rolled back (a removed key could open it again); --allow-rollback accepts it: %w", newest, h.Keyring, ErrRolledBack)
 }
@@ -323,7 +322,7 @@ func (r *Repository) checkSnapshotsHighWater(snaps []*Snapshot, damaged []damage
 				h.Snapshot, h.SnapshotTime.Local().Format("2006-01-02 15:04"), ErrRolledBack)
 		}
 	}
-	return r.noteHighWater(func(h *highWater) {
+	r.noteHighWater(func(h *highWater) {
 		if newest == nil {
 			if r.allowRollback {
 				h.Snapshot, h.SnapshotTime = "", time.Time{}
@@ -334,6 +333,7 @@ func (r *Repository) checkSnapshotsHighWater(snaps []*Snapshot, damaged []damage
 			h.Snapshot, h.SnapshotTime = newest.ID.String(), newest.Time
 		}
 	})
+	return nil
 }
 
 // forgotHighWater lowers the snapshot mark when this machine removes the

@@ -63,11 +63,18 @@ func (s *spool) close() {
 }
 
 // saveObject encrypts what fill writes (zstd-compressed if compress) as
-// a STREAM object and stores it under name. It returns the stored size.
+// a STREAM object under the current epoch's keys and stores it under
+// name. It returns the stored size.
 func (r *Repository) saveObject(ctx context.Context, name string, compress bool, fill func(w io.Writer) error) (int64, error) {
+	return r.saveObjectWith(ctx, r.keys, name, compress, fill)
+}
+
+// saveObjectWith is saveObject under the keys k (a keyring is written
+// under its new epoch's before the repository switches to it).
+func (r *Repository) saveObjectWith(ctx context.Context, k *keySet, name string, compress bool, fill func(w io.Writer) error) (int64, error) {
 	sp := &spool{dir: r.tmpDir}
 	defer sp.close()
-	sw, err := r.keys.newStreamWriter(sp, name)
+	sw, err := k.newStreamWriter(sp, name)
 	if err != nil {
 		return 0, err
 	}

@@ -149,9 +149,7 @@ func (r *Repository) Rotate(ctx context.Context, opt RotateOptions) (*RotateResu
 		return nil, err
 	}
 	r.setKeyring(next, master)
-	if err := r.noteHighWater(func(h *highWater) { h.Keyring = max(h.Keyring, next.Version) }); err != nil {
-		return nil, err
-	}
+	r.noteHighWater(func(h *highWater) { h.Keyring = max(h.Keyring, next.Version) })
 	if err := r.rewriteConfig(ctx); err != nil {
 		return res, fmt.Errorf("rotated to key epoch %d, but the config was not rewritten (run key rotate again to finish): %w", epoch, err)
 	}
