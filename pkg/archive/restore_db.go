@@ -127,11 +127,6 @@ func (s *Snapshot) Database(name string) (SnapshotDB, error) {
 	return SnapshotDB{}, fmt.Errorf("snapshot %s holds no database %q (it holds %s)", s.ID.Short(), name, strings.Join(names, ", "))
 }
 
-// StoredDB is StoredDBNamed for the snapshot's first database.
-func (r *Repository) StoredDB(ctx context.Context, snap *Snapshot, dir string) (string, func(), error) {
-	return r.StoredDBNamed(ctx, snap, "", dir)
-}
-
 // StoredDBNamed rebuilds the chat database called name (as for Database)
 // that a snapshot holds into a temporary file in dir (every page
 // verified) and returns its path and a function that removes it. Errors
