@@ -147,6 +147,13 @@ func (opt *BackupOptions) dbPaths() []string {
 // host makes: a snapshot with the same key is of the same sources.
 func (opt *BackupOptions) SourceKey(host string) string {
 	s := &Snapshot{Host: host}
+	opt.setSources(s)
+	return s.SourceKey()
+}
+
+// setSources records in s the sources a backup with these options reads:
+// its databases (absolute paths, in path order) and its media folder.
+func (opt *BackupOptions) setSources(s *Snapshot) {
 	var dbs []SnapshotDB
 	for _, p := range opt.dbPaths() {
 		dbs = append(dbs, SnapshotDB{Path: absOr(p)})
@@ -156,7 +163,6 @@ func (opt *BackupOptions) SourceKey(host string) string {
 	if opt.Media != "" {
 		s.Media = absOr(opt.Media)
 	}
-	return s.SourceKey()
 }
 
 type source struct {
@@ -249,18 +255,10 @@ func (b *backup) run(ctx context.Context) (*Snapshot, error) {
 	if u, err := user.Current(); err == nil {
 		snap.User = u.Username
 	}
-	// The databases in path order: the snapshot's DB fields and MoreDBs.
-	var dbInfo []SnapshotDB
-	for _, s := range srcs {
-		if s.db {
-			dbInfo = append(dbInfo, SnapshotDB{Path: s.abs})
-		}
-	}
-	sort.Slice(dbInfo, func(i, j int) bool { return dbInfo[i].Path < dbInfo[j].Path })
-	snap.setDatabases(dbInfo)
-	if b.opt.Media != "" {
-		snap.Media = absOr(b.opt.Media)
-	}
+	// The databases in path order (the snapshot's DB fields and MoreDBs),
+	// filled in by openDB.
+	b.opt.setSources(snap)
+	dbInfo := snap.Databases()
 	parent, err := b.findParent(ctx, snap)
 	if err != nil {
 		return nil, err
