@@ -145,20 +145,7 @@ what is done).`,
 // the secret that opened it, for a rotation to keep.
 func (a *app) keepOpeningSlot(r *archive.Repository) ([]archive.KeepSlot, error) {
 	id := r.UnlockedWith()
-	c := a.unlockedWith
-	var secret []byte
-	switch r.UnlockedKind() {
-	case keys.KindRecovery:
-		if c.RecoveryKey != nil {
-			secret = c.RecoveryKey[:]
-		}
-	case keys.KindPassword:
-		secret = c.Password
-	case keys.KindVault:
-		if c.VaultSecret != nil {
-			secret = c.VaultSecret[:]
-		}
-	}
+	secret := a.unlockedWith.SecretFor(r.UnlockedKind())
 	if secret == nil {
 		return nil, fmt.Errorf("internal error: no secret for key slot %.8s", id)
 	}

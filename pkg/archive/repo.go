@@ -190,6 +190,20 @@ type Credentials struct {
 	VaultSecret *keys.Key
 }
 
+// SecretFor returns the secret the credentials offer for a slot of kind
+// (nil: none).
+func (c Credentials) SecretFor(kind keys.SlotKind) []byte {
+	switch {
+	case kind == keys.KindRecovery && c.RecoveryKey != nil:
+		return c.RecoveryKey[:]
+	case kind == keys.KindPassword && c.Password != nil:
+		return c.Password
+	case kind == keys.KindVault && c.VaultSecret != nil:
+		return c.VaultSecret[:]
+	}
+	return nil
+}
+
 // InitOptions configure a new repository.
 type InitOptions struct {
 	Password []byte             // optional: also add a password slot
@@ -413,15 +427,8 @@ func (r *Repository) Unlock(ctx context.Context, c Credentials) (err error) {
 	}()
 	budget, tried := keys.Argon2Budget, 0
 	for _, s := range slots {
-		var secret []byte
-		switch {
-		case s.Kind == keys.KindRecovery && c.RecoveryKey != nil:
-			secret = c.RecoveryKey[:]
-		case s.Kind == keys.KindPassword && c.Password != nil:
-			secret = c.Password
-		case s.Kind == keys.KindVault && c.VaultSecret != nil:
-			secret = c.VaultSecret[:]
-		default:
+		secret := c.SecretFor(s.Kind)
+		if secret == nil {
 			continue
 		}
 		master, err := s.UnwrapWithin(secret, &budget)
