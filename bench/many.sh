@@ -38,7 +38,7 @@ for run in $(seq "$RUNS"); do
   if [ "$RUNS" -gt 1 ]; then echo "run $run of $RUNS" >&2; fi
   rm -rf "$REPOS" "$OUT/restore-"* "$XDG_CACHE_HOME" "$TMPDIR"
   mkdir -p "$REPOS" "$TMPDIR"
-  "$W" init --repo "$REPOS/wabackup" --key-out "$OUT/key.txt" -q
+  "$W" init --repo "$REPOS/wabackup" --key-out "$OUT/key.txt" --force -q
   restic init -r "$REPOS/restic" -q
 
   measure wabackup-backup "$W" backup --repo "$REPOS/wabackup" --key-file "$OUT/key.txt" --media "$MEDIA" -q

@@ -42,7 +42,7 @@ for run in $(seq "$RUNS"); do
   rm -rf "$REPOS" "$COPY" "$OUT/restore" "$XDG_CACHE_HOME" "$TMPDIR"
   mkdir -p "$REPOS" "$TMPDIR"
   cp -a "$DATA" "$COPY"
-  "$W" init --repo "$REPOS/wabackup" --key-out "$OUT/key.txt" -q
+  "$W" init --repo "$REPOS/wabackup" --key-out "$OUT/key.txt" --force -q
   restic init -r "$REPOS/restic" -q
 
   backup wabackup first

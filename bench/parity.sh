@@ -16,7 +16,7 @@ for run in $(seq "$RUNS"); do
   [ "$RUNS" -gt 1 ] && echo "run $run of $RUNS" >&2
   rm -rf "$REPOS"; mkdir -p "$REPOS"
   for p in 0 1 3; do
-    "$W" init --repo "$REPOS/p$p" --key-out "$OUT/key$p.txt" --parity "$p" -q
+    "$W" init --repo "$REPOS/p$p" --key-out "$OUT/key$p.txt" --parity "$p" --force -q
   done
   export XDG_CACHE_HOME="$OUT/cache"; rm -rf "$XDG_CACHE_HOME"
   for p in 0 1 3; do

@@ -15,7 +15,7 @@ export TMPDIR="$OUT/tmp"; mkdir -p "$TMPDIR"
 export XDG_CACHE_HOME="$OUT/cache"
 REPO="$OUT/repo"
 rm -rf "$REPO" "$OUT/full" "$OUT/part" "$XDG_CACHE_HOME"
-"$W" init --repo "$REPO" --key-out "$OUT/key.txt" -q
+"$W" init --repo "$REPO" --key-out "$OUT/key.txt" --force -q
 "$W" backup --repo "$REPO" --key-file "$OUT/key.txt" --db "$DB" --media "$MEDIA" -q --db-check quick
 # A full restore, timed, for the moment to interrupt at.
 start=$(date +%s.%N)

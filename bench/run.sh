@@ -25,8 +25,8 @@ for run in $(seq "$RUNS"); do
   rm -rf "$REPOS" "$OUT/restore-"*
   mkdir -p "$REPOS"
 
-  "$W" init --repo "$REPOS/wabackup" --key-out "$OUT/key.txt" -q
-  "$W" init --repo "$REPOS/wabackup-quick" --key-out "$OUT/key-quick.txt" -q
+  "$W" init --repo "$REPOS/wabackup" --key-out "$OUT/key.txt" --force -q
+  "$W" init --repo "$REPOS/wabackup-quick" --key-out "$OUT/key-quick.txt" --force -q
   restic init -r "$REPOS/restic" -q
   export XDG_CACHE_HOME="$OUT/cache"; rm -rf "$XDG_CACHE_HOME"
 

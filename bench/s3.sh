@@ -87,8 +87,8 @@ WREPO="s3:http://$EP/wabackup"
 QREPO="s3:http://$EP/wabackup-quick"
 RREPO="s3:http://$EP/restic"
 
-"$W" init --repo "$WREPO" --s3-create-bucket --key-out "$S3OUT/key.txt" -q
-"$W" init --repo "$QREPO" --s3-create-bucket --key-out "$S3OUT/key-quick.txt" -q
+"$W" init --repo "$WREPO" --s3-create-bucket --key-out "$S3OUT/key.txt" --force -q
+"$W" init --repo "$QREPO" --s3-create-bucket --key-out "$S3OUT/key-quick.txt" --force -q
 restic init -r "$RREPO" -q
 
 measure wabackup-backup "$W" backup --repo "$WREPO" --key-file "$S3OUT/key.txt" --db "$DB" --media "$MEDIA" -q
