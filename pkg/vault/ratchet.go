@@ -8,38 +8,45 @@ import (
 	"fmt"
 	"sync"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
-// RatchetStore is the single-site Store that a copy of its storage cannot
-// roll back. Each value is sealed under its own random data key, used for
-// that one write; the data keys live in a key table (a root and
-// ratchetBuckets buckets, each bucket sealed under its own key, the root
-// under an epoch key of the Ratchet — the HSM). Every commit writes the
-// changed values, their buckets and the root under a new epoch key, then
-// destroys the epoch key before it. So:
+// RatchetStore is the Store that a copy of its storage cannot roll back.
+// Each value is sealed under its own random data key, used for that one
+// write; the data keys live in a key table (a root and ratchetBuckets
+// buckets, each bucket sealed under its own key, the root under an epoch
+// key of the Ratchet — the HSM). Every commit writes the changed values,
+// their buckets and the root under a new epoch key, then destroys the
+// epoch key before it. So:
 //
-//   - a value put back from an older copy of vault.db was sealed under a
-//     data key the table no longer holds: it does not open (Get fails), and
-//     the vault answers nothing from it;
-//   - a whole older vault.db has its root sealed under an epoch key the
-//     HSM has destroyed: the store does not open;
+//   - a value put back from an older copy of the storage was sealed under
+//     a data key the table no longer holds: it does not open (Get fails),
+//     and the vault answers nothing from it;
+//   - a whole older copy has its root sealed under an epoch key the HSM
+//     has destroyed: the store does not open;
 //   - a deleted or overwritten value (a destroyed record) is gone from
 //     every copy, since the only key that opened it is.
 //
-// Commits of concurrent writes are grouped (one epoch key, one fsync per
-// group). docs/VAULT.md, "Rollback", gives the format.
+// The storage is a bbolt file (OpenRatchet: one vault process) or an etcd
+// prefix shared by several instances (etcdstore.OpenRatchet), whose
+// commits are compare-and-swaps on the root. Commits of concurrent writes
+// are grouped (one epoch key, one storage transaction per group).
+// docs/VAULT.md, "Rollback", gives the format.
 type RatchetStore struct {
-	db *bolt.DB
+	st RatchetStorage
 	r  Ratchet
 
-	mu      sync.RWMutex // guards the fields below; held for writing while a commit lands
+	mu      sync.RWMutex // guards the fields below; held for writing while a commit or a reload lands
 	buckets [ratchetBuckets]map[string]ratchetSlot
 	bkeys   [ratchetBuckets][32]byte // zero: empty bucket, never written
 	epoch   []byte
+	prev    []byte // the epoch key the root names as the one before it (shared storage)
+	pending bool   // the root says values of the store this one replaced remain to be taken over
 	seq     uint64 // the last version given out
+	rev     uint64 // the storage revision of the root the fields above are from (0: none)
 	tableID []byte // 8 random bytes: the prefix of this store's epoch key ids
+
+	maxBatch int
+	recent   [][]byte // the epoch keys doomed last (committer only)
 
 	ops    chan *ratchetOp
 	stop   chan struct{}
@@ -65,6 +72,58 @@ type RatchetStore struct {
 	failCommit func() bool
 }
 
+// RatchetStorage is where a RatchetStore keeps its sealed values and its
+// key table. Revisions identify versions of the root: a storage shared by
+// several instances gives a new one to every commit, so a reader can tell
+// that its copy of the table is stale.
+type RatchetStorage interface {
+	// Init returns the id of the stored key table, first storing newID as
+	// the id if there is none.
+	Init(newID []byte) (id []byte, err error)
+	// Root returns the sealed root, the id of the epoch key that sealed
+	// it (nil if the storage does not say) and its revision (0: no root
+	// yet).
+	Root() (sealed, epoch []byte, rev uint64, err error)
+	// Buckets returns the sealed buckets idx as they were at revision
+	// rev (a bucket never written is absent), or ErrStale if the storage
+	// no longer has that revision.
+	Buckets(idx []int, rev uint64) (map[int][]byte, error)
+	// Value returns the sealed value of key (nil if absent) and, read in
+	// the same instant, the root's revision.
+	Value(key []byte) (sealed []byte, rev uint64, err error)
+	// Legacy returns up to n values (0: all) kept by the store this one
+	// replaces, which are taken over into the key table, and the highest
+	// version that store may have given out (versions go on above it).
+	Legacy(n int) (values map[string][]byte, floor uint64, err error)
+	// Commit applies c in one transaction if the root is still at
+	// revision rev, and returns the new revision; ErrStale if the root
+	// moved. An error wrapping ErrUnavailable leaves the outcome unknown.
+	Commit(c *RatchetCommit, rev uint64) (uint64, error)
+	// MaxWrites is the most values one commit may write (0: no limit).
+	MaxWrites() int
+	// Shared reports whether other instances commit to the same table
+	// (they may hold epoch keys of it that this one must not destroy).
+	Shared() bool
+	Close() error
+}
+
+// RatchetCommit is what one commit writes.
+type RatchetCommit struct {
+	Puts       []RatchetPut
+	Dels       [][]byte
+	DropLegacy [][]byte       // legacy values taken over by this commit
+	Buckets    map[int][]byte // the sealed buckets written
+	Root       []byte         // the sealed root
+	Epoch      []byte         // the id of the epoch key that sealed Root
+}
+
+// RatchetPut is one sealed value a commit writes.
+type RatchetPut struct{ Key, Sealed []byte }
+
+// ErrStale is returned by a RatchetStorage whose root moved since the
+// revision a commit or read names.
+var ErrStale = errors.New("vault: the key table changed meanwhile")
+
 type ratchetSlot struct {
 	dk  [32]byte
 	ver uint64
@@ -74,6 +133,7 @@ type ratchetOp struct {
 	key, val []byte
 	old      uint64
 	del      bool
+	takeover bool // a legacy value moved into the table
 	ver      uint64
 	err      error
 	done     chan struct{}
@@ -82,12 +142,9 @@ type ratchetOp struct {
 const ratchetBuckets = 1024
 
 var (
-	ratchetValues = []byte("vault")
-	ratchetTable  = []byte("key-table")
-	ratchetRoot   = []byte("root")
-
 	ratchetRootAAD   = []byte("wabackup-vault ratchet root v1")
 	ratchetMagic     = []byte("WRT1")
+	ratchetMagic2    = []byte("WRT2")
 	ratchetBucketAAD = "wabackup-vault ratchet bucket v1/"
 	ratchetValueAAD  = "wabackup-vault ratchet value v1/"
 )
@@ -122,21 +179,109 @@ func bucketAAD(n int) []byte {
 	return binary.BigEndian.AppendUint16([]byte(ratchetBucketAAD), uint16(n))
 }
 
-// OpenRatchet opens (creating) the store in the bbolt file at path, its
-// key table anchored in r. A file written by BoltStore is taken over: its
-// values are moved under the key table on first open.
-func OpenRatchet(path string, r Ratchet) (*RatchetStore, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		return nil, err
+// rootPlain is the root's plaintext: "WRT2" || uint64be(seq) || flags ||
+// uint8(len(prev)) || prev || bucket keys. ("WRT1" roots, written before,
+// have neither flags nor prev.)
+type rootPlain struct {
+	seq     uint64
+	pending bool
+	prev    []byte
+	bkeys   [ratchetBuckets][32]byte
+}
+
+const rootPending = 1
+
+func (p *rootPlain) encode() []byte {
+	b := append([]byte(nil), ratchetMagic2...)
+	b = binary.BigEndian.AppendUint64(b, p.seq)
+	var flags byte
+	if p.pending {
+		flags |= rootPending
 	}
-	s := &RatchetStore{db: db, r: r, ops: make(chan *ratchetOp), stop: make(chan struct{}), done: make(chan struct{}),
+	b = append(b, flags, byte(len(p.prev)))
+	b = append(b, p.prev...)
+	for i := range p.bkeys {
+		b = append(b, p.bkeys[i][:]...)
+	}
+	return b
+}
+
+func decodeRoot(b []byte) (*rootPlain, error) {
+	bad := errors.New("vault: malformed key table root")
+	var p rootPlain
+	switch {
+	case len(b) == len(ratchetMagic)+8+ratchetBuckets*32 && bytes.Equal(b[:4], ratchetMagic):
+		p.seq = binary.BigEndian.Uint64(b[4:])
+		b = b[12:]
+	case len(b) >= 14 && bytes.Equal(b[:4], ratchetMagic2):
+		p.seq = binary.BigEndian.Uint64(b[4:])
+		if b[12]&^rootPending != 0 {
+			return nil, bad
+		}
+		p.pending = b[12]&rootPending != 0
+		n := int(b[13])
+		b = b[14:]
+		if len(b) != n+ratchetBuckets*32 {
+			return nil, bad
+		}
+		if n > 0 {
+			p.prev = append([]byte(nil), b[:n]...)
+		}
+		b = b[n:]
+	default:
+		return nil, bad
+	}
+	for i := range p.bkeys {
+		copy(p.bkeys[i][:], b[32*i:])
+	}
+	return &p, nil
+}
+
+func encodeBucket(m map[string]ratchetSlot) []byte {
+	var pt []byte
+	for k, sl := range m {
+		pt = binary.BigEndian.AppendUint16(pt, uint16(len(k)))
+		pt = append(pt, k...)
+		pt = append(pt, sl.dk[:]...)
+		pt = binary.BigEndian.AppendUint64(pt, sl.ver)
+	}
+	return pt
+}
+
+func decodeBucket(i int, b []byte) (map[string]ratchetSlot, error) {
+	m := map[string]ratchetSlot{}
+	for len(b) > 0 {
+		if len(b) < 2 {
+			return nil, fmt.Errorf("vault: malformed key table bucket %d", i)
+		}
+		n := int(binary.BigEndian.Uint16(b))
+		if len(b) < 2+n+40 {
+			return nil, fmt.Errorf("vault: malformed key table bucket %d", i)
+		}
+		var sl ratchetSlot
+		k := string(b[2 : 2+n])
+		copy(sl.dk[:], b[2+n:])
+		sl.ver = binary.BigEndian.Uint64(b[2+n+32:])
+		m[k] = sl
+		b = b[2+n+40:]
+	}
+	return m, nil
+}
+
+// NewRatchetStore opens the store kept in st, its key table anchored in
+// r, creating the table (and taking over st's legacy values) if there is
+// none.
+func NewRatchetStore(st RatchetStorage, r Ratchet) (*RatchetStore, error) {
+	s := &RatchetStore{st: st, r: r, ops: make(chan *ratchetOp), stop: make(chan struct{}), done: make(chan struct{}),
 		spare: make(chan []byte, 2), doomed: make(chan []byte, 64), keyErr: make(chan error, 1)}
+	s.maxBatch = 128
+	if w := st.MaxWrites(); w > 0 && w < s.maxBatch {
+		s.maxBatch = w
+	}
 	for i := range s.buckets {
 		s.buckets[i] = map[string]ratchetSlot{}
 	}
 	if err := s.load(); err != nil {
-		db.Close()
 		return nil, err
 	}
 	s.workers.Add(2)
@@ -176,8 +321,9 @@ func (s *RatchetStore) makeKeys() {
 func (s *RatchetStore) destroyKeys() {
 	defer s.workers.Done()
 	for id := range s.doomed {
-		// If this fails the next start destroys it; until then a copy of
-		// the storage from before that commit still opens.
+		// If this fails the next start (or, shared, the next commit)
+		// destroys it; until then a copy of the storage from before that
+		// commit still opens.
 		if err := s.r.DestroyEpochKey(id); err != nil && s.Logf != nil {
 			s.Logf("vault: destroying a previous epoch key: %v", err)
 		}
@@ -185,140 +331,174 @@ func (s *RatchetStore) destroyKeys() {
 }
 
 // nextKey waits for a spare epoch key, gathering the writes that arrive
-// meanwhile into batch.
+// meanwhile into batch (up to the batch limit).
 func (s *RatchetStore) nextKey(batch *[]*ratchetOp) ([]byte, error) {
 	for {
+		ops := s.ops
+		if len(*batch) >= s.maxBatch {
+			ops = nil
+		}
 		select {
 		case id := <-s.spare:
 			return id, nil
 		case err := <-s.keyErr:
 			return nil, err
-		case op := <-s.ops:
+		case op := <-ops:
 			*batch = append(*batch, op)
 		}
 	}
 }
 
-// load reads the key table: the root opens under exactly one of the
-// ratchet's epoch keys (others are left over from a crash between making
-// a key and destroying the one before: destroyed now).
+// load reads the key table, creating it if there is none, and takes over
+// the legacy values of the store this one replaces: all in the first
+// commit, or, on a storage that limits a commit's writes, in commits of
+// that many, the root saying "pending" until none are left.
 func (s *RatchetStore) load() error {
-	var root []byte
-	var bucketBlobs [ratchetBuckets][]byte
-	var legacy map[string][]byte
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		vb, err := tx.CreateBucketIfNotExists(ratchetValues)
-		if err != nil {
-			return err
-		}
-		t := tx.Bucket(ratchetTable)
-		if t == nil {
-			// New, or a BoltStore file: its values (8-byte version, then
-			// the value) are taken over below.
-			legacy = map[string][]byte{}
-			if err := vb.ForEach(func(k, v []byte) error {
-				if len(v) < 8 {
-					return errors.New("vault: malformed stored value")
-				}
-				legacy[string(k)] = append([]byte(nil), v[8:]...)
-				return nil
-			}); err != nil {
-				return err
-			}
-			s.seq = vb.Sequence()
-			t, err := tx.CreateBucket(ratchetTable)
-			if err != nil {
-				return err
-			}
-			s.tableID = randBytes(8)
-			return t.Put([]byte("id"), s.tableID)
-		}
-		s.tableID = append([]byte(nil), t.Get([]byte("id"))...)
-		root = append([]byte(nil), t.Get(ratchetRoot)...)
-		for i := range bucketBlobs {
-			if v := t.Get(binary.BigEndian.AppendUint16([]byte("b/"), uint16(i))); v != nil {
-				bucketBlobs[i] = append([]byte(nil), v...)
-			}
-		}
-		return nil
-	})
+	id, err := s.st.Init(randBytes(8))
 	if err != nil {
 		return err
 	}
-	ids, err := s.r.EpochKeys(s.tableID)
-	if err != nil {
+	s.tableID = id
+	if err := s.reload(true); err != nil {
 		return err
 	}
-	if legacy != nil {
-		// First open: a fresh epoch; old epoch keys are someone else's.
-		if len(ids) > 0 {
-			return fmt.Errorf("vault: the sealer already holds %d epoch keys but vault.db has no key table: it is not this vault's database (or its key table was removed)", len(ids))
-		}
-		s.epoch, err = s.r.NewEpochKey(s.tableID)
+	chunk := s.st.MaxWrites()
+	first := s.rev == 0
+	for first || s.pending {
+		legacy, floor, err := s.st.Legacy(chunk)
 		if err != nil {
 			return err
+		}
+		if len(legacy) > 0 && floor > s.seq {
+			s.seq = floor
 		}
 		var ops []*ratchetOp
 		for k, v := range legacy {
-			ops = append(ops, &ratchetOp{key: []byte(k), val: v, done: make(chan struct{})})
+			ops = append(ops, &ratchetOp{key: []byte(k), val: v, takeover: true, done: make(chan struct{})})
 		}
-		// Write the root (and the taken-over values) under a second epoch
-		// key, so the first is destroyed like any other.
-		s.commit(ops, true)
+		s.commit(ops, true, chunk > 0 && len(legacy) > 0)
 		for _, op := range ops {
-			if op.err != nil {
-				return op.err
+			if s.loadErr == nil && op.err != nil {
+				s.loadErr = op.err
 			}
 		}
-		return s.loadErr
+		switch {
+		case first && errors.Is(s.loadErr, ErrStale):
+			// Another instance made the first root meanwhile.
+			if err := s.reload(false); err != nil {
+				return err
+			}
+		case s.loadErr != nil:
+			return s.loadErr
+		}
+		first = false
+	}
+	return nil
+}
+
+// reload reads the root and the buckets whose keys changed since the
+// copy held. At the first open of an unshared storage it also destroys
+// every other epoch key of the table (left by a crash between making a key
+// and destroying the one before); a shared one destroys the key the root
+// names as the one before its own.
+func (s *RatchetStore) reload(first bool) error {
+	for tries := 0; ; tries++ {
+		err := s.reloadOnce(first)
+		if !errors.Is(err, ErrStale) || tries >= 20 {
+			return err
+		}
+	}
+}
+
+func (s *RatchetStore) reloadOnce(first bool) error {
+	sealed, epoch, rev, err := s.st.Root()
+	if err != nil {
+		return err
+	}
+	s.mu.RLock()
+	same := rev == s.rev && !first
+	s.mu.RUnlock()
+	if same || rev == 0 {
+		return nil
+	}
+	var ids [][]byte
+	if epoch != nil {
+		ids = [][]byte{epoch}
+	} else if ids, err = s.r.EpochKeys(s.tableID); err != nil {
+		return err
 	}
 	var pt []byte
+	var opened []byte
 	for _, id := range ids {
-		if p, err := s.r.OpenEpoch(id, root, ratchetRootAAD); err == nil {
-			s.epoch, pt = id, p
+		if p, err := s.r.OpenEpoch(id, sealed, ratchetRootAAD); err == nil {
+			opened, pt = id, p
 			break
 		}
 	}
-	if s.epoch == nil {
-		return fmt.Errorf("vault: the key table opens under none of the %d epoch keys the HSM holds: vault.db was put back from an older copy, replaced, or belongs to another HSM; refusing to serve from it", len(ids))
-	}
-	for _, id := range ids {
-		if !bytes.Equal(id, s.epoch) {
-			if err := s.r.DestroyEpochKey(id); err != nil {
-				return err
+	if opened == nil {
+		if s.st.Shared() {
+			// Another instance may have committed and destroyed that key
+			// since the read: a root that moved is read again.
+			if _, _, now, err := s.st.Root(); err == nil && now != rev {
+				return ErrStale
 			}
 		}
+		return fmt.Errorf("vault: the key table opens under none of the epoch keys the HSM holds: the storage was put back from an older copy, replaced, or belongs to another HSM; refusing to serve from it")
 	}
-	if len(pt) != len(ratchetMagic)+8+ratchetBuckets*32 || !bytes.Equal(pt[:4], ratchetMagic) {
-		return fmt.Errorf("vault: malformed key table root")
+	root, err := decodeRoot(pt)
+	if err != nil {
+		return err
 	}
-	s.seq = binary.BigEndian.Uint64(pt[4:])
-	for i := range s.bkeys {
-		copy(s.bkeys[i][:], pt[12+32*i:])
-		if s.bkeys[i] == ([32]byte{}) {
-			continue
+	s.mu.RLock()
+	var changed []int
+	for i := range root.bkeys {
+		if root.bkeys[i] != ([32]byte{}) && (first || root.bkeys[i] != s.bkeys[i]) {
+			changed = append(changed, i)
 		}
-		if bucketBlobs[i] == nil {
+	}
+	s.mu.RUnlock()
+	blobs, err := s.st.Buckets(changed, rev)
+	if err != nil {
+		return err
+	}
+	fresh := map[int]map[string]ratchetSlot{}
+	for _, i := range changed {
+		if blobs[i] == nil {
 			return fmt.Errorf("%w: key table bucket %d is missing", ErrRolledBack, i)
 		}
-		b, err := openOnce(s.bkeys[i][:], bucketBlobs[i], bucketAAD(i))
+		b, err := openOnce(root.bkeys[i][:], blobs[i], bucketAAD(i))
 		if err != nil {
 			return fmt.Errorf("%w: key table bucket %d does not open", ErrRolledBack, i)
 		}
-		for len(b) > 0 {
-			if len(b) < 2 {
-				return fmt.Errorf("vault: malformed key table bucket %d", i)
+		if fresh[i], err = decodeBucket(i, b); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	for i := range root.bkeys {
+		if m, ok := fresh[i]; ok {
+			s.buckets[i] = m
+		} else if root.bkeys[i] == ([32]byte{}) {
+			s.buckets[i] = map[string]ratchetSlot{}
+		}
+	}
+	s.bkeys, s.seq, s.rev, s.epoch, s.prev, s.pending = root.bkeys, root.seq, rev, opened, root.prev, root.pending
+	s.mu.Unlock()
+	if first {
+		if !s.st.Shared() {
+			all, err := s.r.EpochKeys(s.tableID)
+			if err != nil {
+				return err
 			}
-			n := int(binary.BigEndian.Uint16(b))
-			if len(b) < 2+n+40 {
-				return fmt.Errorf("vault: malformed key table bucket %d", i)
+			for _, id := range all {
+				if !bytes.Equal(id, opened) {
+					if err := s.r.DestroyEpochKey(id); err != nil {
+						return err
+					}
+				}
 			}
-			var sl ratchetSlot
-			k := string(b[2 : 2+n])
-			copy(sl.dk[:], b[2+n:])
-			sl.ver = binary.BigEndian.Uint64(b[2+n+32:])
-			s.buckets[i][k] = sl
-			b = b[2+n+40:]
+		} else if root.prev != nil && !bytes.Equal(root.prev, opened) {
+			_ = s.r.DestroyEpochKey(root.prev)
 		}
 	}
 	return nil
@@ -331,24 +511,46 @@ func (s *RatchetStore) SealsValues() {}
 // (put back from an older copy, or altered) fails with ErrRolledBack,
 // with the version the table holds for the key: a write can replace it.
 func (s *RatchetStore) Get(key []byte) (val []byte, version uint64, err error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	sl, ok := s.buckets[ratchetBucket(key)][string(key)]
-	if !ok {
-		return nil, 0, nil
+	shared := s.st.Shared()
+	for tries := 0; ; tries++ {
+		if !shared {
+			// One writer, this one: the table and the value are read
+			// under the lock a commit holds while it lands.
+			s.mu.RLock()
+		}
+		sealed, rev, err := s.st.Value(key)
+		if err != nil {
+			if !shared {
+				s.mu.RUnlock()
+			}
+			return nil, 0, err
+		}
+		if shared {
+			s.mu.RLock()
+		}
+		if shared && rev != s.rev {
+			s.mu.RUnlock()
+			if tries >= 20 {
+				return nil, 0, fmt.Errorf("%w: the key table keeps changing", ErrUnavailable)
+			}
+			// Another instance committed: read its table, then the value
+			// again (it may have moved on once more).
+			if err := s.reload(false); err != nil {
+				return nil, 0, err
+			}
+			continue
+		}
+		sl, ok := s.buckets[ratchetBucket(key)][string(key)]
+		s.mu.RUnlock()
+		if !ok {
+			return nil, 0, nil
+		}
+		pt, err := openOnce(sl.dk[:], sealed, valueAAD(key, sl.ver))
+		if err != nil {
+			return nil, sl.ver, ErrRolledBack
+		}
+		return pt, sl.ver, nil
 	}
-	var sealed []byte
-	if err := s.db.View(func(tx *bolt.Tx) error {
-		sealed = append([]byte(nil), tx.Bucket(ratchetValues).Get(key)...)
-		return nil
-	}); err != nil {
-		return nil, 0, err
-	}
-	pt, err := openOnce(sl.dk[:], sealed, valueAAD(key, sl.ver))
-	if err != nil {
-		return nil, sl.ver, ErrRolledBack
-	}
-	return pt, sl.ver, nil
 }
 
 func (s *RatchetStore) do(op *ratchetOp) error {
@@ -377,8 +579,17 @@ func (s *RatchetStore) Delete(key []byte, old uint64) error {
 	return s.do(&ratchetOp{key: key, old: old, del: true})
 }
 
-// committer groups the writes that arrive within 2 ms (at most 128) into
-// one commit.
+// Compact implements Compactor for a storage that keeps superseded
+// values (etcd's history).
+func (s *RatchetStore) Compact() error {
+	if c, ok := s.st.(Compactor); ok {
+		return c.Compact()
+	}
+	return nil
+}
+
+// committer groups the writes that arrive within 1 ms (up to the batch
+// limit) into one commit.
 func (s *RatchetStore) committer() {
 	defer close(s.done)
 	for {
@@ -391,7 +602,7 @@ func (s *RatchetStore) committer() {
 		}
 		timer := time.NewTimer(time.Millisecond)
 	collect:
-		for len(batch) < 128 {
+		for len(batch) < s.maxBatch {
 			select {
 			case op := <-s.ops:
 				batch = append(batch, op)
@@ -408,12 +619,13 @@ func (s *RatchetStore) committer() {
 			}
 			continue
 		}
-		s.commitWith(batch, false, id)
+		s.commitWith(batch, false, false, id)
 	}
 }
 
 // commit is commitWith with an epoch key made now (the first open).
-func (s *RatchetStore) commit(batch []*ratchetOp, force bool) {
+func (s *RatchetStore) commit(batch []*ratchetOp, force, pending bool) {
+	s.loadErr = nil
 	id, err := s.r.NewEpochKey(s.tableID)
 	if err != nil {
 		s.loadErr = err
@@ -423,13 +635,105 @@ func (s *RatchetStore) commit(batch []*ratchetOp, force bool) {
 		}
 		return
 	}
-	s.commitWith(batch, force, id)
+	s.commitWith(batch, force, pending, id)
 }
 
-// commitWith applies the batch in one bbolt transaction with its key
+// staged is a commit prepared against one revision of the table.
+type staged struct {
+	c          RatchetCommit
+	newBuckets map[int]map[string]ratchetSlot
+	root       rootPlain
+	rev        uint64
+	oldEpoch   []byte
+	oldPrev    []byte
+}
+
+// stage prepares batch against the table as it is: each op is checked
+// against the version the table holds (op.err = ErrConflict if stale), the
+// touched buckets get new keys, and the root is sealed under epoch. It
+// returns nil if nothing is to be written.
+func (s *RatchetStore) stage(batch []*ratchetOp, force, pending bool, epoch []byte) (*staged, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st := &staged{rev: s.rev, oldEpoch: s.epoch, oldPrev: s.prev}
+	seq := s.seq
+	staging := map[string]*ratchetSlot{} // nil: deleted
+	cur := func(key string) uint64 {
+		if sl, ok := staging[key]; ok {
+			if sl == nil {
+				return 0
+			}
+			return sl.ver
+		}
+		return s.buckets[ratchetBucket([]byte(key))][key].ver
+	}
+	touched := map[int]bool{}
+	for _, op := range batch {
+		op.err, op.ver = nil, 0
+		if op.takeover {
+			st.c.DropLegacy = append(st.c.DropLegacy, op.key)
+			if cur(string(op.key)) != 0 {
+				continue // taken over already (the legacy copy is dropped)
+			}
+		} else if cur(string(op.key)) != op.old || (op.del && op.old == 0) {
+			op.err = ErrConflict
+			continue
+		}
+		touched[ratchetBucket(op.key)] = true
+		if op.del {
+			staging[string(op.key)] = nil
+			st.c.Dels = append(st.c.Dels, op.key)
+			continue
+		}
+		seq++
+		sl := &ratchetSlot{ver: seq}
+		copy(sl.dk[:], randBytes(32))
+		staging[string(op.key)] = sl
+		st.c.Puts = append(st.c.Puts, RatchetPut{op.key, sealOnce(sl.dk[:], op.val, valueAAD(op.key, seq))})
+		op.ver = seq
+	}
+	if len(touched) == 0 && len(st.c.DropLegacy) == 0 && !force {
+		return nil, nil
+	}
+	// The touched buckets, each under a new key, and the root.
+	st.newBuckets = map[int]map[string]ratchetSlot{}
+	st.c.Buckets = map[int][]byte{}
+	st.root = rootPlain{seq: seq, pending: pending, bkeys: s.bkeys}
+	if s.st.Shared() {
+		st.root.prev = s.epoch
+	}
+	for n := range touched {
+		m := make(map[string]ratchetSlot, len(s.buckets[n]))
+		for k, v := range s.buckets[n] {
+			m[k] = v
+		}
+		for k, sl := range staging {
+			if ratchetBucket([]byte(k)) != n {
+				continue
+			}
+			if sl == nil {
+				delete(m, k)
+			} else {
+				m[k] = *sl
+			}
+		}
+		copy(st.root.bkeys[n][:], randBytes(32))
+		st.newBuckets[n] = m
+		st.c.Buckets[n] = sealOnce(st.root.bkeys[n][:], encodeBucket(m), bucketAAD(n))
+	}
+	sealed, err := s.r.SealEpoch(epoch, st.root.encode(), ratchetRootAAD)
+	if err != nil {
+		return nil, err
+	}
+	st.c.Root, st.c.Epoch = sealed, epoch
+	return st, nil
+}
+
+// commitWith applies the batch in one storage transaction with its key
 // table under the new epoch key, has the old one destroyed, and answers
-// each op.
-func (s *RatchetStore) commitWith(batch []*ratchetOp, force bool, epoch []byte) {
+// each op. If a shared storage's root moved meanwhile, it reads the new
+// table and stages the batch again.
+func (s *RatchetStore) commitWith(batch []*ratchetOp, force, pending bool, epoch []byte) {
 	defer func() {
 		for _, op := range batch {
 			close(op.done)
@@ -443,146 +747,83 @@ func (s *RatchetStore) commitWith(batch []*ratchetOp, force bool, epoch []byte) 
 			}
 		}
 	}
-	s.mu.RLock()
-	seq := s.seq
-	staged := map[string]*ratchetSlot{} // nil: deleted
-	cur := func(key string) uint64 {
-		if sl, ok := staged[key]; ok {
-			if sl == nil {
-				return 0
-			}
-			return sl.ver
+	for {
+		st, err := s.stage(batch, force, pending, epoch)
+		if err != nil {
+			_ = s.r.DestroyEpochKey(epoch)
+			fail(err)
+			return
 		}
-		return s.buckets[ratchetBucket([]byte(key))][key].ver
-	}
-	type put struct{ key, sealed []byte }
-	var puts []put
-	var dels [][]byte
-	touched := map[int]bool{}
-	for _, op := range batch {
-		if cur(string(op.key)) != op.old || (op.del && op.old == 0) {
-			op.err = ErrConflict
-			continue
-		}
-		touched[ratchetBucket(op.key)] = true
-		if op.del {
-			staged[string(op.key)] = nil
-			dels = append(dels, op.key)
-			continue
-		}
-		seq++
-		sl := &ratchetSlot{ver: seq}
-		copy(sl.dk[:], randBytes(32))
-		staged[string(op.key)] = sl
-		puts = append(puts, put{op.key, sealOnce(sl.dk[:], op.val, valueAAD(op.key, seq))})
-		op.ver = seq
-	}
-	if len(touched) == 0 && !force {
-		s.mu.RUnlock()
-		_ = s.r.DestroyEpochKey(epoch)
-		return
-	}
-	// The touched buckets, each under a new key, and the root.
-	newBuckets := map[int]map[string]ratchetSlot{}
-	blobs := map[int][]byte{}
-	bkeys := s.bkeys
-	for n := range touched {
-		m := make(map[string]ratchetSlot, len(s.buckets[n]))
-		for k, v := range s.buckets[n] {
-			m[k] = v
-		}
-		for k, sl := range staged {
-			if ratchetBucket([]byte(k)) != n {
-				continue
-			}
-			if sl == nil {
-				delete(m, k)
-			} else {
-				m[k] = *sl
-			}
-		}
-		var pt []byte
-		for k, sl := range m {
-			pt = binary.BigEndian.AppendUint16(pt, uint16(len(k)))
-			pt = append(pt, k...)
-			pt = append(pt, sl.dk[:]...)
-			pt = binary.BigEndian.AppendUint64(pt, sl.ver)
-		}
-		copy(bkeys[n][:], randBytes(32))
-		newBuckets[n] = m
-		blobs[n] = sealOnce(bkeys[n][:], pt, bucketAAD(n))
-	}
-	s.mu.RUnlock()
-	root := append([]byte(nil), ratchetMagic...)
-	root = binary.BigEndian.AppendUint64(root, seq)
-	for i := range bkeys {
-		root = append(root, bkeys[i][:]...)
-	}
-	sealedRoot, err := s.r.SealEpoch(epoch, root, ratchetRootAAD)
-	if err != nil {
-		_ = s.r.DestroyEpochKey(epoch)
-		fail(err)
-		return
-	}
-	tx, err := s.db.Begin(true)
-	if err != nil {
-		_ = s.r.DestroyEpochKey(epoch)
-		fail(err)
-		return
-	}
-	err = func() error {
-		vb, t := tx.Bucket(ratchetValues), tx.Bucket(ratchetTable)
-		for _, p := range puts {
-			if err := vb.Put(p.key, p.sealed); err != nil {
-				return err
-			}
-		}
-		for _, k := range dels {
-			if err := vb.Delete(k); err != nil {
-				return err
-			}
-		}
-		for n, b := range blobs {
-			if err := t.Put(binary.BigEndian.AppendUint16([]byte("b/"), uint16(n)), b); err != nil {
-				return err
-			}
-		}
-		if err := t.Put(ratchetRoot, sealedRoot); err != nil {
-			return err
+		if st == nil {
+			_ = s.r.DestroyEpochKey(epoch)
+			return
 		}
 		if s.failCommit != nil && s.failCommit() {
-			return errors.New("vault test: commit failed")
+			_ = s.r.DestroyEpochKey(epoch)
+			fail(errors.New("vault test: commit failed"))
+			return
 		}
-		return nil
-	}()
-	if err != nil {
-		_ = tx.Rollback()
-		_ = s.r.DestroyEpochKey(epoch)
-		fail(err)
-		return
-	}
-	s.mu.Lock()
-	err = tx.Commit()
-	if err == nil {
-		for n, m := range newBuckets {
+		shared := s.st.Shared()
+		if !shared {
+			// Readers hold the lock across reading a value and its slot.
+			s.mu.Lock()
+		}
+		rev, err := s.st.Commit(&st.c, st.rev)
+		if !shared && err != nil {
+			s.mu.Unlock()
+		}
+		if errors.Is(err, ErrStale) && shared && st.rev != 0 {
+			if err := s.reload(false); err != nil {
+				_ = s.r.DestroyEpochKey(epoch)
+				fail(err)
+				return
+			}
+			continue
+		}
+		if err != nil {
+			if errors.Is(err, ErrUnavailable) {
+				// The commit may have landed, its root under this key: the
+				// key stays (the next commit over that root destroys it).
+				fail(err)
+				return
+			}
+			_ = s.r.DestroyEpochKey(epoch)
+			fail(err)
+			return
+		}
+		if shared {
+			s.mu.Lock()
+		}
+		for n, m := range st.newBuckets {
 			s.buckets[n] = m
 		}
-		s.bkeys = bkeys
-		s.seq = seq
-	}
-	old := s.epoch
-	if err == nil {
-		s.epoch = epoch
-	}
-	s.mu.Unlock()
-	if err != nil {
-		_ = s.r.DestroyEpochKey(epoch)
-		fail(err)
+		s.bkeys, s.seq, s.rev, s.epoch, s.prev, s.pending = st.root.bkeys, st.root.seq, rev, epoch, st.root.prev, st.root.pending
+		s.mu.Unlock()
+		if st.oldEpoch != nil {
+			s.doom(st.oldEpoch)
+		}
+		if st.oldPrev != nil && !bytes.Equal(st.oldPrev, st.oldEpoch) {
+			// The key before that one, in case its committer could not
+			// destroy it (shared storage).
+			s.doom(st.oldPrev)
+		}
 		return
 	}
-	if old != nil {
-		s.doomed <- old
+}
+
+// doom has id destroyed in the background, unless this store did so
+// lately.
+func (s *RatchetStore) doom(id []byte) {
+	for _, d := range s.recent {
+		if bytes.Equal(d, id) {
+			return
+		}
 	}
+	s.recent = append(s.recent, id)
+	if len(s.recent) > 4 {
+		s.recent = s.recent[1:]
+	}
+	s.doomed <- id
 }
 
 // Close implements Store. It waits for the old epoch keys to be
@@ -603,5 +844,5 @@ func (s *RatchetStore) Close() error {
 			break
 		}
 	})
-	return s.db.Close()
+	return s.st.Close()
 }
