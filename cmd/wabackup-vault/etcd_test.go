@@ -19,22 +19,16 @@ import (
 )
 
 // Two vault processes at two "sites" with --store etcd://...: the second
-// gets the first's sealing key (here the development key file; in
-// production the same AES key on each site's HSM), loads the sealed server
-// keys from etcd, and shares the records and their guess counts.
+// shares the first's sealer — here the development key file and its epoch
+// key directory, so the same --data; in production one HSM cluster whose
+// members at each site replicate the token's keys — loads the sealed
+// server keys from the key table in etcd, and shares the records and
+// their guess counts.
 func TestTwoVaultsShareAnEtcdStore(t *testing.T) {
 	c := testservers.Etcd(t, 3)
 	storeURL := "etcd://" + strings.Join(c.Endpoints(), ",") + "/vault-test"
 	a := vaulttest.Start(t, vaulttest.Options{Args: []string{"--store", storeURL}})
-	dirB := t.TempDir()
-	key, err := os.ReadFile(filepath.Join(a.Dir, "DEV-ONLY-sealing.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dirB, "DEV-ONLY-sealing.key"), key, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b := vaulttest.Start(t, vaulttest.Options{Dir: dirB, Args: []string{"--store", storeURL, "--etcd-timeout", "1s"}})
+	b := vaulttest.Start(t, vaulttest.Options{Dir: a.Dir, Args: []string{"--store", storeURL, "--etcd-timeout", "1s"}})
 	ca, cb := client(t, a), client(t, b)
 	ctx := context.Background()
 	ia, err := ca.Info(ctx)

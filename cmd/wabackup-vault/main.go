@@ -171,16 +171,17 @@ func run(args []string) error {
 	return hs.Shutdown(sctx)
 }
 
-// openStore opens the bbolt file in dataDir (a RatchetStore, whose key
-// table the sealer anchors), or the etcd cluster the store URL names.
+// openStore opens the RatchetStore (its key table anchored in the
+// sealer's epoch keys) in the bbolt file in dataDir, or under the prefix
+// of the etcd cluster the store URL names.
 func openStore(storeURL, dataDir, caFile, certFile, keyFile string, timeout time.Duration, sealer vault.Sealer) (vault.Store, error) {
+	r, ok := sealer.(vault.Ratchet)
+	if !ok {
+		return nil, errors.New("the sealer cannot make epoch keys")
+	}
 	if storeURL == "" || storeURL == "bbolt" {
 		if caFile != "" || certFile != "" || keyFile != "" {
 			return nil, errors.New("--etcd-cacert, --etcd-cert and --etcd-key need --store etcd://HOSTS/PREFIX")
-		}
-		r, ok := sealer.(vault.Ratchet)
-		if !ok {
-			return nil, errors.New("the sealer cannot make epoch keys")
 		}
 		st, err := vault.OpenRatchet(filepath.Join(dataDir, "vault.db"), r)
 		if err != nil {
@@ -199,8 +200,13 @@ func openStore(storeURL, dataDir, caFile, certFile, keyFile string, timeout time
 			return nil, err
 		}
 	}
-	log.Printf("record store: etcd %v, prefix %q (TLS %v)", endpoints, prefix, cfg.TLS != nil)
-	return etcdstore.Open(cfg)
+	log.Printf("record store: etcd %v, prefix %q (TLS %v), key table anchored in the sealer's epoch keys", endpoints, prefix, cfg.TLS != nil)
+	st, err := etcdstore.OpenRatchet(cfg, r)
+	if err != nil {
+		return nil, err
+	}
+	st.Logf = log.Printf
+	return st, nil
 }
 
 // devCertificate loads dir/cert.pem and dir/key.pem, creating a

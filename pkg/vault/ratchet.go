@@ -38,6 +38,8 @@ type RatchetStore struct {
 	mu      sync.RWMutex // guards the fields below; held for writing while a commit or a reload lands
 	buckets [ratchetBuckets]map[string]ratchetSlot
 	bkeys   [ratchetBuckets][32]byte // zero: empty bucket, never written
+	gkeys   [ratchetGroups][32]byte  // zero: a group of empty buckets
+	flat    bool                     // the root is a "WRT1" one, with the bucket keys in it (no groups yet)
 	epoch   []byte
 	prev    []byte // the epoch key the root names as the one before it (shared storage)
 	pending bool   // the root says values of the store this one replaced remain to be taken over
@@ -46,6 +48,7 @@ type RatchetStore struct {
 	tableID []byte // 8 random bytes: the prefix of this store's epoch key ids
 
 	maxBatch int
+	window   time.Duration // how long a commit gathers writes
 	recent   [][]byte // the epoch keys doomed last (committer only)
 
 	ops    chan *ratchetOp
@@ -80,31 +83,38 @@ type RatchetStorage interface {
 	// Init returns the id of the stored key table, first storing newID as
 	// the id if there is none.
 	Init(newID []byte) (id []byte, err error)
-	// Root returns the sealed root, the id of the epoch key that sealed
-	// it (nil if the storage does not say) and its revision (0: no root
-	// yet).
-	Root() (sealed, epoch []byte, rev uint64, err error)
-	// Buckets returns the sealed buckets idx as they were at revision
-	// rev (a bucket never written is absent), or ErrStale if the storage
-	// no longer has that revision.
-	Buckets(idx []int, rev uint64) (map[int][]byte, error)
-	// Value returns the sealed value of key (nil if absent) and, read in
-	// the same instant, the root's revision.
-	Value(key []byte) (sealed []byte, rev uint64, err error)
+	// Root returns the root and the buckets written after revision
+	// since (0: every bucket); Rev 0 if there is no root yet.
+	Root(since uint64) (*RatchetRoot, error)
+	// Value returns the sealed value of key (nil if absent), read in one
+	// instant with the root: if the root's revision is not rev, that root
+	// too (as Root(rev) gives it), else nil.
+	Value(key []byte, rev uint64) (sealed []byte, fresh *RatchetRoot, err error)
 	// Legacy returns up to n values (0: all) kept by the store this one
 	// replaces, which are taken over into the key table, and the highest
 	// version that store may have given out (versions go on above it).
 	Legacy(n int) (values map[string][]byte, floor uint64, err error)
 	// Commit applies c in one transaction if the root is still at
-	// revision rev, and returns the new revision; ErrStale if the root
-	// moved. An error wrapping ErrUnavailable leaves the outcome unknown.
-	Commit(c *RatchetCommit, rev uint64) (uint64, error)
+	// revision rev, and returns the new revision; if the root moved, it
+	// returns ErrStale and the root as Root(rev) gives it (or nil). An
+	// error wrapping ErrUnavailable leaves the outcome unknown.
+	Commit(c *RatchetCommit, rev uint64) (newRev uint64, fresh *RatchetRoot, err error)
 	// MaxWrites is the most values one commit may write (0: no limit).
 	MaxWrites() int
 	// Shared reports whether other instances commit to the same table
 	// (they may hold epoch keys of it that this one must not destroy).
 	Shared() bool
 	Close() error
+}
+
+// RatchetWatcher is implemented by a shared storage that can push the
+// roots other instances commit, so that an instance's table is fresh
+// before it reads or commits.
+type RatchetWatcher interface {
+	// Watch calls apply with every root committed after revision from,
+	// with the buckets written since the one before, until stop is closed
+	// (nil) or the watch fails.
+	Watch(stop <-chan struct{}, from uint64, apply func(*RatchetRoot)) error
 }
 
 // RatchetCommit is what one commit writes.
@@ -115,6 +125,15 @@ type RatchetCommit struct {
 	Buckets    map[int][]byte // the sealed buckets written
 	Root       []byte         // the sealed root
 	Epoch      []byte         // the id of the epoch key that sealed Root
+}
+
+// RatchetRoot is a root as stored, with buckets read in the same instant.
+type RatchetRoot struct {
+	Sealed  []byte         // the sealed root
+	Epoch   []byte         // the id of the epoch key that sealed it (nil if the storage does not say)
+	Rev     uint64         // its revision (0: no root yet)
+	Since   uint64         // Buckets holds every bucket written after this revision
+	Buckets map[int][]byte // sealed buckets
 }
 
 // RatchetPut is one sealed value a commit writes.
@@ -146,6 +165,7 @@ var (
 	ratchetMagic     = []byte("WRT1")
 	ratchetMagic2    = []byte("WRT2")
 	ratchetBucketAAD = "wabackup-vault ratchet bucket v1/"
+	ratchetGroupAAD  = "wabackup-vault ratchet group v1/"
 	ratchetValueAAD  = "wabackup-vault ratchet value v1/"
 )
 
@@ -179,14 +199,33 @@ func bucketAAD(n int) []byte {
 	return binary.BigEndian.AppendUint16([]byte(ratchetBucketAAD), uint16(n))
 }
 
+// The bucket keys are in ratchetGroups groups of groupBuckets (bucket n
+// in group n / groupBuckets), each group sealed under its own key; the
+// root holds the group keys. So a commit writes the root (2 KiB), the
+// groups and the buckets it touches.
+const (
+	ratchetGroups = 64
+	groupBuckets  = ratchetBuckets / ratchetGroups
+)
+
+// groupBlob is the storage index of group g's blob (after the buckets').
+func groupBlob(g int) int { return ratchetBuckets + g }
+
+func groupAAD(g int) []byte {
+	return binary.BigEndian.AppendUint16([]byte(ratchetGroupAAD), uint16(g))
+}
+
 // rootPlain is the root's plaintext: "WRT2" || uint64be(seq) || flags ||
-// uint8(len(prev)) || prev || bucket keys. ("WRT1" roots, written before,
-// have neither flags nor prev.)
+// uint8(len(prev)) || prev || the group keys. ("WRT1" roots, written by
+// earlier versions, have the 1,024 bucket keys after seq and nothing
+// else: flat.)
 type rootPlain struct {
 	seq     uint64
 	pending bool
 	prev    []byte
-	bkeys   [ratchetBuckets][32]byte
+	gkeys   [ratchetGroups][32]byte
+	flat    bool
+	bkeys   [ratchetBuckets][32]byte // flat only
 }
 
 const rootPending = 1
@@ -200,8 +239,8 @@ func (p *rootPlain) encode() []byte {
 	}
 	b = append(b, flags, byte(len(p.prev)))
 	b = append(b, p.prev...)
-	for i := range p.bkeys {
-		b = append(b, p.bkeys[i][:]...)
+	for i := range p.gkeys {
+		b = append(b, p.gkeys[i][:]...)
 	}
 	return b
 }
@@ -212,7 +251,11 @@ func decodeRoot(b []byte) (*rootPlain, error) {
 	switch {
 	case len(b) == len(ratchetMagic)+8+ratchetBuckets*32 && bytes.Equal(b[:4], ratchetMagic):
 		p.seq = binary.BigEndian.Uint64(b[4:])
-		b = b[12:]
+		p.flat = true
+		for i := range p.bkeys {
+			copy(p.bkeys[i][:], b[12+32*i:])
+		}
+		return &p, nil
 	case len(b) >= 14 && bytes.Equal(b[:4], ratchetMagic2):
 		p.seq = binary.BigEndian.Uint64(b[4:])
 		if b[12]&^rootPending != 0 {
@@ -221,20 +264,19 @@ func decodeRoot(b []byte) (*rootPlain, error) {
 		p.pending = b[12]&rootPending != 0
 		n := int(b[13])
 		b = b[14:]
-		if len(b) != n+ratchetBuckets*32 {
+		if len(b) != n+ratchetGroups*32 {
 			return nil, bad
 		}
 		if n > 0 {
 			p.prev = append([]byte(nil), b[:n]...)
 		}
 		b = b[n:]
-	default:
-		return nil, bad
+		for i := range p.gkeys {
+			copy(p.gkeys[i][:], b[32*i:])
+		}
+		return &p, nil
 	}
-	for i := range p.bkeys {
-		copy(p.bkeys[i][:], b[32*i:])
-	}
-	return &p, nil
+	return nil, bad
 }
 
 func encodeBucket(m map[string]ratchetSlot) []byte {
@@ -274,7 +316,12 @@ func decodeBucket(i int, b []byte) (map[string]ratchetSlot, error) {
 func NewRatchetStore(st RatchetStorage, r Ratchet) (*RatchetStore, error) {
 	s := &RatchetStore{st: st, r: r, ops: make(chan *ratchetOp), stop: make(chan struct{}), done: make(chan struct{}),
 		spare: make(chan []byte, 2), doomed: make(chan []byte, 64), keyErr: make(chan error, 1)}
-	s.maxBatch = 128
+	s.maxBatch, s.window = 128, time.Millisecond
+	if st.Shared() {
+		// Every commit of another instance makes this one's next commit
+		// start over: fewer, larger commits.
+		s.window = 12 * time.Millisecond
+	}
 	if w := st.MaxWrites(); w > 0 && w < s.maxBatch {
 		s.maxBatch = w
 	}
@@ -287,6 +334,10 @@ func NewRatchetStore(st RatchetStorage, r Ratchet) (*RatchetStore, error) {
 	s.workers.Add(2)
 	go s.makeKeys()
 	go s.destroyKeys()
+	if w, ok := st.(RatchetWatcher); ok {
+		s.workers.Add(1)
+		go s.follow(w)
+	}
 	go s.committer()
 	return s, nil
 }
@@ -314,6 +365,27 @@ func (s *RatchetStore) makeKeys() {
 			_ = s.r.DestroyEpochKey(id)
 			return
 		}
+	}
+}
+
+// follow applies the roots the storage pushes; after a failed watch it
+// reads the table and watches again.
+func (s *RatchetStore) follow(w RatchetWatcher) {
+	defer s.workers.Done()
+	for {
+		s.mu.RLock()
+		from := s.rev
+		s.mu.RUnlock()
+		err := w.Watch(s.stop, from, func(f *RatchetRoot) { _ = s.apply(f, false) })
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if err != nil && s.Logf != nil {
+			s.Logf("vault: watching the key table: %v", err)
+		}
+		_ = s.reload(false)
 	}
 }
 
@@ -396,41 +468,53 @@ func (s *RatchetStore) load() error {
 	return nil
 }
 
-// reload reads the root and the buckets whose keys changed since the
-// copy held. At the first open of an unshared storage it also destroys
-// every other epoch key of the table (left by a crash between making a key
-// and destroying the one before); a shared one destroys the key the root
-// names as the one before its own.
+// reload reads the root and the buckets written since the copy held. At
+// the first open of an unshared storage it also destroys every other epoch
+// key of the table (left by a crash between making a key and destroying
+// the one before); a shared one destroys the key the root names as the one
+// before its own.
 func (s *RatchetStore) reload(first bool) error {
 	for tries := 0; ; tries++ {
-		err := s.reloadOnce(first)
+		since := uint64(0)
+		if !first {
+			s.mu.RLock()
+			since = s.rev
+			s.mu.RUnlock()
+		}
+		fresh, err := s.st.Root(since)
+		if err == nil {
+			err = s.apply(fresh, first)
+		}
 		if !errors.Is(err, ErrStale) || tries >= 20 {
 			return err
 		}
 	}
 }
 
-func (s *RatchetStore) reloadOnce(first bool) error {
-	sealed, epoch, rev, err := s.st.Root()
-	if err != nil {
-		return err
+// apply makes fresh the table held, unless a later one is held already.
+// ErrStale: fresh could not be applied (its epoch key was destroyed since,
+// or it lacks a bucket), read the root again.
+func (s *RatchetStore) apply(fresh *RatchetRoot, first bool) error {
+	if fresh.Rev == 0 {
+		return nil
 	}
 	s.mu.RLock()
-	same := rev == s.rev && !first
+	held := s.rev
 	s.mu.RUnlock()
-	if same || rev == 0 {
+	if !first && fresh.Rev <= held {
 		return nil
 	}
 	var ids [][]byte
-	if epoch != nil {
-		ids = [][]byte{epoch}
+	var err error
+	if fresh.Epoch != nil {
+		ids = [][]byte{fresh.Epoch}
 	} else if ids, err = s.r.EpochKeys(s.tableID); err != nil {
 		return err
 	}
 	var pt []byte
 	var opened []byte
 	for _, id := range ids {
-		if p, err := s.r.OpenEpoch(id, sealed, ratchetRootAAD); err == nil {
+		if p, err := s.r.OpenEpoch(id, fresh.Sealed, ratchetRootAAD); err == nil {
 			opened, pt = id, p
 			break
 		}
@@ -439,7 +523,7 @@ func (s *RatchetStore) reloadOnce(first bool) error {
 		if s.st.Shared() {
 			// Another instance may have committed and destroyed that key
 			// since the read: a root that moved is read again.
-			if _, _, now, err := s.st.Root(); err == nil && now != rev {
+			if now, err := s.st.Root(fresh.Rev); err == nil && now.Rev != fresh.Rev {
 				return ErrStale
 			}
 		}
@@ -449,40 +533,86 @@ func (s *RatchetStore) reloadOnce(first bool) error {
 	if err != nil {
 		return err
 	}
+	fromScratch := first || fresh.Since == 0
 	s.mu.RLock()
+	if !fromScratch && fresh.Since > s.rev {
+		// Buckets written between the table held and Since are missing.
+		s.mu.RUnlock()
+		return ErrStale
+	}
+	held = s.rev
+	bkeys := root.bkeys
+	if !root.flat {
+		for g := range root.gkeys {
+			switch {
+			case root.gkeys[g] == ([32]byte{}):
+				clear(bkeys[g*groupBuckets : (g+1)*groupBuckets])
+			case !fromScratch && !s.flat && root.gkeys[g] == s.gkeys[g]:
+				copy(bkeys[g*groupBuckets:(g+1)*groupBuckets], s.bkeys[g*groupBuckets:])
+			default:
+				blob := fresh.Buckets[groupBlob(g)]
+				if blob == nil {
+					s.mu.RUnlock()
+					if fromScratch {
+						return fmt.Errorf("%w: key table group %d is missing", ErrRolledBack, g)
+					}
+					return ErrStale
+				}
+				pt, err := openOnce(root.gkeys[g][:], blob, groupAAD(g))
+				if err != nil || len(pt) != groupBuckets*32 {
+					s.mu.RUnlock()
+					return fmt.Errorf("%w: key table group %d does not open", ErrRolledBack, g)
+				}
+				for i := range groupBuckets {
+					copy(bkeys[g*groupBuckets+i][:], pt[32*i:])
+				}
+			}
+		}
+	}
 	var changed []int
-	for i := range root.bkeys {
-		if root.bkeys[i] != ([32]byte{}) && (first || root.bkeys[i] != s.bkeys[i]) {
+	for i := range bkeys {
+		if bkeys[i] != ([32]byte{}) && (fromScratch || bkeys[i] != s.bkeys[i]) {
 			changed = append(changed, i)
 		}
 	}
 	s.mu.RUnlock()
-	blobs, err := s.st.Buckets(changed, rev)
-	if err != nil {
-		return err
-	}
-	fresh := map[int]map[string]ratchetSlot{}
+	built := map[int]map[string]ratchetSlot{}
 	for _, i := range changed {
-		if blobs[i] == nil {
-			return fmt.Errorf("%w: key table bucket %d is missing", ErrRolledBack, i)
+		blob := fresh.Buckets[i]
+		if blob == nil {
+			if fromScratch {
+				return fmt.Errorf("%w: key table bucket %d is missing", ErrRolledBack, i)
+			}
+			return ErrStale
 		}
-		b, err := openOnce(root.bkeys[i][:], blobs[i], bucketAAD(i))
+		b, err := openOnce(bkeys[i][:], blob, bucketAAD(i))
 		if err != nil {
 			return fmt.Errorf("%w: key table bucket %d does not open", ErrRolledBack, i)
 		}
-		if fresh[i], err = decodeBucket(i, b); err != nil {
+		if built[i], err = decodeBucket(i, b); err != nil {
 			return err
 		}
 	}
 	s.mu.Lock()
-	for i := range root.bkeys {
-		if m, ok := fresh[i]; ok {
+	if !first && (fresh.Rev <= s.rev || s.rev != held) {
+		// A commit or another reload got there first (revisions only
+		// grow), or moved the table the changes were found against.
+		later := fresh.Rev <= s.rev
+		s.mu.Unlock()
+		if later {
+			return nil
+		}
+		return ErrStale
+	}
+	for i := range bkeys {
+		if m, ok := built[i]; ok {
 			s.buckets[i] = m
-		} else if root.bkeys[i] == ([32]byte{}) {
+		} else if bkeys[i] == ([32]byte{}) {
 			s.buckets[i] = map[string]ratchetSlot{}
 		}
 	}
-	s.bkeys, s.seq, s.rev, s.epoch, s.prev, s.pending = root.bkeys, root.seq, rev, opened, root.prev, root.pending
+	s.bkeys, s.gkeys, s.flat = bkeys, root.gkeys, root.flat
+	s.seq, s.rev, s.epoch, s.prev, s.pending = root.seq, fresh.Rev, opened, root.prev, root.pending
 	s.mu.Unlock()
 	if first {
 		if !s.st.Shared() {
@@ -513,32 +643,39 @@ func (s *RatchetStore) SealsValues() {}
 func (s *RatchetStore) Get(key []byte) (val []byte, version uint64, err error) {
 	shared := s.st.Shared()
 	for tries := 0; ; tries++ {
-		if !shared {
-			// One writer, this one: the table and the value are read
-			// under the lock a commit holds while it lands.
-			s.mu.RLock()
-		}
-		sealed, rev, err := s.st.Value(key)
-		if err != nil {
-			if !shared {
-				s.mu.RUnlock()
-			}
-			return nil, 0, err
-		}
+		s.mu.RLock()
+		rev := s.rev
 		if shared {
-			s.mu.RLock()
-		}
-		if shared && rev != s.rev {
 			s.mu.RUnlock()
-			if tries >= 20 {
-				return nil, 0, fmt.Errorf("%w: the key table keeps changing", ErrUnavailable)
+		} // else: one writer, this one: the table and the value are read under the lock a commit holds while it lands
+		sealed, fresh, err := s.st.Value(key, rev)
+		if shared {
+			if err == nil && fresh != nil {
+				// Another instance committed: its table came with the value.
+				err = s.apply(fresh, false)
+				if errors.Is(err, ErrStale) && tries < 20 {
+					continue
+				}
 			}
-			// Another instance committed: read its table, then the value
-			// again (it may have moved on once more).
-			if err := s.reload(false); err != nil {
+			if err != nil {
 				return nil, 0, err
 			}
-			continue
+			s.mu.RLock()
+			if fresh != nil && s.rev != fresh.Rev {
+				// The table moved on again while it was read.
+				s.mu.RUnlock()
+				if tries >= 20 {
+					return nil, 0, fmt.Errorf("%w: the key table keeps changing", ErrUnavailable)
+				}
+				continue
+			}
+			if fresh == nil && s.rev != rev && tries < 20 {
+				s.mu.RUnlock()
+				continue
+			}
+		} else if err != nil {
+			s.mu.RUnlock()
+			return nil, 0, err
 		}
 		sl, ok := s.buckets[ratchetBucket(key)][string(key)]
 		s.mu.RUnlock()
@@ -588,8 +725,8 @@ func (s *RatchetStore) Compact() error {
 	return nil
 }
 
-// committer groups the writes that arrive within 1 ms (up to the batch
-// limit) into one commit.
+// committer groups the writes that arrive within the window (up to the
+// batch limit) into one commit.
 func (s *RatchetStore) committer() {
 	defer close(s.done)
 	for {
@@ -600,7 +737,7 @@ func (s *RatchetStore) committer() {
 		case <-s.stop:
 			return
 		}
-		timer := time.NewTimer(time.Millisecond)
+		timer := time.NewTimer(s.window)
 	collect:
 		for len(batch) < s.maxBatch {
 			select {
@@ -643,6 +780,7 @@ type staged struct {
 	c          RatchetCommit
 	newBuckets map[int]map[string]ratchetSlot
 	root       rootPlain
+	bkeys      [ratchetBuckets][32]byte
 	rev        uint64
 	oldEpoch   []byte
 	oldPrev    []byte
@@ -698,9 +836,19 @@ func (s *RatchetStore) stage(batch []*ratchetOp, force, pending bool, epoch []by
 	// The touched buckets, each under a new key, and the root.
 	st.newBuckets = map[int]map[string]ratchetSlot{}
 	st.c.Buckets = map[int][]byte{}
-	st.root = rootPlain{seq: seq, pending: pending, bkeys: s.bkeys}
+	st.root = rootPlain{seq: seq, pending: pending, gkeys: s.gkeys}
+	st.bkeys = s.bkeys
 	if s.st.Shared() {
 		st.root.prev = s.epoch
+	}
+	groups := map[int]bool{}
+	if s.flat {
+		// The first root with groups: every group that has a bucket.
+		for i := range s.bkeys {
+			if s.bkeys[i] != ([32]byte{}) {
+				groups[i/groupBuckets] = true
+			}
+		}
 	}
 	for n := range touched {
 		m := make(map[string]ratchetSlot, len(s.buckets[n]))
@@ -717,9 +865,18 @@ func (s *RatchetStore) stage(batch []*ratchetOp, force, pending bool, epoch []by
 				m[k] = *sl
 			}
 		}
-		copy(st.root.bkeys[n][:], randBytes(32))
+		copy(st.bkeys[n][:], randBytes(32))
 		st.newBuckets[n] = m
-		st.c.Buckets[n] = sealOnce(st.root.bkeys[n][:], encodeBucket(m), bucketAAD(n))
+		st.c.Buckets[n] = sealOnce(st.bkeys[n][:], encodeBucket(m), bucketAAD(n))
+		groups[n/groupBuckets] = true
+	}
+	for g := range groups {
+		var pt []byte
+		for i := range groupBuckets {
+			pt = append(pt, st.bkeys[g*groupBuckets+i][:]...)
+		}
+		copy(st.root.gkeys[g][:], randBytes(32))
+		st.c.Buckets[groupBlob(g)] = sealOnce(st.root.gkeys[g][:], pt, groupAAD(g))
 	}
 	sealed, err := s.r.SealEpoch(epoch, st.root.encode(), ratchetRootAAD)
 	if err != nil {
@@ -764,16 +921,31 @@ func (s *RatchetStore) commitWith(batch []*ratchetOp, force, pending bool, epoch
 			return
 		}
 		shared := s.st.Shared()
-		if !shared {
+		if shared {
+			s.mu.RLock()
+			moved := s.rev != st.rev
+			s.mu.RUnlock()
+			if moved {
+				// A newer root arrived (pushed, or read by a Get) since
+				// staging: this commit would fail, stage it again.
+				continue
+			}
+		} else {
 			// Readers hold the lock across reading a value and its slot.
 			s.mu.Lock()
 		}
-		rev, err := s.st.Commit(&st.c, st.rev)
+		rev, fresh, err := s.st.Commit(&st.c, st.rev)
 		if !shared && err != nil {
 			s.mu.Unlock()
 		}
 		if errors.Is(err, ErrStale) && shared && st.rev != 0 {
-			if err := s.reload(false); err != nil {
+			if fresh != nil {
+				err = s.apply(fresh, false)
+			}
+			if fresh == nil || errors.Is(err, ErrStale) {
+				err = s.reload(false)
+			}
+			if err != nil {
 				_ = s.r.DestroyEpochKey(epoch)
 				fail(err)
 				return
@@ -794,10 +966,14 @@ func (s *RatchetStore) commitWith(batch []*ratchetOp, force, pending bool, epoch
 		if shared {
 			s.mu.Lock()
 		}
-		for n, m := range st.newBuckets {
-			s.buckets[n] = m
+		// A reader may have read this root (or a later one) meanwhile.
+		if s.rev == st.rev {
+			for n, m := range st.newBuckets {
+				s.buckets[n] = m
+			}
+			s.bkeys, s.gkeys, s.flat = st.bkeys, st.root.gkeys, false
+			s.seq, s.rev, s.epoch, s.prev, s.pending = st.root.seq, rev, epoch, st.root.prev, st.root.pending
 		}
-		s.bkeys, s.seq, s.rev, s.epoch, s.prev, s.pending = st.root.bkeys, st.root.seq, rev, epoch, st.root.prev, st.root.pending
 		s.mu.Unlock()
 		if st.oldEpoch != nil {
 			s.doom(st.oldEpoch)

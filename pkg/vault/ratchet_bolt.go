@@ -64,49 +64,42 @@ func (b *boltRatchet) Init(newID []byte) (id []byte, err error) {
 	return id, err
 }
 
-func (b *boltRatchet) Root() (sealed, epoch []byte, rev uint64, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
+func (b *boltRatchet) Root(uint64) (*RatchetRoot, error) {
+	r := &RatchetRoot{Buckets: map[int][]byte{}}
+	err := b.db.View(func(tx *bolt.Tx) error {
 		t := tx.Bucket(ratchetTable)
 		if v := t.Get(ratchetRoot); v != nil {
-			sealed = append([]byte(nil), v...)
+			r.Sealed = append([]byte(nil), v...)
 		}
 		if v := t.Get(ratchetEpoch); v != nil {
-			epoch = append([]byte(nil), v...)
+			r.Epoch = append([]byte(nil), v...)
+		}
+		for i := range ratchetBuckets + ratchetGroups {
+			if v := t.Get(bucketName16(i)); v != nil {
+				r.Buckets[i] = append([]byte(nil), v...)
+			}
 		}
 		return nil
 	})
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if sealed != nil && b.rev == 0 {
+	if r.Sealed != nil && b.rev == 0 {
 		b.rev = 1
 	}
-	return sealed, epoch, b.rev, err
+	r.Rev = b.rev
+	return r, err
 }
 
-func (b *boltRatchet) Buckets(idx []int, _ uint64) (map[int][]byte, error) {
-	m := map[int][]byte{}
-	err := b.db.View(func(tx *bolt.Tx) error {
-		t := tx.Bucket(ratchetTable)
-		for _, i := range idx {
-			if v := t.Get(bucketName16(i)); v != nil {
-				m[i] = append([]byte(nil), v...)
-			}
-		}
-		return nil
-	})
-	return m, err
-}
-
-func (b *boltRatchet) Value(key []byte) (sealed []byte, rev uint64, err error) {
+// Value reads the value; the root never moves under this process (it is
+// the only writer), so there is never a fresh one.
+func (b *boltRatchet) Value(key []byte, _ uint64) (sealed []byte, fresh *RatchetRoot, err error) {
 	err = b.db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(ratchetValues).Get(key); v != nil {
 			sealed = append([]byte(nil), v...)
 		}
 		return nil
 	})
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return sealed, b.rev, err
+	return sealed, nil, err
 }
 
 // Legacy returns BoltStore's values (an 8-byte version, then the value):
@@ -130,11 +123,11 @@ func (b *boltRatchet) Legacy(int) (map[string][]byte, uint64, error) {
 	return legacy, floor, err
 }
 
-func (b *boltRatchet) Commit(c *RatchetCommit, rev uint64) (uint64, error) {
+func (b *boltRatchet) Commit(c *RatchetCommit, rev uint64) (uint64, *RatchetRoot, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if rev != b.rev {
-		return 0, ErrStale
+		return 0, nil, ErrStale
 	}
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		vb, t := tx.Bucket(ratchetValues), tx.Bucket(ratchetTable)
@@ -161,10 +154,10 @@ func (b *boltRatchet) Commit(c *RatchetCommit, rev uint64) (uint64, error) {
 		return t.Put(ratchetRoot, c.Root)
 	})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	b.rev++
-	return b.rev, nil
+	return b.rev, nil, nil
 }
 
 func (b *boltRatchet) MaxWrites() int { return 0 }

@@ -23,8 +23,9 @@ func benchInstances(b *testing.B, withHSM bool) []http.Handler {
 	s := newSite(b, c, vault.Config{MaxGuesses: 10, LoginTimeout: time.Hour})
 	s.timeout = 10 * time.Second
 	if withHSM {
-		// One SoftHSM2 token, one sealer shared by the three instances (in
-		// production each site has its own HSM with the same key).
+		// One SoftHSM2 token, one sealer shared by the three instances:
+		// in production, one HSM cluster whose members at each site
+		// replicate the token's keys.
 		h := vaulttest.SoftHSM(b)
 		hs, err := hsm.Open(hsm.Config{Module: h.Module, TokenLabel: h.Token, PIN: h.PIN, CreateKey: true, Sessions: 8})
 		if err != nil {

@@ -54,48 +54,58 @@ func TestEtcdStoreConformance(t *testing.T) {
 	})
 }
 
-// instance is one vault instance (one site): its own etcd client, the
-// shared sealing key, an HTTPS front.
+// instance is one vault instance (one site): its own etcd clients (the
+// RatchetStore's and a plain one for looking at the cluster), the site's
+// sealer, an HTTPS front.
 type instance struct {
 	srv     *vault.Server
 	ts      *httptest.Server
+	rs      *vault.RatchetStore
 	store   *etcdstore.Store
 	counted atomic.Int64
+}
+
+// sealRatchet is a sealer that also keeps the epoch keys: the HSM cluster
+// the instances of a site share.
+type sealRatchet interface {
+	vault.Sealer
+	vault.Ratchet
 }
 
 type site struct {
 	cluster *testservers.EtcdCluster
 	prefix  string
-	sealKey []byte
-	sealer  vault.Sealer // if set, used instead of sealKey (shared by the instances)
+	sealer  sealRatchet // shared by the instances
 	cfg     vault.Config
 	timeout time.Duration
 }
 
 func newSite(t testing.TB, c *testservers.EtcdCluster, cfg vault.Config) *site {
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	return &site{cluster: c, prefix: "vault-" + randHex(4), sealKey: key, cfg: cfg, timeout: 1500 * time.Millisecond}
+	ks, err := vault.NewKeySealer(secret32())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &site{cluster: c, prefix: "vault-" + randHex(4), sealer: ks, cfg: cfg, timeout: 1500 * time.Millisecond}
+}
+
+func (s *site) storeConfig() etcdstore.Config {
+	return etcdstore.Config{Endpoints: s.cluster.Endpoints(), Prefix: s.prefix, RequestTimeout: s.timeout}
 }
 
 func (s *site) start(t testing.TB) (*instance, error) {
 	t.Helper()
-	var sealer vault.Sealer = s.sealer
-	if sealer == nil {
-		ks, err := vault.NewKeySealer(s.sealKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sealer = ks
+	rs, err := etcdstore.OpenRatchet(s.storeConfig(), s.sealer)
+	if err != nil {
+		return nil, err
 	}
-	var err error
-	in := &instance{store: openStore(t, s.cluster, s.prefix, s.timeout)}
+	in := &instance{rs: rs, store: openStore(t, s.cluster, s.prefix, s.timeout)}
 	cfg := s.cfg
-	cfg.Store, cfg.Sealer = in.store, sealer
+	cfg.Store, cfg.Sealer = rs, s.sealer
 	cfg.AfterCount = func() { in.counted.Add(1) }
 	cfg.Logf = t.Logf
 	in.srv, err = vault.New(cfg)
 	if err != nil {
+		rs.Close()
 		in.store.Close()
 		return nil, err
 	}
@@ -105,6 +115,7 @@ func (s *site) start(t testing.TB) (*instance, error) {
 	t.Cleanup(func() {
 		in.ts.Close()
 		in.srv.Close()
+		rs.Close()
 		in.store.Close()
 	})
 	return in, nil
@@ -167,7 +178,7 @@ func TestInstancesShareSealedKeys(t *testing.T) {
 	}
 	st := openStore(t, c, s.prefix, 5*time.Second)
 	defer st.Close()
-	resp, err := st.Client().Get(context.Background(), s.prefix+"/server-keys")
+	resp, err := st.Client().Get(context.Background(), s.prefix+"/ratchet/v/server-keys")
 	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Version != 1 {
 		t.Fatalf("server-keys in etcd: %v %v (written more than once?)", resp, err)
 	}
@@ -184,11 +195,15 @@ func TestInstancesShareSealedKeys(t *testing.T) {
 			t.Fatalf("recover at instance %d: %v", i, err)
 		}
 	}
-	// A site whose HSM holds another sealing key cannot open the blob.
+	// A site whose HSM holds other keys cannot open the key table.
 	other := *s
-	other.sealKey = secret32()
-	if _, err := other.start(t); !errors.Is(err, vault.ErrUnseal) {
-		t.Fatalf("instance with another sealing key: %v, want ErrUnseal", err)
+	ks, err := vault.NewKeySealer(secret32())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.sealer = ks
+	if _, err := other.start(t); err == nil || !strings.Contains(err.Error(), "opens under none of the epoch keys") {
+		t.Fatalf("instance with another HSM: %v, want the key table refused", err)
 	}
 }
 
