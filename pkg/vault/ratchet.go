@@ -49,7 +49,7 @@ type RatchetStore struct {
 
 	maxBatch int
 	window   time.Duration // how long a commit gathers writes
-	recent   [][]byte // the epoch keys doomed last (committer only)
+	recent   [][]byte      // the epoch keys doomed last (committer only)
 
 	ops    chan *ratchetOp
 	stop   chan struct{}

@@ -17,11 +17,11 @@ import (
 	"github.com/wabackup/wabackup/pkg/keys"
 	"github.com/wabackup/wabackup/pkg/vault"
 	"github.com/wabackup/wabackup/pkg/vault/api"
+	"github.com/wabackup/wabackup/pkg/vault/etcdstore"
 	"github.com/wabackup/wabackup/pkg/vault/hsm"
+	"github.com/wabackup/wabackup/pkg/vault/storetest"
 	"github.com/wabackup/wabackup/pkg/vault/vaulttest"
 	"github.com/wabackup/wabackup/pkg/vaultclient"
-	"github.com/wabackup/wabackup/pkg/vault/etcdstore"
-	"github.com/wabackup/wabackup/pkg/vault/storetest"
 )
 
 // The store conformance suite against the RatchetStore on a real
