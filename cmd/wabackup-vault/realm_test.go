@@ -9,7 +9,6 @@ import (
 	"errors"
 	"net/http"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -63,15 +62,10 @@ func TestRealmAPIServed(t *testing.T) {
 	a, b := vaulttest.Start(t, optA), vaulttest.Start(t, optB)
 	storeURL := "etcd://" + strings.Join(cluster.Endpoints(), ",") + "/realm-test"
 	c1 := vaulttest.Start(t, vaulttest.Options{Args: []string{"--store", storeURL}})
-	dir2 := t.TempDir()
-	key, err := os.ReadFile(filepath.Join(c1.Dir, "DEV-ONLY-sealing.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir2, "DEV-ONLY-sealing.key"), key, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c2 := vaulttest.Start(t, vaulttest.Options{Dir: dir2, Args: []string{"--store", storeURL}})
+	// The second process of the etcd realm shares the first's sealer: the
+	// development key file and its epoch keys, so the same --data (in
+	// production, one HSM cluster).
+	c2 := vaulttest.Start(t, vaulttest.Options{Dir: c1.Dir, Args: []string{"--store", storeURL}})
 
 	idA, idB, idC := loggedRealmID(t, a), loggedRealmID(t, b), loggedRealmID(t, c1)
 	if id2 := loggedRealmID(t, c2); id2 != idC {
