@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -223,17 +224,37 @@ func (s *Store) Get(key []byte) (val []byte, version uint64, err error) {
 // even when another instance has overwritten the value in between.
 func (s *Store) CompareAndSwap(key []byte, old uint64, val []byte) (uint64, error) {
 	k := s.Key(key)
+	ver, _, err := s.markedTxn(clientv3.Compare(clientv3.ModRevision(k), "=", int64(old)), []clientv3.Op{clientv3.OpPut(k, string(val))}, nil)
+	return ver, err
+}
+
+// Delete implements vault.Store: one transaction "if the key's mod
+// revision is old then delete", with a write marker as in CompareAndSwap.
+func (s *Store) Delete(key []byte, old uint64) error {
+	if old == 0 {
+		return vault.ErrConflict
+	}
+	k := s.Key(key)
+	_, _, err := s.markedTxn(clientv3.Compare(clientv3.ModRevision(k), "=", int64(old)), []clientv3.Op{clientv3.OpDelete(k)}, nil)
+	return err
+}
+
+// markedTxn runs, under do, the transaction "if cmp then ops and a new
+// write marker, else read the marker and orElse". A retry after an
+// unknown outcome carries the same marker, so it finds out whether an
+// earlier attempt committed. It returns the revision of the transaction
+// that committed, or vault.ErrConflict with the answers to orElse.
+func (s *Store) markedTxn(cmp clientv3.Cmp, ops, orElse []clientv3.Op) (rev uint64, orElseResp []*etcdserverpb.ResponseOp, err error) {
 	marker := s.newMarker()
-	var ver uint64
-	err := s.do("transaction", func(ctx context.Context, retry bool) error {
+	err = s.do("transaction", func(ctx context.Context, retry bool) error {
 		lease, err := s.leaseID(ctx)
 		if err != nil {
 			return err
 		}
 		resp, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(old))).
-			Then(clientv3.OpPut(k, string(val)), clientv3.OpPut(marker, "", clientv3.WithLease(lease))).
-			Else(clientv3.OpGet(marker)).
+			If(cmp).
+			Then(append(ops[:len(ops):len(ops)], clientv3.OpPut(marker, "", clientv3.WithLease(lease)))...).
+			Else(append([]clientv3.Op{clientv3.OpGet(marker, clientv3.WithKeysOnly())}, orElse...)...).
 			Commit()
 		if err != nil {
 			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -245,52 +266,19 @@ func (s *Store) CompareAndSwap(key []byte, old uint64, val []byte) (uint64, erro
 			return errReplyLost
 		}
 		if resp.Succeeded {
-			ver = uint64(resp.Header.Revision)
+			rev = uint64(resp.Header.Revision)
 			return nil
 		}
 		if retry {
 			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
-				ver = uint64(kvs[0].CreateRevision) // our earlier attempt committed
+				rev = uint64(kvs[0].CreateRevision) // our earlier attempt committed
 				return nil
 			}
 		}
+		orElseResp = resp.Responses[1:]
 		return vault.ErrConflict
 	})
-	return ver, err
-}
-
-// Delete implements vault.Store: one transaction "if the key's mod
-// revision is old then delete", with a write marker as in CompareAndSwap.
-func (s *Store) Delete(key []byte, old uint64) error {
-	if old == 0 {
-		return vault.ErrConflict
-	}
-	k := s.Key(key)
-	marker := s.newMarker()
-	return s.do("transaction", func(ctx context.Context, retry bool) error {
-		lease, err := s.leaseID(ctx)
-		if err != nil {
-			return err
-		}
-		resp, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(old))).
-			Then(clientv3.OpDelete(k), clientv3.OpPut(marker, "", clientv3.WithLease(lease))).
-			Else(clientv3.OpGet(marker, clientv3.WithKeysOnly())).
-			Commit()
-		if err != nil {
-			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-				s.dropLease(lease)
-			}
-			return err
-		}
-		if loseReply != nil && loseReply() {
-			return errReplyLost
-		}
-		if resp.Succeeded || (retry && len(resp.Responses[0].GetResponseRange().Kvs) == 1) {
-			return nil
-		}
-		return vault.ErrConflict
-	})
+	return rev, orElseResp, err
 }
 
 // Compact implements vault.Compactor: it compacts the cluster's history up

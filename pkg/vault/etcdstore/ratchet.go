@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/wabackup/wabackup/pkg/vault"
@@ -194,8 +193,8 @@ func (t *table) Legacy(n int) (map[string][]byte, uint64, error) {
 }
 
 // Commit is one transaction "if the root's mod revision is rev then write
-// everything", with a write marker as in Store.CompareAndSwap, so that a
-// retry after an unknown outcome finds out whether it landed.
+// everything" (Store.markedTxn: a retry after an unknown outcome finds out
+// whether it landed); if the root moved, the answer carries the new one.
 func (t *table) Commit(c *vault.RatchetCommit, rev uint64) (uint64, *vault.RatchetRoot, error) {
 	if len(c.Epoch) > 255 {
 		return 0, nil, errors.New("etcdstore: epoch key id too long")
@@ -216,42 +215,9 @@ func (t *table) Commit(c *vault.RatchetCommit, rev uint64) (uint64, *vault.Ratch
 	}
 	root := append([]byte{byte(len(c.Epoch))}, c.Epoch...)
 	ops = append(ops, clientv3.OpPut(rootKey, string(append(root, c.Root...))))
-	marker := t.s.newMarker()
-	var ver uint64
-	var fresh *vault.RatchetRoot
-	err := t.s.do("transaction", func(ctx context.Context, retry bool) error {
-		lease, err := t.s.leaseID(ctx)
-		if err != nil {
-			return err
-		}
-		resp, err := t.s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(rootKey), "=", int64(rev))).
-			Then(append(ops, clientv3.OpPut(marker, "", clientv3.WithLease(lease)))...).
-			Else(append([]clientv3.Op{clientv3.OpGet(marker)}, t.rootOps(rev)...)...).
-			Commit()
-		if err != nil {
-			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-				t.s.dropLease(lease)
-			}
-			return err
-		}
-		if loseReply != nil && loseReply() {
-			return errReplyLost
-		}
-		if resp.Succeeded {
-			ver = uint64(resp.Header.Revision)
-			return nil
-		}
-		if retry {
-			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
-				ver = uint64(kvs[0].CreateRevision) // our earlier attempt committed
-				return nil
-			}
-		}
-		fresh, _ = t.parseRoot(resp.Responses[1].GetResponseRange(), resp.Responses[2].GetResponseRange(), rev)
-		return vault.ErrConflict
-	})
+	ver, orElse, err := t.s.markedTxn(clientv3.Compare(clientv3.ModRevision(rootKey), "=", int64(rev)), ops, t.rootOps(rev))
 	if errors.Is(err, vault.ErrConflict) {
+		fresh, _ := t.parseRoot(orElse[0].GetResponseRange(), orElse[1].GetResponseRange(), rev)
 		return 0, fresh, vault.ErrStale
 	}
 	if err == nil && t.commits.Add(1)%compactEvery == 0 && t.compact.CompareAndSwap(false, true) {
