@@ -42,7 +42,15 @@ type Sealer struct {
 	epochMu   sync.Mutex
 	handlesMu sync.Mutex
 	handles   map[string]pkcs11.ObjectHandle // epoch key id → handle
+	destroyed map[string]bool                // epoch keys this sealer destroyed lately (guarded by epochMu)
+	gone      []string                       // their order, oldest first
 }
+
+// destroyedKept bounds how many destroyed epoch key ids a Sealer
+// remembers, so that destroying one again (several RatchetStores sharing
+// the sealer each clean up the key before the one they superseded) costs
+// no search of the token.
+const destroyedKept = 256
 
 // ErrUnseal is returned when a sealed value does not open.
 var ErrUnseal = errors.New("hsm: sealed value does not open (wrong key or tampered data)")
@@ -307,23 +315,42 @@ func (s *Sealer) EpochKeys(prefix []byte) ([][]byte, error) {
 	return ids, nil
 }
 
-// DestroyEpochKey implements vault.Ratchet (C_DestroyObject).
+// DestroyEpochKey implements vault.Ratchet (C_DestroyObject). The key is
+// the one whose handle the sealer holds (it made or found it), else the
+// one a search of the token finds; a key this sealer destroyed lately is
+// not searched for again.
 func (s *Sealer) DestroyEpochKey(id []byte) error {
 	s.epochMu.Lock()
 	defer s.epochMu.Unlock()
+	if s.destroyed[string(id)] {
+		return nil
+	}
 	s.handlesMu.Lock()
+	h, held := s.handles[string(id)]
 	delete(s.handles, string(id))
 	s.handlesMu.Unlock()
 	sh, done := s.session()
 	defer done()
-	objs, err := s.findEpoch(sh, id)
-	if err != nil {
-		return fmt.Errorf("hsm: find epoch key: %w", err)
+	objs := []pkcs11.ObjectHandle{h}
+	if !held {
+		var err error
+		if objs, err = s.findEpoch(sh, id); err != nil {
+			return fmt.Errorf("hsm: find epoch key: %w", err)
+		}
 	}
 	for _, o := range objs {
 		if err := s.ctx.DestroyObject(sh, o); err != nil {
 			return fmt.Errorf("hsm: destroy epoch key: %w", err)
 		}
+	}
+	if s.destroyed == nil {
+		s.destroyed = map[string]bool{}
+	}
+	s.destroyed[string(id)] = true
+	s.gone = append(s.gone, string(id))
+	if len(s.gone) > destroyedKept {
+		delete(s.destroyed, s.gone[0])
+		s.gone = s.gone[1:]
 	}
 	return nil
 }
