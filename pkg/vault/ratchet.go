@@ -48,7 +48,7 @@ type RatchetStore struct {
 	tableID []byte // 8 random bytes: the prefix of this store's epoch key ids
 
 	maxBatch int
-	window   time.Duration // how long a commit gathers writes
+	gap      time.Duration // the least time from one commit's end to the next's start (0: none)
 	recent   [][]byte      // the epoch keys doomed last (committer only)
 
 	ops    chan *ratchetOp
@@ -316,11 +316,12 @@ func decodeBucket(i int, b []byte) (map[string]ratchetSlot, error) {
 func NewRatchetStore(st RatchetStorage, r Ratchet) (*RatchetStore, error) {
 	s := &RatchetStore{st: st, r: r, ops: make(chan *ratchetOp), stop: make(chan struct{}), done: make(chan struct{}),
 		spare: make(chan []byte, 2), doomed: make(chan []byte, 64), keyErr: make(chan error, 1)}
-	s.maxBatch, s.window = 128, time.Millisecond
+	s.maxBatch = 128
 	if st.Shared() {
-		// Every commit of another instance makes this one's next commit
-		// start over: fewer, larger commits.
-		s.window = 12 * time.Millisecond
+		// Under load, fewer and larger commits: each costs an epoch key
+		// and a consensus round on the root, and each commit of another
+		// instance makes this one's next commit start over.
+		s.gap = 60 * time.Millisecond
 	}
 	if w := st.MaxWrites(); w > 0 && w < s.maxBatch {
 		s.maxBatch = w
@@ -725,10 +726,14 @@ func (s *RatchetStore) Compact() error {
 	return nil
 }
 
-// committer groups the writes that arrive within the window (up to the
-// batch limit) into one commit.
+// committer groups the writes that arrive within 1 ms of the first (up
+// to the batch limit) into one commit. Under load — the commit before held
+// more than one write — they gather until the gap since that commit ended
+// has passed, if that is later. So a lone write waits 1 ms.
 func (s *RatchetStore) committer() {
 	defer close(s.done)
+	var last time.Time
+	busy := false
 	for {
 		var batch []*ratchetOp
 		select {
@@ -737,7 +742,11 @@ func (s *RatchetStore) committer() {
 		case <-s.stop:
 			return
 		}
-		timer := time.NewTimer(s.window)
+		wait := time.Millisecond
+		if busy {
+			wait = max(wait, s.gap-time.Since(last))
+		}
+		timer := time.NewTimer(wait)
 	collect:
 		for len(batch) < s.maxBatch {
 			select {
@@ -757,6 +766,7 @@ func (s *RatchetStore) committer() {
 			continue
 		}
 		s.commitWith(batch, false, false, id)
+		last, busy = time.Now(), len(batch) > 1
 	}
 }
 
