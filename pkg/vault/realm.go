@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
+	"github.com/wabackup/wabackup/pkg/noise"
 	"github.com/wabackup/wabackup/pkg/threshold"
 	"github.com/wabackup/wabackup/pkg/vault/api"
 )
@@ -239,14 +242,73 @@ func (s *Server) realmStatus(w http.ResponseWriter, r *http.Request) {
 	reply(w, st)
 }
 
-// realmRoutes adds the realm API to mux.
+// answer is the inner response of a request in the realm channel.
+type answer struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (a *answer) Header() http.Header { return a.header }
+func (a *answer) WriteHeader(status int) {
+	if a.status == 0 {
+		a.status = status
+	}
+}
+func (a *answer) Write(b []byte) (int, error) {
+	a.WriteHeader(http.StatusOK)
+	return a.body.Write(b)
+}
+
+// channel serves h inside the realm channel (api.RealmChannelType): it
+// reads the request body as the first message of a Noise NK handshake to
+// the vault's key with path's prologue, gives h its payload, and answers
+// with the second message carrying h's status and body. A body that is
+// not such a message is refused (400) outside the channel.
+func (s *Server) channel(path string, h http.HandlerFunc) http.HandlerFunc {
+	prologue := api.RealmPrologue(path)
+	return func(w http.ResponseWriter, r *http.Request) {
+		msg, err := io.ReadAll(r.Body)
+		if err != nil {
+			fail(w, http.StatusBadRequest, api.CodeBadRequest, "reading the request: "+err.Error(), nil)
+			return
+		}
+		payload, hs, err := noise.ReadRequest(noise.Ristretto255, s.priv, s.pub, prologue, msg)
+		if err != nil {
+			fail(w, http.StatusBadRequest, api.CodeBadRequest, "the request is not a realm-channel message to this vault's key for "+path+" (docs/VAULT.md, the realm channel): "+err.Error(), nil)
+			return
+		}
+		inner := r.Clone(r.Context())
+		inner.Body = io.NopCloser(bytes.NewReader(payload))
+		inner.ContentLength = int64(len(payload))
+		inner.Header.Set("Content-Type", "application/json")
+		a := &answer{header: http.Header{}}
+		h(a, inner)
+		if a.status == 0 {
+			a.status = http.StatusOK
+		}
+		out, err := hs.WriteResponse(api.MarshalRealmAnswer(a.status, a.body.Bytes()), rand.Reader)
+		if err != nil {
+			s.internal(w, err)
+			return
+		}
+		w.Header().Set("Content-Type", api.RealmChannelType)
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write(out)
+	}
+}
+
+// realmRoutes adds the realm API to mux: /v2/info in the clear (the
+// client checks the key it names against its pins), every POST inside
+// the channel.
 func (s *Server) realmRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+api.PathRealmInfo, s.realmInfo)
-	mux.HandleFunc("POST "+api.PathRealmRegister1, realmHandler(s, false, threshold.UnmarshalRegister1Request, s.realm.Register1))
-	mux.HandleFunc("POST "+api.PathRealmRegister2, realmHandler(s, true, threshold.UnmarshalRegister2Request, s.realm.Register2))
-	mux.HandleFunc("POST "+api.PathRealmRecover1, realmHandler(s, false, threshold.UnmarshalRecover1Request, s.realm.Recover1))
-	mux.HandleFunc("POST "+api.PathRealmRecover2, realmHandler(s, false, threshold.UnmarshalRecover2Request, s.realm.Recover2))
-	mux.HandleFunc("POST "+api.PathRealmRecover3, realmHandler(s, false, threshold.UnmarshalRecover3Request, s.realm.Recover3))
-	mux.HandleFunc("POST "+api.PathRealmDelete, realmHandler(s, true, threshold.UnmarshalDeleteRequest, s.realm.Delete))
-	mux.HandleFunc("POST "+api.PathRealmStatus, s.realmStatus)
+	post := func(path string, h http.HandlerFunc) { mux.HandleFunc("POST "+path, s.channel(path, h)) }
+	post(api.PathRealmRegister1, realmHandler(s, false, threshold.UnmarshalRegister1Request, s.realm.Register1))
+	post(api.PathRealmRegister2, realmHandler(s, true, threshold.UnmarshalRegister2Request, s.realm.Register2))
+	post(api.PathRealmRecover1, realmHandler(s, false, threshold.UnmarshalRecover1Request, s.realm.Recover1))
+	post(api.PathRealmRecover2, realmHandler(s, false, threshold.UnmarshalRecover2Request, s.realm.Recover2))
+	post(api.PathRealmRecover3, realmHandler(s, false, threshold.UnmarshalRecover3Request, s.realm.Recover3))
+	post(api.PathRealmDelete, realmHandler(s, true, threshold.UnmarshalDeleteRequest, s.realm.Delete))
+	post(api.PathRealmStatus, s.realmStatus)
 }

@@ -20,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/wabackup/wabackup/internal/testservers"
+	"github.com/wabackup/wabackup/pkg/noise"
 	"github.com/wabackup/wabackup/pkg/threshold"
 	"github.com/wabackup/wabackup/pkg/vault"
 	"github.com/wabackup/wabackup/pkg/vault/api"
@@ -625,6 +626,37 @@ func TestRealmAPI(t *testing.T) {
 					t.Errorf("%s %s: %d %s (%v), want 400 bad_request", path, body, code, resp, err)
 				}
 			}
+		}
+		// Outside the channel, or in a channel message made for another
+		// path or another key, nothing is read: 400, outside the channel.
+		rep := a.replicas[0]
+		in, err := rep.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, _ := json.Marshal(api.RealmRequest{CredentialID: id, Message: recover1})
+		_, otherKey, _ := noise.Ristretto255.Generate(rand.Reader)
+		forPath := func(path string, key []byte) []byte {
+			m, _, err := noise.WriteRequest(noise.Ristretto255, key, api.RealmPrologue(path), plain, rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return m
+		}
+		for name, body := range map[string][]byte{
+			"plain JSON":            plain,
+			"a message for status":  forPath(api.PathRealmStatus, in.PublicKey),
+			"a message for another": forPath(api.PathRealmRecover1, otherKey),
+			"an empty body":         nil,
+		} {
+			code, resp, ctype, err := rep.PostRaw(ctx, api.PathRealmRecover1, api.RealmChannelType, body)
+			var ae api.Error
+			if err != nil || code != http.StatusBadRequest || ctype == api.RealmChannelType || json.Unmarshal(resp, &ae) != nil || ae.Code != api.CodeBadRequest {
+				t.Errorf("%s: %d %q %s (%v), want 400 bad_request outside the channel", name, code, ctype, resp, err)
+			}
+		}
+		if code, _, ctype, err := rep.PostRaw(ctx, api.PathRealmRecover1, api.RealmChannelType, forPath(api.PathRealmRecover1, in.PublicKey)); err != nil || code != http.StatusOK || ctype != api.RealmChannelType {
+			t.Errorf("a channel message for recover1: %d %q %v", code, ctype, err)
 		}
 	})
 }

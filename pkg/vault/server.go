@@ -61,6 +61,7 @@ type Server struct {
 	limit int
 	op    *opaque.Server
 	pub   []byte
+	priv  []byte // the AKE private key, which is also the realm channel's static key
 	idKey []byte // HMAC key for storage keys, derived from the OPRF seed
 	// entryKey seals entries on stores that do not seal values (entryLabel)
 	entryKey []byte
@@ -141,7 +142,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg: cfg, limit: cfg.DefaultGuesses, op: op, pub: keys.Public, idKey: idKey, entryKey: entryKey,
+		cfg: cfg, limit: cfg.DefaultGuesses, op: op, pub: keys.Public, priv: keys.Private, idKey: idKey, entryKey: entryKey,
 		states: stateSealer{key: stateKey}, watched: map[string]time.Time{},
 		stop: make(chan struct{}), realmHMAC: realmHMAC,
 	}

@@ -160,33 +160,53 @@ func DefaultPinFile() string {
 func (c *conn) URL() string { return c.url }
 
 func (c *conn) call(ctx context.Context, path string, in, out any) error {
-	var body io.Reader
+	var body []byte
 	method := http.MethodGet
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body, method = bytes.NewReader(b), http.MethodPost
+		body, method = b, http.MethodPost
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.url+path, body)
+	status, data, _, err := c.roundTrip(ctx, method, path, "application/json", body)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	return c.answer(status, data, out)
+}
+
+// roundTrip sends one request and returns the answer's status, body (at
+// most 1 MiB) and content type.
+func (c *conn) roundTrip(ctx context.Context, method, path, ctype string, body []byte) (int, []byte, string, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.url+path, rd)
+	if err != nil {
+		return 0, nil, "", err
+	}
+	req.Header.Set("Content-Type", ctype)
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("vault %s: %w", c.url, err)
+		return 0, nil, "", fmt.Errorf("vault %s: %w", c.url, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return fmt.Errorf("vault %s: %w", c.url, err)
+		return 0, nil, "", fmt.Errorf("vault %s: %w", c.url, err)
 	}
-	if resp.StatusCode/100 != 2 {
+	return resp.StatusCode, data, resp.Header.Get("Content-Type"), nil
+}
+
+// answer decodes an answer: a 2xx body into out, anything else as the
+// vault's error.
+func (c *conn) answer(status int, data []byte, out any) error {
+	if status/100 != 2 {
 		var e api.Error
 		if json.Unmarshal(data, &e) != nil || e.Code == "" {
-			return fmt.Errorf("vault %s: %s", c.url, resp.Status)
+			return fmt.Errorf("vault %s: %d %s", c.url, status, http.StatusText(status))
 		}
 		switch e.Code {
 		case api.CodeWrongPassword:
@@ -198,7 +218,7 @@ func (c *conn) call(ctx context.Context, path string, in, out any) error {
 		case api.CodeExists:
 			return ErrExists
 		}
-		return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message}
+		return &APIError{Status: status, Code: e.Code, Message: e.Message}
 	}
 	if out == nil {
 		return nil

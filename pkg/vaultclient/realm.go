@@ -2,14 +2,18 @@ package vaultclient
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"sync"
 	"time"
 
+	"github.com/wabackup/wabackup/pkg/noise"
 	"github.com/wabackup/wabackup/pkg/threshold"
 	"github.com/wabackup/wabackup/pkg/vault/api"
 )
@@ -41,11 +45,13 @@ type RealmOptions struct {
 // vault's fingerprint against the pins exactly as a Client does (the Pin
 // option, then the local pin file, which records it on first use), and
 // its realm id against RealmOptions.ID; a vault that fails either check
-// is asked nothing else. The channel is the TLS 1.3 connection the vault's
-// certificate authenticates: unlike OPAQUE (API version 1), the threshold
-// protocol does not itself prove that the vault holds the key it
-// announces, so the pins stop a different vault at a known address, not
-// a man in the middle holding a certificate the client trusts.
+// is asked nothing else. Every other request travels in the realm channel
+// (docs/VAULT.md, "The realm channel"): a Noise NK handshake to the pinned key inside
+// the TLS 1.3 connection, whose first message carries the request and
+// whose second the answer. So a man in the middle holding a certificate
+// the client trusts reads no unlock tag, no share and no password
+// evaluation, and cannot answer in the vault's name: an answer that is not
+// from the pinned key is a *ChannelError, and the realm counts as failed.
 //
 // It is safe for concurrent use.
 type Realm struct {
@@ -86,11 +92,17 @@ func (e *RealmIDMismatchError) Error() string {
 	return fmt.Sprintf("vault %s is realm %x but the repository's vault slot records realm %x: refusing to talk to it (its storage was replaced, or the slot was altered)", e.URL, e.Got[:], e.Want[:])
 }
 
-// do runs one request within the per-request timeout.
+// do runs one request within the per-request timeout: GET /v2/info in
+// the clear, every POST in the realm channel.
 func (r *Realm) do(ctx context.Context, path string, in, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	err := r.call(ctx, path, in, out)
+	var err error
+	if in == nil {
+		err = r.call(ctx, path, nil, out)
+	} else {
+		err = r.sealed(ctx, path, in, out)
+	}
 	if err == nil {
 		return nil
 	}
@@ -110,6 +122,65 @@ func (r *Realm) do(ctx context.Context, path string, in, out any) error {
 	return err
 }
 
+// ChannelError reports an answer that did not come through the realm
+// channel from the key the vault is pinned by: a proxy or a man in the
+// middle answered, or the vault no longer has its key. The realm is
+// counted as failed; nothing it said is used.
+type ChannelError struct {
+	URL, Fingerprint string
+	Err              error
+}
+
+func (e *ChannelError) Error() string {
+	return fmt.Sprintf("vault %s: the answer is not from the key pinned for it (fingerprint %s): %v", e.URL, e.Fingerprint, e.Err)
+}
+
+func (e *ChannelError) Unwrap() error { return e.Err }
+
+// sealed sends in (JSON) to path inside the realm channel
+// (api.RealmChannelType): the first message of a Noise NK handshake to the
+// vault's pinned key, which only that key's holder can read, and reads
+// the answer, which only that key's holder can have written, into out.
+// An answer outside the channel is only an error: a rate limit or an
+// unavailable vault is reported as such, and nothing else is believed.
+func (r *Realm) sealed(ctx context.Context, path string, in, out any) error {
+	r.mu.Lock()
+	info := r.info
+	r.mu.Unlock()
+	if info == nil {
+		return errors.New("vaultclient: a realm request before /v2/info")
+	}
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	msg, hs, err := noise.WriteRequest(noise.Ristretto255, info.PublicKey, api.RealmPrologue(path), b, rand.Reader)
+	if err != nil {
+		return &ChannelError{URL: r.url, Fingerprint: info.Fingerprint, Err: err}
+	}
+	status, data, ctype, err := r.roundTrip(ctx, http.MethodPost, path, api.RealmChannelType, msg)
+	if err != nil {
+		return err
+	}
+	if status != http.StatusOK || ctype != api.RealmChannelType {
+		err := r.answer(status, data, nil)
+		var ae *APIError
+		if status/100 == 2 || !errors.As(err, &ae) {
+			return &ChannelError{URL: r.url, Fingerprint: info.Fingerprint, Err: fmt.Errorf("an answer outside the realm channel (%d, %q)", status, ctype)}
+		}
+		return err
+	}
+	pt, err := hs.ReadResponse(data)
+	if err != nil {
+		return &ChannelError{URL: r.url, Fingerprint: info.Fingerprint, Err: err}
+	}
+	status, body, err := api.UnmarshalRealmAnswer(pt)
+	if err != nil {
+		return fmt.Errorf("vault %s: %w", r.url, err)
+	}
+	return r.answer(status, body, out)
+}
+
 // Info fetches the vault's realm description (once; it is kept) and checks
 // its key against the pins and its id against RealmOptions.ID.
 func (r *Realm) Info(ctx context.Context) (*api.RealmInfo, error) {
@@ -125,6 +196,9 @@ func (r *Realm) Info(ctx context.Context) (*api.RealmInfo, error) {
 	fp := api.Fingerprint(in.PublicKey)
 	if in.Fingerprint != "" && in.Fingerprint != fp {
 		return nil, fmt.Errorf("vault %s announces fingerprint %s for a public key whose fingerprint is %s", r.url, in.Fingerprint, fp)
+	}
+	if err := noise.CheckPublicKey(noise.Ristretto255, in.PublicKey); err != nil {
+		return nil, fmt.Errorf("vault %s: its public key is not a ristretto255 key: %v", r.url, err)
 	}
 	var id threshold.RealmID
 	b, err := hex.DecodeString(in.RealmID)

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wabackup/wabackup/pkg/noise"
 	"github.com/wabackup/wabackup/pkg/threshold"
 	"github.com/wabackup/wabackup/pkg/vault/api"
 	"github.com/wabackup/wabackup/pkg/vaultclient"
@@ -173,21 +175,56 @@ func TestRealmPins(t *testing.T) {
 }
 
 // Errors: an api.Error body becomes an *APIError naming the vault and its
-// code; a vault that does not answer within the per-request timeout is an
-// error naming it (the test waits for the timeout, it does not measure it).
+// code, whether the vault said it in the channel or outside it (a 429 or a
+// 503 of a proxy); an answer outside the channel that claims success, or
+// one not from the pinned key, is a *ChannelError; a vault that does not
+// answer within the per-request timeout is an error naming it (the test
+// waits for the timeout, it does not measure it).
 func TestRealmErrors(t *testing.T) {
 	release := make(chan struct{})
+	priv, pub, err := noise.Ristretto255.Generate(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherPriv, otherPub, _ := noise.Ristretto255.Generate(rand.Reader)
+	inChannel := func(w http.ResponseWriter, r *http.Request, priv, pub []byte, status int, v any) {
+		msg, _ := io.ReadAll(r.Body)
+		_, hs, err := noise.ReadRequest(noise.Ristretto255, priv, pub, api.RealmPrologue(r.URL.Path), msg)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		b, _ := json.Marshal(v)
+		out, _ := hs.WriteResponse(api.MarshalRealmAnswer(status, b), rand.Reader)
+		w.Header().Set("Content-Type", api.RealmChannelType)
+		w.Write(out)
+	}
 	ts := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case api.PathRealmInfo:
-			key := make([]byte, 32)
-			json.NewEncoder(w).Encode(api.RealmInfo{RealmID: strings.Repeat("01", 16), PublicKey: key, Fingerprint: api.Fingerprint(key), MaxGuesses: 10})
+			json.NewEncoder(w).Encode(api.RealmInfo{RealmID: strings.Repeat("01", 16), PublicKey: pub, Fingerprint: api.Fingerprint(pub), MaxGuesses: 10})
 		case api.PathRealmRecover1:
-			w.WriteHeader(http.StatusServiceUnavailable)
-			json.NewEncoder(w).Encode(api.Error{Code: api.CodeUnavailable, Message: "no quorum"})
+			inChannel(w, r, priv, pub, http.StatusServiceUnavailable, api.Error{Code: api.CodeUnavailable, Message: "no quorum"})
 		case api.PathRealmRecover2:
-			w.WriteHeader(http.StatusOK)
-			json.NewEncoder(w).Encode(api.RealmReply{Message: []byte{1, 2, 3}})
+			inChannel(w, r, priv, pub, http.StatusOK, api.RealmReply{Message: []byte{1, 2, 3}})
+		case api.PathRealmRegister1:
+			// A proxy's rate limit, outside the channel.
+			w.WriteHeader(http.StatusTooManyRequests)
+			json.NewEncoder(w).Encode(api.Error{Code: api.CodeRateLimited, Message: "slow down"})
+		case api.PathRealmRegister2:
+			// A success outside the channel.
+			json.NewEncoder(w).Encode(api.RealmReply{Message: []byte{1}})
+		case api.PathRealmDelete:
+			// An answer from another key.
+			msg, _ := io.ReadAll(r.Body)
+			if _, _, err := noise.ReadRequest(noise.Ristretto255, otherPriv, otherPub, api.RealmPrologue(r.URL.Path), msg); err == nil {
+				t.Error("another key read the request")
+				return
+			}
+			_, hs, _ := noise.ReadRequest(noise.Ristretto255, otherPriv, otherPub, nil, mustRequest(t, otherPub))
+			out, _ := hs.WriteResponse(api.MarshalRealmAnswer(200, []byte(`{"message":"AQ=="}`)), rand.Reader)
+			w.Header().Set("Content-Type", api.RealmChannelType)
+			w.Write(out)
 		default:
 			select {
 			case <-release:
@@ -206,7 +243,25 @@ func TestRealmErrors(t *testing.T) {
 	if _, err := r.Recover2(ctx, &threshold.Recover2Request{}); !errors.Is(err, threshold.ErrInvalidMessage) || !strings.Contains(err.Error(), ts.URL) {
 		t.Fatalf("a malformed answer: %v", err)
 	}
+	if _, err := r.Register1(ctx, &threshold.Register1Request{}); !errors.As(err, &ae) || ae.Code != api.CodeRateLimited {
+		t.Fatalf("a rate limit outside the channel: %v", err)
+	}
+	var ce *vaultclient.ChannelError
+	if _, err := r.Register2(ctx, &threshold.Register2Request{}); !errors.As(err, &ce) || !strings.Contains(err.Error(), "outside the realm channel") {
+		t.Fatalf("a success outside the channel: %v", err)
+	}
+	if _, err := r.Delete(ctx, &threshold.DeleteRequest{}); !errors.As(err, &ce) || !errors.Is(err, noise.ErrDecrypt) || !strings.Contains(err.Error(), api.Fingerprint(pub)) {
+		t.Fatalf("an answer from another key: %v", err)
+	}
 	if _, err := r.Recover3(ctx, &threshold.Recover3Request{}); err == nil || !strings.Contains(err.Error(), "no answer within") || !strings.Contains(err.Error(), ts.URL) {
 		t.Fatalf("a vault that does not answer: %v", err)
 	}
+}
+
+func mustRequest(t *testing.T, pub []byte) []byte {
+	m, _, err := noise.WriteRequest(noise.Ristretto255, pub, nil, nil, rand.Reader)
+	if err != nil {
+		t.Error(err)
+	}
+	return m
 }

@@ -1,5 +1,10 @@
 package api
 
+import (
+	"errors"
+	"fmt"
+)
+
 // The realm API (API version 2): a wabackup-vault is also one realm of a
 // threshold escrow across several independent vaults (pkg/threshold,
 // docs/THRESHOLD.md). Each call carries one pkg/threshold message in its
@@ -8,6 +13,18 @@ package api
 // a malformed message, CodeRateLimited, CodeUnavailable, CodeInternal);
 // the protocol's own outcomes (NotRegistered, NoGuesses, a wrong unlock
 // tag…) are statuses inside the response message, with HTTP 200.
+//
+// Every POST travels inside the realm channel (docs/VAULT.md, "The realm channel"): its
+// body is the first message of a Noise NK handshake (pkg/noise, over
+// ristretto255, to the vault's public key, with RealmPrologue(path)),
+// whose payload is the JSON request below; the answer, with HTTP 200, is
+// the handshake's second message, whose payload is a RealmAnswer: the
+// status and the JSON body the vault would have sent without the channel.
+// Only the holder of the vault's private key can read a request or write
+// an answer the client accepts. A body that is not such a message is a
+// bad request (400, outside the channel), as are a rate-limited request
+// (429) and a body over 64 KiB: statuses outside the channel are never
+// the vault's word.
 
 // Paths of the realm API.
 const (
@@ -20,6 +37,34 @@ const (
 	PathRealmDelete    = "/v2/delete"
 	PathRealmStatus    = "/v2/status"
 )
+
+// RealmChannelType is the Content-Type of a request or answer in the
+// realm channel.
+const RealmChannelType = "application/vnd.wabackup.realm-channel"
+
+// RealmPrologue is the Noise prologue of a request to path: a request
+// made for one path is not read at another.
+func RealmPrologue(path string) []byte {
+	return append([]byte("wabackup-vault realm channel v1\x00"), path...)
+}
+
+// MarshalRealmAnswer frames an answer in the channel: the HTTP status as
+// 2 bytes big-endian, then the body.
+func MarshalRealmAnswer(status int, body []byte) []byte {
+	return append([]byte{byte(status >> 8), byte(status)}, body...)
+}
+
+// UnmarshalRealmAnswer reads what MarshalRealmAnswer made.
+func UnmarshalRealmAnswer(b []byte) (status int, body []byte, err error) {
+	if len(b) < 2 {
+		return 0, nil, errors.New("an answer of less than 2 bytes")
+	}
+	status = int(b[0])<<8 | int(b[1])
+	if status < 100 || status > 599 {
+		return 0, nil, fmt.Errorf("an answer with status %d", status)
+	}
+	return status, b[2:], nil
+}
 
 // RealmInfo is the answer to GET /v2/info.
 type RealmInfo struct {

@@ -3,6 +3,7 @@ package vaulttest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding"
 	"encoding/hex"
 	"encoding/json"
@@ -12,39 +13,94 @@ import (
 	"net/http/httptest"
 	"sync"
 
+	"github.com/wabackup/wabackup/pkg/noise"
 	"github.com/wabackup/wabackup/pkg/threshold"
 	"github.com/wabackup/wabackup/pkg/vault/api"
 )
 
 // Replica is one vault instance's realm API: an HTTPS base URL with its
-// client, or a handler called directly (benchmarks).
+// client, or a handler called directly (benchmarks). Key is the vault's
+// public key, the realm channel's (api.RealmChannelType); if nil, Post
+// asks /v2/info for it each time.
 type Replica struct {
 	URL     string
 	Client  *http.Client
 	Handler http.Handler
+	Key     []byte
 }
 
-// Post sends body to path and returns the answer's status and body.
+// Post sends body to path inside the realm channel and returns the
+// answer's status and body, read from the channel; an answer outside it
+// (the vault refused the channel message, or rate-limited it) is returned
+// as it came.
 func (r Replica) Post(ctx context.Context, path string, body []byte) (int, []byte, error) {
+	key := r.Key
+	if key == nil {
+		in, err := r.Info(ctx)
+		if err != nil {
+			return 0, nil, err
+		}
+		key = in.PublicKey
+	}
+	msg, open, err := Seal(key, path, body)
+	if err != nil {
+		return 0, nil, err
+	}
+	code, resp, ctype, err := r.PostRaw(ctx, path, api.RealmChannelType, msg)
+	if err != nil {
+		return 0, nil, err
+	}
+	return open(code, ctype, resp)
+}
+
+// Seal makes the realm-channel message carrying body to path at the vault
+// whose key is key, and the function that reads its answer (status,
+// content type, body): an answer in the channel is opened, one outside
+// it returned as it came.
+func Seal(key []byte, path string, body []byte) ([]byte, func(int, string, []byte) (int, []byte, error), error) {
+	msg, hs, err := noise.WriteRequest(noise.Ristretto255, key, api.RealmPrologue(path), body, rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	return msg, func(code int, ctype string, resp []byte) (int, []byte, error) {
+		if code != http.StatusOK || ctype != api.RealmChannelType {
+			return code, resp, nil
+		}
+		pt, err := hs.ReadResponse(resp)
+		if err != nil {
+			return 0, nil, fmt.Errorf("%s: the answer is not from the vault's key: %w", path, err)
+		}
+		code, b, err := api.UnmarshalRealmAnswer(pt)
+		if err != nil {
+			return 0, nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return code, b, nil
+	}, nil
+}
+
+// PostRaw sends body to path as it is, with the content type ctype, and
+// returns the answer's status, body and content type.
+func (r Replica) PostRaw(ctx context.Context, path, ctype string, body []byte) (int, []byte, string, error) {
 	if r.Handler != nil {
 		req := httptest.NewRequestWithContext(ctx, http.MethodPost, path, bytes.NewReader(body))
 		req.RemoteAddr = "127.0.0.1:1"
+		req.Header.Set("Content-Type", ctype)
 		w := httptest.NewRecorder()
 		r.Handler.ServeHTTP(w, req)
-		return w.Code, w.Body.Bytes(), nil
+		return w.Code, w.Body.Bytes(), w.Header().Get("Content-Type"), nil
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.URL+path, bytes.NewReader(body))
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, "", err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", ctype)
 	resp, err := r.Client.Do(req)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
+	return resp.StatusCode, b, resp.Header.Get("Content-Type"), err
 }
 
 // Info fetches GET /v2/info.
@@ -129,7 +185,7 @@ func (r *Realm) Post(ctx context.Context, path string, message []byte) ([]byte, 
 		i = r.Route(path)
 	}
 	body, _ := json.Marshal(api.RealmRequest{CredentialID: r.CredentialID, Message: message})
-	code, resp, err := r.Replicas[i].Post(ctx, path, body)
+	code, resp, err := r.replica(ctx, i).Post(ctx, path, body)
 	if err != nil {
 		return nil, err
 	}
@@ -152,6 +208,24 @@ func (r *Realm) Post(ctx context.Context, path string, message []byte) ([]byte, 
 		return nil, se
 	}
 	return out.Message, nil
+}
+
+// replica returns Replicas[i] with its Key, which it asks /v2/info for
+// the first time.
+func (r *Realm) replica(ctx context.Context, i int) Replica {
+	r.mu.Lock()
+	rep := r.Replicas[i]
+	r.mu.Unlock()
+	if rep.Key != nil {
+		return rep
+	}
+	if in, err := rep.Info(ctx); err == nil {
+		r.mu.Lock()
+		r.Replicas[i].Key = in.PublicKey
+		rep = r.Replicas[i]
+		r.mu.Unlock()
+	}
+	return rep
 }
 
 func exchange[Resp any](ctx context.Context, r *Realm, path string, req encoding.BinaryMarshaler, dec func([]byte) (*Resp, error)) (*Resp, error) {
@@ -199,7 +273,7 @@ func (r *Realm) Delete(ctx context.Context, req *threshold.DeleteRequest) (*thre
 // Status asks POST /v2/status of replica i.
 func (r *Realm) Status(ctx context.Context, i int) (*api.RealmStatus, error) {
 	body, _ := json.Marshal(api.RealmStatusRequest{CredentialID: r.CredentialID})
-	code, resp, err := r.Replicas[i].Post(ctx, api.PathRealmStatus, body)
+	code, resp, err := r.replica(ctx, i).Post(ctx, api.PathRealmStatus, body)
 	if err != nil {
 		return nil, err
 	}
