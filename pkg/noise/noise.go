@@ -194,13 +194,10 @@ func (in *Initiator) ReadResponse(msg []byte) ([]byte, error) {
 		return nil, fmt.Errorf("noise: a response of %d bytes", len(msg))
 	}
 	re := msg[:n]
-	if err := in.c.check(re); err != nil {
-		return nil, fmt.Errorf("noise: the responder's ephemeral key: %w", err)
-	}
 	s.mixHash(re)
-	dh, err := in.c.DH(in.e, re)
+	dh, err := in.c.DH(in.e, re) // which checks re
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("noise: the responder's ephemeral key: %w", err)
 	}
 	if err := s.mixKey(dh); err != nil {
 		return nil, err
@@ -235,13 +232,10 @@ func ReadRequest(c Curve, priv, pub, prologue, msg []byte) ([]byte, *Responder, 
 	}
 	s := initialize(c, prologue, pub)
 	re := msg[:n]
-	if err := c.check(re); err != nil {
-		return nil, nil, fmt.Errorf("noise: the initiator's ephemeral key: %w", err)
-	}
 	s.mixHash(re)
-	dh, err := c.DH(priv, re)
+	dh, err := c.DH(priv, re) // which checks re
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("noise: the initiator's ephemeral key: %w", err)
 	}
 	if err := s.mixKey(dh); err != nil {
 		return nil, nil, err
