@@ -174,16 +174,7 @@ func TestRealmChannelAgainstManInTheMiddle(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	cfg := config(t, realms, 2, cred)
-	c, err := threshold.NewClient(cfg, tr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := make([]byte, 32)
-	rand.Read(secret)
-	if err := c.Register(ctx, []byte("pw"), secret, 10); err != nil {
-		t.Fatal(err)
-	}
+	c, cfg, secret := registered(t, realms, tr, cred)
 	for range 2 {
 		rec, err := c.Recover(ctx, []byte("pw"))
 		if err != nil || !bytes.Equal(rec.Secret, secret) || len(rec.Problems) != 0 {

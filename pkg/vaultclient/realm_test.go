@@ -61,6 +61,24 @@ func config(t testing.TB, realms []*vaultclient.Realm, thr int, credID []byte) t
 	return cfg
 }
 
+// registered makes a 2-of-n client over realms (tr: what the client
+// calls, realms or wrappers of them) and registers a random secret under
+// the password "pw" with 10 guesses.
+func registered(t *testing.T, realms []*vaultclient.Realm, tr []threshold.Realm, cred []byte) (*threshold.Client, threshold.Config, []byte) {
+	t.Helper()
+	cfg := config(t, realms, 2, cred)
+	c, err := threshold.NewClient(cfg, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	if err := c.Register(context.Background(), []byte("pw"), secret, 10); err != nil {
+		t.Fatal(err)
+	}
+	return c, cfg, secret
+}
+
 // Three realms over HTTPS, threshold 2: register, recover, recover with
 // one realm down, a wrong password counted at every realm (status shows
 // it), delete.
@@ -79,16 +97,7 @@ func TestRealmOverHTTPS(t *testing.T) {
 		tr = append(tr, r)
 	}
 	ctx := context.Background()
-	cfg := config(t, realms, 2, cred)
-	c, err := threshold.NewClient(cfg, tr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := make([]byte, 32)
-	rand.Read(secret)
-	if err := c.Register(ctx, []byte("pw"), secret, 10); err != nil {
-		t.Fatal(err)
-	}
+	c, _, secret := registered(t, realms, tr, cred)
 	rec, err := c.Recover(ctx, []byte("pw"))
 	if err != nil || !bytes.Equal(rec.Secret, secret) || len(rec.Problems) != 0 {
 		t.Fatalf("recover: %v %v", rec, err)
