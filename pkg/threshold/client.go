@@ -43,6 +43,11 @@ type Client struct {
 	realms []Realm
 	// stretch is Argon2id with cfg.KDF and cfg.UserInfo; tests count it.
 	stretch func(password []byte, v Version) []byte
+	// form is the form Register makes: Form2, or Form1 where a test makes
+	// a registration of the earlier form.
+	form Form
+	// set is realmSetEncoding(&cfg).
+	set []byte
 }
 
 // NewClient returns a client for cfg that reaches realm cfg.Realms[i]
@@ -68,12 +73,17 @@ func NewClient(cfg Config, realms []Realm) (*Client, error) {
 	c.stretch = func(password []byte, v Version) []byte {
 		return c.cfg.KDF.stretch(password, v, c.cfg.UserInfo)
 	}
+	c.form, c.set = Form2, realmSetEncoding(&c.cfg)
 	return c, nil
 }
 
 // Recovery is the result of a successful recovery.
 type Recovery struct {
 	Secret []byte // the SecretSize bytes given to Register
+	// Form is the registration's form. A Form1 registration's realm set
+	// was not authenticated before the unlock tags went out: register
+	// again (with this client) to make it Form2.
+	Form Form
 	// Problems lists the realms that were unavailable, held another
 	// registration or misbehaved; the secret was recovered without them.
 	Problems []*RealmError
@@ -254,21 +264,26 @@ func (c *Client) prepareRegistration(password, secret []byte, allowedGuesses uin
 
 	reqs := make([]*Register2Request, n)
 	for j := range reqs {
-		id := c.cfg.Realms[j].ID
+		rc := c.cfg.Realms[j]
 		r := &Register2Request{
 			Version:                  v,
 			OPRFKeyShare:             scalarBytes(keyShares[j].Value),
 			UnlockKeyCommitment:      commitment,
-			UnlockKeyTag:             unlockKeyTag(unlockKey, id),
+			UnlockKeyTag:             unlockKeyTag(c.form, unlockKey, rc),
 			EncryptionKeyScalarShare: scalarBytes(encShares[j].Value),
 			EncryptedSecret:          ct,
 			AllowedGuesses:           allowedGuesses,
 		}
+		if c.form == Form2 {
+			// commitment = password commitment || realm binding (§4a).
+			copy(r.UnlockKeyCommitment[:], passwordCommitment2(out))
+			copy(r.UnlockKeyCommitment[commitmentSize/2:], realmBinding(unlockKey, c.set, j+1, rc))
+		}
 		spk := &r.OPRFSignedPublicKey
 		spk.PublicKey = elementBytes(g.NewElement().MulGen(keyShares[j].Value))
 		copy(spk.VerifyingKey[:], verifyingKey)
-		copy(spk.Signature[:], ed25519.Sign(signingKey, signedPublicKeyMessage(v, id, &spk.PublicKey)))
-		r.EncryptedSecretCommitment = secretCommitment(unlockKey, id, &r.EncryptionKeyScalarShare, &ct)
+		copy(spk.Signature[:], ed25519.Sign(signingKey, signedPublicKeyMessage(v, rc.ID, &spk.PublicKey)))
+		r.EncryptedSecretCommitment = secretCommitment(c.form, unlockKey, rc, &r.EncryptionKeyScalarShare, &ct)
 		reqs[j] = r
 	}
 	return reqs, nil
@@ -356,6 +371,7 @@ func (c *Client) Recover(ctx context.Context, password []byte) (*Recovery, error
 	}
 	groups := map[string][]evaluation{}
 	var evaluated []int // realms that answered OK: they counted the guess
+	answered := map[int]*Recover2Response{}
 	for _, a := range fanout(ctx, agreeing, func(ctx context.Context, i int) (*Recover2Response, error) {
 		return c.realm(i).Recover2(ctx, req2)
 	}) {
@@ -368,12 +384,15 @@ func (c *Client) Recover(ctx context.Context, password []byte) (*Recovery, error
 			continue
 		}
 		evaluated = append(evaluated, a.index)
+		answered[a.index] = a.resp
 		z, err := c.checkEvaluation(a.index, version, blinded, a.resp)
 		if err != nil {
 			problems = append(problems, c.problem(a.index, "recover2", err))
 			continue
 		}
-		key := string(a.resp.OPRFSignedPublicKey.VerifyingKey[:]) + string(a.resp.UnlockKeyCommitment[:])
+		// The first half of the commitment is the password commitment of
+		// either form (form 2's second half differs from realm to realm).
+		key := string(a.resp.OPRFSignedPublicKey.VerifyingKey[:]) + string(a.resp.UnlockKeyCommitment[:commitmentSize/2])
 		groups[key] = append(groups[key], evaluation{a.index, z, a.resp})
 	}
 	var best []evaluation
@@ -405,7 +424,8 @@ func (c *Client) Recover(ctx context.Context, password []byte) (*Recovery, error
 	}
 	out := outs[0]
 	defer clear(out)
-	if subtle.ConstantTimeCompare(out[:commitmentSize], best[0].resp.UnlockKeyCommitment[:]) != 1 {
+	form := commitmentForm(out, best[0].resp)
+	if form == 0 {
 		left := MaxAllowedGuesses
 		for _, e := range best {
 			left = min(left, int(e.resp.AllowedGuesses)-int(e.resp.AttemptedGuesses))
@@ -414,15 +434,48 @@ func (c *Client) Recover(ctx context.Context, password []byte) (*Recovery, error
 	}
 	unlockKey := out[commitmentSize : commitmentSize+unlockKeySize]
 
+	// Form 2: the realm set is authenticated before any unlock tag leaves.
+	// Every realm whose evaluation was used must show the binding of its
+	// position, id and public key (the one its transport reached) to the
+	// realm set the password was registered with; one that does not stops
+	// the recovery, and no realm is sent anything more.
+	if form == Form2 {
+		var changed []int
+		for _, e := range best {
+			if !c.bound(out, e.index, e.resp) {
+				changed = append(changed, e.index)
+			}
+		}
+		if len(changed) > 0 {
+			return nil, &RealmSetError{Changed: changed, Checked: len(best), Problems: problems}
+		}
+	}
+	for _, e := range best {
+		if commitmentForm(out, e.resp) != form {
+			problems = append(problems, c.problem(e.index, "recover2", ErrDisagreement))
+		}
+	}
+
 	// Phase 3: unlock tags to every realm that counted the guess (so that
-	// all of them reset their counters), shares back.
+	// all of them reset their counters), shares back. Of form 2, only to
+	// realms that showed their binding: a realm outside the threshold's
+	// group gets its tag only if its own commitment authenticates it.
+	send := evaluated
+	if form == Form2 {
+		send = nil
+		for _, i := range evaluated {
+			if c.bound(out, i, answered[i]) {
+				send = append(send, i)
+			}
+		}
+	}
 	type share struct {
 		index int
 		value group.Scalar
 	}
 	byCiphertext := map[[encryptedSecretSize]byte][]share{}
-	for _, a := range fanout(ctx, evaluated, func(ctx context.Context, i int) (*Recover3Response, error) {
-		return c.realm(i).Recover3(ctx, &Recover3Request{Version: version, UnlockKeyTag: unlockKeyTag(unlockKey, c.id(i))})
+	for _, a := range fanout(ctx, send, func(ctx context.Context, i int) (*Recover3Response, error) {
+		return c.realm(i).Recover3(ctx, &Recover3Request{Version: version, UnlockKeyTag: unlockKeyTag(form, unlockKey, c.cfg.Realms[i-1])})
 	}) {
 		if a.err != nil {
 			problems = append(problems, c.problem(a.index, "recover3", a.err))
@@ -434,7 +487,7 @@ func (c *Client) Recover(ctx context.Context, password []byte) (*Recovery, error
 			problems = append(problems, c.problem(a.index, "recover3", statusError(a.resp.Status)))
 			continue
 		}
-		want := secretCommitment(unlockKey, c.id(a.index), &a.resp.EncryptionKeyScalarShare, &a.resp.EncryptedSecret)
+		want := secretCommitment(form, unlockKey, c.cfg.Realms[a.index-1], &a.resp.EncryptionKeyScalarShare, &a.resp.EncryptedSecret)
 		s, err := parseScalar(a.resp.EncryptionKeyScalarShare[:], false)
 		if err != nil || subtle.ConstantTimeCompare(want[:], a.resp.EncryptedSecretCommitment[:]) != 1 {
 			problems = append(problems, c.problem(a.index, "recover3", ErrBadShare))
@@ -483,7 +536,33 @@ func (c *Client) Recover(ctx context.Context, password []byte) (*Recovery, error
 		// someone who knows the unlock key, or a bug.
 		return nil, err
 	}
-	return &Recovery{Secret: secret, Problems: problems}, nil
+	return &Recovery{Secret: secret, Form: form, Problems: problems}, nil
+}
+
+// commitmentForm tells from the OPRF output which form of registration
+// resp's unlock-key commitment belongs to: Form1 if it is out[0:32],
+// Form2 if its first half is the form-2 password commitment, 0 if neither
+// (a wrong password). Neither can be made without the output, so the form
+// a realm reports is the registration's, whatever stands between.
+func commitmentForm(out []byte, resp *Recover2Response) Form {
+	switch {
+	case subtle.ConstantTimeCompare(out[:commitmentSize], resp.UnlockKeyCommitment[:]) == 1:
+		return Form1
+	case subtle.ConstantTimeCompare(passwordCommitment2(out), resp.UnlockKeyCommitment[:commitmentSize/2]) == 1:
+		return Form2
+	}
+	return 0
+}
+
+// bound reports whether realm i's form-2 commitment in resp carries the
+// binding of realm i as this client is configured (position, id, public
+// key) to this client's realm set.
+func (c *Client) bound(out []byte, i int, resp *Recover2Response) bool {
+	if resp == nil || commitmentForm(out, resp) != Form2 {
+		return false
+	}
+	want := realmBinding(out[commitmentSize:commitmentSize+unlockKeySize], c.set, i, c.cfg.Realms[i-1])
+	return subtle.ConstantTimeCompare(want, resp.UnlockKeyCommitment[commitmentSize/2:]) == 1
 }
 
 // checkEvaluation checks one realm's phase-2 answer: its OPRF public key is

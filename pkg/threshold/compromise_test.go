@@ -34,6 +34,7 @@ var checks = []string{
 	"unlock-key tag (stored and observed in recover3)",
 	"encrypted-secret commitment",
 	"secret decrypts",
+	"realm binding (the commitment's second half)",
 }
 
 // interpolate is the attacker's best reconstruction of a shared scalar
@@ -76,18 +77,20 @@ func (m *stolen) test(tb testing.TB, candidate string) []bool {
 	s := interpolate(tb, sShares)
 
 	ok := make([]bool, len(checks))
-	ok[0] = subtle.ConstantTimeCompare(out[:commitmentSize], held.reg.unlockKeyCommitment[:]) == 1
-	ok[1], ok[2] = true, true
+	ok[0] = subtle.ConstantTimeCompare(passwordCommitment2(out), held.reg.unlockKeyCommitment[:commitmentSize/2]) == 1
+	ok[1], ok[2], ok[4] = true, true, true
+	set := realmSetEncoding(&m.cfg)
 	for i, r := range m.records {
-		id := m.cfg.Realms[i-1].ID
-		tag := unlockKeyTag(unlockKey, id)
+		rc := m.cfg.Realms[i-1]
+		ok[4] = ok[4] && subtle.ConstantTimeCompare(realmBinding(unlockKey, set, i, rc), r.reg.unlockKeyCommitment[commitmentSize/2:]) == 1
+		tag := unlockKeyTag(Form2, unlockKey, rc)
 		ok[1] = ok[1] && tag == r.reg.unlockKeyTag
 		for _, req := range m.requests[i] {
 			if r3, isR3 := req.(*Recover3Request); isR3 {
 				ok[1] = ok[1] && tag == r3.UnlockKeyTag
 			}
 		}
-		ok[2] = ok[2] && secretCommitment(unlockKey, id, &r.reg.encryptionKeyScalarShare, &r.reg.encryptedSecret) ==
+		ok[2] = ok[2] && secretCommitment(Form2, unlockKey, rc, &r.reg.encryptionKeyScalarShare, &r.reg.encryptedSecret) ==
 			r.reg.encryptedSecretCommitment
 	}
 	_, err = openSecret(seed, s, v, &held.reg.encryptedSecret)

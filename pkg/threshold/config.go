@@ -15,12 +15,31 @@ type Version [16]byte
 // RealmConfig is one realm of a client's configuration.
 type RealmConfig struct {
 	ID RealmID
-	// PublicKey is the realm's long-term identity key, which the transport
-	// uses to authenticate the realm (for the vault: its AKE key, pinned by
-	// fingerprint). The protocol does not use it; it is carried here so that
-	// the configuration a client stores is one value. It may be empty.
+	// PublicKey is the realm's long-term identity key, the one the
+	// transport authenticates the realm by (for the vault: its AKE key,
+	// pinned by fingerprint, which the realm channel ends at). A form-2
+	// registration binds it into the realm's unlock tag and into the realm
+	// set the client checks before it sends any unlock tag, so it must be
+	// the key the transport actually reached, never one read from storage
+	// unchecked. It may be empty (then nothing is bound).
 	PublicKey []byte
 }
+
+// Form is the form of a registration, which a recovery learns from the
+// realms' unlock-key commitment (docs/THRESHOLD.md §4a).
+type Form uint8
+
+const (
+	// Form1 is the registrations of issue 14: unlock tags bind the realm
+	// id only, and nothing authenticates the realm set before recover3.
+	// They still recover; a caller should register again.
+	Form1 Form = 1
+	// Form2 is realm-bound: each realm's unlock tag binds its public key,
+	// and each realm's unlock-key commitment carries a MAC over the realm
+	// set that the client checks after recover2, before any recover3.
+	// Register makes this form.
+	Form2 Form = 2
+)
 
 // Config is everything besides the password that registration and recovery
 // need, and what a client stores (public, but to be authenticated) to find

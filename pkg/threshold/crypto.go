@@ -58,6 +58,13 @@ const (
 	labelSecretCommitment = "wabackup threshold v1 encrypted secret commitment"
 	labelEncryptionKey    = "wabackup threshold v1 encryption key"
 	labelSecretAAD        = "wabackup threshold v1 secret"
+
+	// Form 2 (realm-bound registrations, docs/THRESHOLD.md §4a).
+	labelCommitment2       = "wabackup threshold v2 unlock key commitment"
+	labelRealmSet2         = "wabackup threshold v2 realm set"
+	labelRealmBinding2     = "wabackup threshold v2 realm binding"
+	labelUnlockKeyTag2     = "wabackup threshold v2 unlock key tag"
+	labelSecretCommitment2 = "wabackup threshold v2 encrypted secret commitment"
 )
 
 // frame encodes a label and fields unambiguously: each as a 4-byte
@@ -96,14 +103,61 @@ func (p KDFParams) stretch(password []byte, v Version, userInfo []byte) []byte {
 	return argon2.IDKey(password, salt(v, userInfo), p.Time, p.MemoryKiB, p.Threads, stretchedSize)
 }
 
-func unlockKeyTag(unlockKey []byte, id RealmID) (t [tagSize]byte) {
-	copy(t[:], mac(unlockKey, tagSize, labelUnlockKeyTag, id[:]))
+// unlockKeyTag is realm i's unlock tag: form 1 binds the realm id, form 2
+// the realm id and the realm's public key, so that a tag made for one
+// realm is refused by every other, and a tag the client made for a key
+// that is not the realm's (a relay's) is refused by the realm.
+func unlockKeyTag(f Form, unlockKey []byte, r RealmConfig) (t [tagSize]byte) {
+	if f == Form1 {
+		copy(t[:], mac(unlockKey, tagSize, labelUnlockKeyTag, r.ID[:]))
+	} else {
+		copy(t[:], mac(unlockKey, tagSize, labelUnlockKeyTag2, r.ID[:], r.PublicKey))
+	}
 	return t
 }
 
-func secretCommitment(unlockKey []byte, id RealmID, share *[scalarSize]byte, ct *[encryptedSecretSize]byte) (c [tagSize]byte) {
-	copy(c[:], mac(unlockKey, tagSize, labelSecretCommitment, id[:], share[:], ct[:]))
+func secretCommitment(f Form, unlockKey []byte, r RealmConfig, share *[scalarSize]byte, ct *[encryptedSecretSize]byte) (c [tagSize]byte) {
+	if f == Form1 {
+		copy(c[:], mac(unlockKey, tagSize, labelSecretCommitment, r.ID[:], share[:], ct[:]))
+	} else {
+		copy(c[:], mac(unlockKey, tagSize, labelSecretCommitment2, r.ID[:], r.PublicKey, share[:], ct[:]))
+	}
 	return c
+}
+
+// passwordCommitment2 is the first half of a form-2 unlock-key commitment:
+// HMAC-SHA-256 keyed with the first half of the OPRF output (form 1's whole
+// commitment), so that the two forms' commitments never coincide and a
+// client tells them apart from the output alone.
+func passwordCommitment2(out []byte) []byte {
+	return mac(out[:commitmentSize], commitmentSize/2, labelCommitment2)
+}
+
+// realmSetEncoding is the canonical encoding of what a form-2 registration
+// authenticates besides each realm's own entry: the threshold, the number
+// of realms, the Argon2id parameters, the user info and every realm id in
+// order.
+func realmSetEncoding(c *Config) []byte {
+	var params [11]byte
+	params[0], params[1] = byte(c.Threshold), byte(len(c.Realms))
+	binary.BigEndian.PutUint32(params[2:], c.KDF.Time)
+	binary.BigEndian.PutUint32(params[6:], c.KDF.MemoryKiB)
+	params[10] = c.KDF.Threads
+	fields := [][]byte{params[:], c.UserInfo}
+	for _, r := range c.Realms {
+		fields = append(fields, r.ID[:])
+	}
+	return frame(labelRealmSet2, fields...)
+}
+
+// realmBinding is the second half of realm i's (1-based) form-2 unlock-key
+// commitment: a MAC under the unlock key over the realm set and realm i's
+// position, id and public key. Only the password and a threshold of the
+// registered realms' evaluations give the key, so a client checks it after
+// recover2 and before any recover3, and a realm set changed in storage (a
+// realm's key replaced by a relay's, the threshold, the order) fails it.
+func realmBinding(unlockKey, set []byte, i int, r RealmConfig) []byte {
+	return mac(unlockKey, commitmentSize/2, labelRealmBinding2, set, []byte{byte(i)}, r.ID[:], r.PublicKey)
 }
 
 func signedPublicKeyMessage(v Version, id RealmID, publicKey *[elementSize]byte) []byte {

@@ -122,3 +122,34 @@ func (e *WrongPasswordError) Error() string {
 }
 
 func (e *WrongPasswordError) Is(target error) bool { return target == ErrWrongPassword }
+
+// ErrRealmSetChanged is wrapped by [*RealmSetError].
+var ErrRealmSetChanged = errors.New("threshold: the realm set is not the one the password was registered with")
+
+// RealmSetError is the result of a recovery whose configuration is not the
+// one the (right) password was registered with: a realm's public key,
+// position or id, or the threshold, the Argon2id parameters, the user info
+// or the list of realm ids, was changed where the configuration was stored
+// (a relay put in a realm's place, for instance). It is found after
+// recover2 and before recover3, so no unlock tag was sent to any realm;
+// the guess recover2 counted stays counted.
+type RealmSetError struct {
+	// Changed lists the positions (1-based) of the realms whose binding did
+	// not verify; when it holds every realm checked, the change may be in
+	// what all of them share (threshold, parameters, realm list) rather
+	// than in each realm's key.
+	Changed []int
+	// Checked is how many realms' bindings were checked.
+	Checked int
+	// Problems lists realms that failed or misbehaved along the way.
+	Problems []*RealmError
+}
+
+func (e *RealmSetError) Error() string {
+	if len(e.Changed) == e.Checked {
+		return fmt.Sprintf("threshold: the realm set is not the one the password was registered with (no realm of the %d checked shows its binding: the realms' keys, the threshold, the parameters or the list of realms were changed)", e.Checked)
+	}
+	return fmt.Sprintf("threshold: realms %v are not the ones the password was registered with (their keys, ids or positions were changed)", e.Changed)
+}
+
+func (e *RealmSetError) Is(target error) bool { return target == ErrRealmSetChanged }
