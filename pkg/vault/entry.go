@@ -146,9 +146,16 @@ func (s *Server) sealStored(key, plaintext []byte) ([]byte, error) {
 	return sealSalted(s.entryKey, entryLabel, plaintext, s.entryAAD(key))
 }
 
-// openStored reverses sealStored.
+// openStored reverses sealStored. On a store that seals values itself, a
+// value it took over from the plain store it replaced (a realm id, a
+// realm record) is still sealed the plain store's way: it opens as such
+// (no value the store seals itself does, short of forging a tag under
+// the entry key), else it is the value.
 func (s *Server) openStored(key, val []byte) ([]byte, error) {
 	if _, ok := s.cfg.Store.(ValueSealer); ok {
+		if pt, err := openSalted(s.entryKey, entryLabel, val, s.entryAAD(key)); err == nil {
+			return pt, nil
+		}
 		return val, nil
 	}
 	return openSalted(s.entryKey, entryLabel, val, s.entryAAD(key))
