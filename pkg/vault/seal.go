@@ -48,6 +48,14 @@ type Ratchet interface {
 	// SealEpoch and OpenEpoch are Seal and Open under an epoch key.
 	SealEpoch(id, plaintext, aad []byte) ([]byte, error)
 	OpenEpoch(id, sealed, aad []byte) ([]byte, error)
+	// Record keeps rec (a few bytes) in the sealer's own state, beside
+	// its keys and apart from any storage, for good; keeping a record
+	// kept already changes nothing. Records returns every record kept.
+	// RatchetStore records there that it is making, and has made, a key
+	// table (docs/VAULT.md, "Rollback"), so that no copy of the storage
+	// from before that can be taken over again.
+	Record(rec []byte) error
+	Records() ([][]byte, error)
 }
 
 // FileSealer seals with an AES-256-GCM key kept in a file. The key sits
@@ -60,6 +68,7 @@ type FileSealer struct {
 	epochDir string // "": in memory
 	mu       sync.Mutex
 	epochs   map[string][]byte
+	records  [][]byte // in memory only
 }
 
 // OpenFileSealer reads the 32-byte key at path, creating it (mode 0600) if
@@ -251,4 +260,66 @@ func (s *FileSealer) OpenEpoch(id, sealed, aad []byte) ([]byte, error) {
 		return nil, ErrUnseal
 	}
 	return pt, nil
+}
+
+// recordsFile holds a FileSealer's records (Ratchet), one hex line each,
+// in its epoch directory.
+const recordsFile = "records"
+
+// Record implements Ratchet: in memory, or in the file "records" of the
+// epoch directory (rewritten whole, synced).
+func (s *FileSealer) Record(rec []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	recs, err := s.readRecords()
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if bytes.Equal(r, rec) {
+			return nil
+		}
+	}
+	if s.epochDir == "" {
+		s.records = append(s.records, bytes.Clone(rec))
+		return nil
+	}
+	var b []byte
+	for _, r := range append(recs, rec) {
+		b = append(hex.AppendEncode(b, r), '\n')
+	}
+	return atomicfile.Write(filepath.Join(s.epochDir, recordsFile), b, 0o600)
+}
+
+// Records implements Ratchet.
+func (s *FileSealer) Records() ([][]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.readRecords()
+}
+
+func (s *FileSealer) readRecords() ([][]byte, error) {
+	if s.epochDir == "" {
+		var recs [][]byte
+		for _, r := range s.records {
+			recs = append(recs, bytes.Clone(r))
+		}
+		return recs, nil
+	}
+	b, err := os.ReadFile(filepath.Join(s.epochDir, recordsFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var recs [][]byte
+	for _, line := range strings.Fields(string(b)) {
+		r, err := hex.DecodeString(line)
+		if err != nil {
+			return nil, fmt.Errorf("vault: malformed record in %s", filepath.Join(s.epochDir, recordsFile))
+		}
+		recs = append(recs, r)
+	}
+	return recs, nil
 }

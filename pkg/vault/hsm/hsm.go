@@ -32,6 +32,7 @@ type Config struct {
 type Sealer struct {
 	ctx      *pkcs11.Ctx
 	key      pkcs11.ObjectHandle
+	keyLabel string
 	sessions chan pkcs11.SessionHandle
 	all      []pkcs11.SessionHandle
 	once     sync.Once
@@ -71,7 +72,7 @@ func Open(cfg Config) (_ *Sealer, err error) {
 		p.Destroy()
 		return nil, fmt.Errorf("hsm: initialize %s: %w", cfg.Module, err)
 	}
-	s := &Sealer{ctx: p, sessions: make(chan pkcs11.SessionHandle, cfg.Sessions), handles: map[string]pkcs11.ObjectHandle{}}
+	s := &Sealer{ctx: p, keyLabel: cfg.KeyLabel, sessions: make(chan pkcs11.SessionHandle, cfg.Sessions), handles: map[string]pkcs11.ObjectHandle{}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -386,4 +387,82 @@ func (s *Sealer) SealEpoch(id, plaintext, aad []byte) ([]byte, error) {
 // OpenEpoch implements vault.Ratchet.
 func (s *Sealer) OpenEpoch(id, sealed, aad []byte) ([]byte, error) {
 	return s.openWith(func(sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) { return s.epochKey(sh, id) }, sealed, aad)
+}
+
+// RecordLabel labels the records (vault.Ratchet) on the token: data
+// objects (CKO_DATA), private token objects, whose CKA_APPLICATION is the
+// label of the sealing key they belong to and CKA_VALUE the record.
+const RecordLabel = "wabackup-vault-record"
+
+func (s *Sealer) findRecords(sh pkcs11.SessionHandle) ([][]byte, error) {
+	tmpl := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, RecordLabel),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, s.keyLabel),
+	}
+	if err := s.ctx.FindObjectsInit(sh, tmpl); err != nil {
+		return nil, fmt.Errorf("hsm: find records: %w", err)
+	}
+	var objs []pkcs11.ObjectHandle
+	for {
+		o, _, err := s.ctx.FindObjects(sh, 64)
+		if err != nil {
+			_ = s.ctx.FindObjectsFinal(sh)
+			return nil, fmt.Errorf("hsm: find records: %w", err)
+		}
+		if len(o) == 0 {
+			break
+		}
+		objs = append(objs, o...)
+	}
+	if err := s.ctx.FindObjectsFinal(sh); err != nil {
+		return nil, fmt.Errorf("hsm: find records: %w", err)
+	}
+	var recs [][]byte
+	for _, o := range objs {
+		a, err := s.ctx.GetAttributeValue(sh, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+		if err != nil {
+			return nil, fmt.Errorf("hsm: read a record: %w", err)
+		}
+		recs = append(recs, a[0].Value)
+	}
+	return recs, nil
+}
+
+// Record implements vault.Ratchet: a data object labelled RecordLabel on
+// the token (made only if none holds rec yet).
+func (s *Sealer) Record(rec []byte) error {
+	s.epochMu.Lock()
+	defer s.epochMu.Unlock()
+	sh, done := s.session()
+	defer done()
+	recs, err := s.findRecords(sh)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if bytes.Equal(r, rec) {
+			return nil
+		}
+	}
+	if _, err := s.ctx.CreateObject(sh, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, RecordLabel),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, s.keyLabel),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, rec),
+	}); err != nil {
+		return fmt.Errorf("hsm: keep a record: %w", err)
+	}
+	return nil
+}
+
+// Records implements vault.Ratchet.
+func (s *Sealer) Records() ([][]byte, error) {
+	s.epochMu.Lock()
+	defer s.epochMu.Unlock()
+	sh, done := s.session()
+	defer done()
+	return s.findRecords(sh)
 }

@@ -56,3 +56,54 @@ func TestSealerSoftHSM(t *testing.T) {
 		t.Fatal("wrong PIN accepted")
 	}
 }
+
+// Records (vault.Ratchet) are token objects: kept once, found again by a
+// new session, apart from the epoch keys (destroying one leaves them),
+// and belonging to the sealing key: a sealer with another key label on
+// the same token sees none of them.
+func TestRecordsSoftHSM(t *testing.T) {
+	h := vaulttest.SoftHSM(t)
+	cfg := hsm.Config{Module: h.Module, TokenLabel: h.Token, PIN: h.PIN, CreateKey: true}
+	s, err := hsm.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := s.Records(); err != nil || len(recs) != 0 {
+		t.Fatalf("records of a new token: %q %v", recs, err)
+	}
+	for _, rec := range []string{"one", "two", "one"} {
+		if err := s.Record([]byte(rec)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, err := s.NewEpochKey([]byte("table"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DestroyEpochKey(id); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := s.EpochKeys(nil); err != nil || len(ids) != 0 {
+		t.Fatalf("epoch keys: %x %v", ids, err)
+	}
+	s.Close()
+
+	s, err = hsm.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.Records()
+	if err != nil || len(recs) != 2 || !(string(recs[0]) == "one" && string(recs[1]) == "two" || string(recs[0]) == "two" && string(recs[1]) == "one") {
+		t.Fatalf("records after a reopen: %q %v, want one and two", recs, err)
+	}
+	s.Close()
+	cfg.KeyLabel = "another vault's key"
+	s, err = hsm.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if recs, err := s.Records(); err != nil || len(recs) != 0 {
+		t.Fatalf("records seen through another sealing key: %q %v", recs, err)
+	}
+}
