@@ -104,6 +104,8 @@ type RatchetStorage interface {
 	// Shared reports whether other instances commit to the same table
 	// (they may hold epoch keys of it that this one must not destroy).
 	Shared() bool
+	// Where names the storage in messages: a file's path, an etcd prefix.
+	Where() string
 	Close() error
 }
 
@@ -172,6 +174,33 @@ var (
 // ErrRolledBack is returned when stored data does not match the key
 // table: it was put back from an older copy, or altered.
 var ErrRolledBack = errors.New("vault: stored data does not match the vault's key table (put back from an older copy of the storage, or altered): refused")
+
+// ErrPreUpgradeCopy is returned when the storage holds the values of the
+// plain store a RatchetStore replaces, and no key table, while the
+// sealer records that a key table was made already (or holds epoch keys
+// of one): the storage is a copy from before the upgrade (or was made to
+// look like one), and taking it over would bring back its records as
+// they were then, destroyed ones too.
+var ErrPreUpgradeCopy = errors.New("vault: a copy of the storage from before the key table upgrade")
+
+// preUpgradeError is an ErrPreUpgradeCopy that says where and why.
+type preUpgradeError struct{ msg string }
+
+func (e *preUpgradeError) Error() string        { return e.msg }
+func (e *preUpgradeError) Is(target error) bool { return target == ErrPreUpgradeCopy }
+
+// The records a RatchetStore keeps in its sealer (Ratchet.Record), each
+// followed by a table id: that table's first commit is being made (kept
+// before the commit's epoch key is made), and that table was made (kept
+// after its first commit, before the store serves). A storage that holds
+// the plain store's values and no key table is not taken over once a
+// table was made, nor while the sealer holds epoch keys of a table no
+// "making" record names (made by an earlier version, which kept no
+// records).
+var (
+	recordMaking = []byte("wabackup-vault key table making v1/")
+	recordMade   = []byte("wabackup-vault key table made v1/")
+)
 
 func ratchetBucket(key []byte) int {
 	h := sha256.Sum256(key)
@@ -426,10 +455,18 @@ func (s *RatchetStore) nextKey(batch *[]*ratchetOp) ([]byte, error) {
 // the legacy values of the store this one replaces: all in the first
 // commit, or, on a storage that limits a commit's writes, in commits of
 // that many, the root saying "pending" until none are left.
+//
+// The first root is made only if the sealer allows it (mayMakeTable): a
+// storage with the plain store's values is not taken over once this
+// sealer has a key table. Every open that ends with a table records in
+// the sealer that the table was made, before the store serves.
 func (s *RatchetStore) load() error {
 	id, err := s.st.Init(randBytes(8))
 	if err != nil {
 		return err
+	}
+	if len(id) != 8 {
+		return fmt.Errorf("%w: malformed key table id in %s", ErrRolledBack, s.st.Where())
 	}
 	s.tableID = id
 	if err := s.reload(true); err != nil {
@@ -441,6 +478,18 @@ func (s *RatchetStore) load() error {
 		legacy, floor, err := s.st.Legacy(chunk)
 		if err != nil {
 			return err
+		}
+		if first {
+			if err := s.mayMakeTable(len(legacy) > 0); errors.Is(err, ErrStale) {
+				// Another instance made the first root meanwhile.
+				if err := s.reload(false); err != nil {
+					return err
+				}
+				first = false
+				continue
+			} else if err != nil {
+				return err
+			}
 		}
 		if len(legacy) > 0 && floor > s.seq {
 			s.seq = floor
@@ -466,7 +515,64 @@ func (s *RatchetStore) load() error {
 		}
 		first = false
 	}
-	return nil
+	// Also for a table an earlier version made, which kept no record.
+	return s.r.Record(append(bytes.Clone(recordMade), s.tableID...))
+}
+
+// mayMakeTable is called before the first root is made. If the storage
+// holds values of the plain store (takeover), it refuses them once the
+// sealer records that a key table was made, or holds an epoch key of a
+// table no "making" record names: then the storage is a copy from before
+// the upgrade. Else it records in the sealer that this table is being
+// made. ErrStale: a root was committed since it was read (another
+// instance's first commit), read it.
+func (s *RatchetStore) mayMakeTable(takeover bool) error {
+	if takeover {
+		// The epoch keys before the records: a table's first epoch key is
+		// made after its "making" record, so a key listed here was made
+		// after its record was kept.
+		ids, err := s.r.EpochKeys(nil)
+		if err != nil {
+			return err
+		}
+		recs, err := s.r.Records()
+		if err != nil {
+			return err
+		}
+		making := map[string]bool{}
+		var made, earlier []byte
+		for _, r := range recs {
+			if t, ok := bytes.CutPrefix(r, recordMade); ok && made == nil {
+				made = t
+			} else if t, ok := bytes.CutPrefix(r, recordMaking); ok {
+				making[string(t)] = true
+			}
+		}
+		for _, id := range ids {
+			if len(id) < 8 || !making[string(id[:8])] {
+				earlier = id
+				break
+			}
+		}
+		if made != nil || earlier != nil {
+			// The record of a table made is kept after its first root
+			// was committed: if another instance's is, read it.
+			if r, err := s.st.Root(0); err != nil {
+				return err
+			} else if r.Rev != 0 {
+				return ErrStale
+			}
+			why := fmt.Sprintf("the sealer records that key table %x was made", made)
+			if made == nil {
+				why = fmt.Sprintf("the sealer holds epoch key %x of a key table (made by an earlier version)", earlier)
+			}
+			where := s.st.Where()
+			return &preUpgradeError{fmt.Sprintf("vault: %s is a copy from before the key table upgrade: it holds the plain store's values and no key table, "+
+				"but %s; taking it over would bring its records back as they were then, destroyed ones too, so the vault refuses it: "+
+				"put back the current state of %s (a copy made since the upgrade), see docs/VAULT.md, \"Rollback\"", where, why, where)}
+		}
+	}
+	return s.r.Record(append(bytes.Clone(recordMaking), s.tableID...))
 }
 
 // reload reads the root and the buckets written since the copy held. At
@@ -496,12 +602,16 @@ func (s *RatchetStore) reload(first bool) error {
 // ErrStale: fresh could not be applied (its epoch key was destroyed since,
 // or it lacks a bucket), read the root again.
 func (s *RatchetStore) apply(fresh *RatchetRoot, first bool) error {
-	if fresh.Rev == 0 {
-		return nil
-	}
 	s.mu.RLock()
 	held := s.rev
 	s.mu.RUnlock()
+	if fresh.Rev == 0 {
+		if held != 0 && !first {
+			// A root is never deleted: the storage was replaced.
+			return fmt.Errorf("vault: the key table's root is gone from %s (put back from a copy from before the key table upgrade, or deleted): refusing to serve from it", s.st.Where())
+		}
+		return nil
+	}
 	if !first && fresh.Rev <= held {
 		return nil
 	}

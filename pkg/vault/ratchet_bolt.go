@@ -15,9 +15,10 @@ import (
 // buckets "b/" || uint16be(n)). Its revision counts this process's
 // commits.
 type boltRatchet struct {
-	db  *bolt.DB
-	mu  sync.Mutex
-	rev uint64
+	db   *bolt.DB
+	path string
+	mu   sync.Mutex
+	rev  uint64
 }
 
 var (
@@ -35,7 +36,7 @@ func OpenRatchet(path string, r Ratchet) (*RatchetStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := NewRatchetStore(&boltRatchet{db: db}, r)
+	s, err := NewRatchetStore(&boltRatchet{db: db, path: path}, r)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -162,4 +163,5 @@ func (b *boltRatchet) Commit(c *RatchetCommit, rev uint64) (uint64, *RatchetRoot
 
 func (b *boltRatchet) MaxWrites() int { return 0 }
 func (b *boltRatchet) Shared() bool   { return false }
+func (b *boltRatchet) Where() string  { return b.path }
 func (b *boltRatchet) Close() error   { return b.db.Close() }

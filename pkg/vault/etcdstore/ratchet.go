@@ -279,4 +279,5 @@ func (t *table) Compact() error { return t.s.Compact() }
 
 func (t *table) MaxWrites() int { return tableWrites }
 func (t *table) Shared() bool   { return true }
+func (t *table) Where() string  { return fmt.Sprintf("etcd prefix %q", t.s.prefix) }
 func (t *table) Close() error   { return t.s.Close() }
