@@ -53,7 +53,10 @@ type app struct {
 	vaultCACert    string
 	vaultName      string
 	vaultUsed      string // the vault(s) the repository was opened through, for messages
-	typedKeyErr    error  // the prompt's input looked like a malformed 64-digit key
+	// thresholdOpened is set when the repository was opened through a
+	// threshold slot's vaults.
+	thresholdOpened *thresholdOpening
+	typedKeyErr     error // the prompt's input looked like a malformed 64-digit key
 }
 
 func newApp(stdout, stderr io.Writer) *app {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wabackup/wabackup/internal/secret"
 	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/escrow"
 	"github.com/wabackup/wabackup/pkg/keys"
 )
 
@@ -56,7 +57,7 @@ what is done).`,
 						a.out.Printf("finishing the interrupted rewrite into key epoch %d (no new rotation)\n", r.Epoch())
 						return a.rewrite(ctx, r, nil)
 					}
-					keep, err := a.keepOpeningSlot(r)
+					keep, err := a.keepOpeningSlot(ctx, r)
 					if err != nil {
 						return err
 					}
@@ -106,9 +107,9 @@ what is done).`,
 							fmt.Fprintf(&b, "revoked %s %s (%s)\n", s.Kind, s.ID[:8], s.Label)
 						}
 						for _, s := range res.Removed {
-							if set, err := parseRealmSet(s); err == nil && isThresholdSlot(s) {
-								fmt.Fprintf(&b, "the key escrowed in %s no longer opens the repository: escrow the new key with wabackup key escrow %s --vault-threshold %d (or rotate through the vaults, with --vault, to keep it)\n", set.describe(), set.flags(), set.Threshold)
-							} else if s.Kind == keys.KindVault && !isThresholdSlot(s) {
+							if set, err := escrow.ParseRealmSet(s); err == nil && escrow.IsThresholdSlot(s) {
+								fmt.Fprintf(&b, "the key escrowed in %s no longer opens the repository: escrow the new key with wabackup key escrow %s --vault-threshold %d (or rotate through the vaults, with --vault, to keep it)\n", set.Describe(), set.Flags(), set.Threshold)
+							} else if s.Kind == keys.KindVault && !escrow.IsThresholdSlot(s) {
 								fmt.Fprintf(&b, "the key escrowed in vault %s no longer opens the repository: escrow the new key with wabackup key escrow --vault %s (or rotate through the vault, with --vault, to keep it)\n", s.Extra[vaultExtraURL], s.Extra[vaultExtraURL])
 							}
 						}
@@ -143,13 +144,19 @@ what is done).`,
 
 // keepOpeningSlot is the slot this process opened the repository with and
 // the secret that opened it, for a rotation to keep.
-func (a *app) keepOpeningSlot(r *archive.Repository) ([]archive.KeepSlot, error) {
+func (a *app) keepOpeningSlot(ctx context.Context, r *archive.Repository) ([]archive.KeepSlot, error) {
 	id := r.UnlockedWith()
 	secret := a.unlockedWith.SecretFor(r.UnlockedKind())
 	if secret == nil {
 		return nil, fmt.Errorf("internal error: no secret for key slot %.8s", id)
 	}
-	return []archive.KeepSlot{{ID: id, Secret: secret}}, nil
+	// A threshold slot of the earlier form is registered again and kept
+	// in the checked form.
+	extra, err := a.renewThreshold(ctx, id, secret)
+	if err != nil {
+		return nil, err
+	}
+	return []archive.KeepSlot{{ID: id, Secret: secret, Extra: extra}}, nil
 }
 
 // rewrite runs Rewrite with a progress bar and reports it; m, if not nil,

@@ -13,39 +13,17 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"unicode/utf8"
 
 	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/escrow"
 	"github.com/wabackup/wabackup/pkg/keys"
 	"github.com/wabackup/wabackup/pkg/threshold"
 	"github.com/wabackup/wabackup/pkg/vault/api"
 	"github.com/wabackup/wabackup/pkg/vaultclient"
 )
-
-// maxVaults is how many vaults one threshold slot can name: its extra
-// fields (at most 32) hold five fields and three per vault.
-const maxVaults = 9
-
-// Keys of a threshold vault slot's extra data, bound into the slot's
-// associated data like every vault slot's (keys.NewVaultSlot). Vault i
-// (1-based: it holds share number i) has vault_realm_<i>_url,
-// vault_realm_<i>_fingerprint and vault_realm_<i>_id.
-const (
-	vaultExtraThreshold = "vault_threshold" // "2"
-	vaultExtraRealms    = "vault_realms"    // how many vaults: "3"
-	vaultExtraArgon2id  = "vault_argon2id"  // "t=3,m=65536,p=4"
-	vaultExtraUserInfo  = "vault_user_info" // the credential id, which pkg/threshold mixes into the salt
-)
-
-func realmKey(i int, what string) string { return fmt.Sprintf("vault_realm_%d_%s", i, what) }
-
-// isThresholdSlot reports whether s is a vault slot of threshold escrow.
-func isThresholdSlot(s *keys.Slot) bool {
-	return s.Kind == keys.KindVault && s.Extra[vaultExtraThreshold] != ""
-}
 
 // deriveVaultFlags sets vaultURL and vaultFP, which the single-vault path
 // uses, from the repeatable flags.
@@ -75,15 +53,6 @@ func (a *app) withoutVault(fn func() error) error {
 	return fn()
 }
 
-// parseFingerprint checks a --vault-fingerprint.
-func parseFingerprint(s string) (string, error) {
-	fp := strings.ToLower(strings.TrimSpace(s))
-	if len(fp) != 64 || strings.Trim(fp, "0123456789abcdef") != "" {
-		return "", fmt.Errorf("--vault-fingerprint %q: want the 64 hex digits wabackup-vault prints at start", s)
-	}
-	return fp, nil
-}
-
 // vaultSetFlags checks --vault and --vault-fingerprint and returns the
 // URLs (trailing "/" removed) and the fingerprints (lowercase; nil if none
 // were given, else one per URL).
@@ -91,8 +60,8 @@ func (a *app) vaultSetFlags() (urls, fps []string, err error) {
 	if len(a.vaultURLs) == 0 {
 		return nil, nil, errors.New("give --vault URL")
 	}
-	if len(a.vaultURLs) > maxVaults {
-		return nil, nil, fmt.Errorf("%d --vault given: a key can be spread over at most %d vaults", len(a.vaultURLs), maxVaults)
+	if len(a.vaultURLs) > escrow.MaxVaults {
+		return nil, nil, fmt.Errorf("%d --vault given: a key can be spread over at most %d vaults", len(a.vaultURLs), escrow.MaxVaults)
 	}
 	for _, u := range a.vaultURLs {
 		u = strings.TrimRight(strings.TrimSpace(u), "/")
@@ -108,7 +77,7 @@ func (a *app) vaultSetFlags() (urls, fps []string, err error) {
 		return nil, nil, fmt.Errorf("%d --vault-fingerprint for %d --vault: give one per vault, in the same order", len(a.vaultFPs), len(urls))
 	}
 	for _, f := range a.vaultFPs {
-		fp, err := parseFingerprint(f)
+		fp, err := escrow.ParseFingerprint(f)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -117,161 +86,11 @@ func (a *app) vaultSetFlags() (urls, fps []string, err error) {
 	return urls, fps, nil
 }
 
-// realmEntry is one vault of a threshold slot.
-type realmEntry struct {
-	URL         string
-	Fingerprint string
-	ID          threshold.RealmID
-}
-
-// realmSet is what a threshold vault slot records: everything recovery
-// needs besides the password.
-type realmSet struct {
-	Name      string // the key's name (--vault-name)
-	Threshold int
-	KDF       threshold.KDFParams
-	UserInfo  []byte // the credential id
-	Realms    []realmEntry
-}
-
-func formatKDF(p threshold.KDFParams) string {
-	return fmt.Sprintf("t=%d,m=%d,p=%d", p.Time, p.MemoryKiB, p.Threads)
-}
-
-func parseKDF(s string) (threshold.KDFParams, error) {
-	var p threshold.KDFParams
-	var t, m, par uint64
-	f := strings.Split(s, ",")
-	ok := len(f) == 3 && strings.HasPrefix(f[0], "t=") && strings.HasPrefix(f[1], "m=") && strings.HasPrefix(f[2], "p=")
-	var e1, e2, e3 error
-	if ok {
-		t, e1 = strconv.ParseUint(f[0][2:], 10, 32)
-		m, e2 = strconv.ParseUint(f[1][2:], 10, 32)
-		par, e3 = strconv.ParseUint(f[2][2:], 10, 8)
-	}
-	if !ok || e1 != nil || e2 != nil || e3 != nil {
-		return p, fmt.Errorf("%s %q: want t=PASSES,m=KIB,p=LANES", vaultExtraArgon2id, s)
-	}
-	p = threshold.KDFParams{Time: uint32(t), MemoryKiB: uint32(m), Threads: uint8(par)}
-	if formatKDF(p) != s {
-		return p, fmt.Errorf("%s %q: not in canonical form", vaultExtraArgon2id, s)
-	}
-	return p, p.Check()
-}
-
-// extra is the slot's extra data for s.
-func (s *realmSet) extra() map[string]string {
-	m := map[string]string{
-		vaultExtraName:      s.Name,
-		vaultExtraThreshold: strconv.Itoa(s.Threshold),
-		vaultExtraRealms:    strconv.Itoa(len(s.Realms)),
-		vaultExtraArgon2id:  formatKDF(s.KDF),
-		vaultExtraUserInfo:  string(s.UserInfo),
-	}
-	for i, r := range s.Realms {
-		m[realmKey(i+1, "url")] = r.URL
-		m[realmKey(i+1, "fingerprint")] = r.Fingerprint
-		m[realmKey(i+1, "id")] = hex.EncodeToString(r.ID[:])
-	}
-	return m
-}
-
-// parseRealmSet reads a threshold slot's extra data. What it says is not
-// trusted until the slot opens with the secret the vaults give back
-// (verifySlot): until then it only says whom to ask.
-func parseRealmSet(s *keys.Slot) (*realmSet, error) {
-	bad := func(format string, args ...any) (*realmSet, error) {
-		return nil, fmt.Errorf("the repository's vault slot %.8s is malformed (%s)", s.ID, fmt.Sprintf(format, args...))
-	}
-	ex := s.Extra
-	n, err := strconv.Atoi(ex[vaultExtraRealms])
-	if err != nil || n < 1 || n > maxVaults || strconv.Itoa(n) != ex[vaultExtraRealms] {
-		return bad("%s %q", vaultExtraRealms, ex[vaultExtraRealms])
-	}
-	t, err := strconv.Atoi(ex[vaultExtraThreshold])
-	if err != nil || strconv.Itoa(t) != ex[vaultExtraThreshold] {
-		return bad("%s %q", vaultExtraThreshold, ex[vaultExtraThreshold])
-	}
-	kdf, err := parseKDF(ex[vaultExtraArgon2id])
-	if err != nil {
-		return bad("%v", err)
-	}
-	set := &realmSet{Name: slotVaultName(s), Threshold: t, KDF: kdf, UserInfo: []byte(ex[vaultExtraUserInfo])}
-	if len(set.UserInfo) == 0 {
-		return bad("no %s", vaultExtraUserInfo)
-	}
-	for i := 1; i <= n; i++ {
-		e := realmEntry{URL: ex[realmKey(i, "url")], Fingerprint: ex[realmKey(i, "fingerprint")]}
-		if !strings.HasPrefix(e.URL, "https://") {
-			return bad("vault %d: URL %q", i, e.URL)
-		}
-		if _, err := parseFingerprint(e.Fingerprint); err != nil || strings.ToLower(e.Fingerprint) != e.Fingerprint {
-			return bad("vault %d: fingerprint %q", i, e.Fingerprint)
-		}
-		id, err := hex.DecodeString(ex[realmKey(i, "id")])
-		if err != nil || len(id) != len(e.ID) {
-			return bad("vault %d: realm id %q", i, ex[realmKey(i, "id")])
-		}
-		copy(e.ID[:], id)
-		set.Realms = append(set.Realms, e)
-	}
-	cfg := set.config()
-	if err := cfg.Check(); err != nil {
-		return bad("%v", err)
-	}
-	return set, nil
-}
-
-// config is the pkg/threshold configuration s describes.
-func (s *realmSet) config() threshold.Config {
-	cfg := threshold.Config{Threshold: s.Threshold, KDF: s.KDF, UserInfo: s.UserInfo}
-	for _, r := range s.Realms {
-		cfg.Realms = append(cfg.Realms, threshold.RealmConfig{ID: r.ID})
-	}
-	return cfg
-}
-
-func (s *realmSet) urls() []string {
-	var l []string
-	for _, r := range s.Realms {
-		l = append(l, r.URL)
-	}
-	return l
-}
-
-// describe is "2 of 3 vaults (URL1, URL2, URL3)".
-func (s *realmSet) describe() string {
-	return fmt.Sprintf("%d of %d vaults (%s)", s.Threshold, len(s.Realms), strings.Join(s.urls(), ", "))
-}
-
-// flags is the --vault flags that name s's vaults, for messages.
-func (s *realmSet) flags() string {
-	var b strings.Builder
-	for _, u := range s.urls() {
-		fmt.Fprintf(&b, "--vault %s ", u)
-	}
-	return strings.TrimSpace(b.String())
-}
-
-// sameRealms reports whether a and b name the same realms in the same
-// order (whatever their addresses).
-func (s *realmSet) sameRealms(o *realmSet) bool {
-	if len(s.Realms) != len(o.Realms) {
-		return false
-	}
-	for i := range s.Realms {
-		if s.Realms[i].ID != o.Realms[i].ID {
-			return false
-		}
-	}
-	return true
-}
-
 // realmChoice is the threshold slot the --vault flags pick, with the
 // addresses to use for its vaults.
 type realmChoice struct {
 	slot *keys.Slot
-	set  *realmSet
+	set  *escrow.RealmSet
 	urls []string // the address of each of the set's vaults, in its order
 	fps  []string // --vault-fingerprint per vault of the set ("" where not given)
 }
@@ -294,15 +113,15 @@ func (a *app) thresholdSlot(slots []*keys.Slot, urls, fps []string) (*realmChoic
 	var subset, override []cand
 	var malformed error
 	for _, s := range slots {
-		if !isThresholdSlot(s) || a.vaultName != "" && slotVaultName(s) != a.vaultName {
+		if !escrow.IsThresholdSlot(s) || a.vaultName != "" && escrow.SlotName(s) != a.vaultName {
 			continue
 		}
-		set, err := parseRealmSet(s)
+		set, err := escrow.ParseRealmSet(s)
 		if err != nil {
 			malformed = err
 			continue
 		}
-		su := set.urls()
+		su := set.URLs()
 		pos, all := make([]int, len(urls)), true
 		for j, u := range urls {
 			if pos[j] = slices.Index(su, u); pos[j] < 0 {
@@ -372,10 +191,10 @@ func (a *app) chooseVaultSlot(ctx context.Context, slots []*keys.Slot) (*keys.Sl
 	}
 	single, several := false, false
 	for _, s := range slots {
-		if s.Kind != keys.KindVault || a.vaultName != "" && slotVaultName(s) != a.vaultName {
+		if s.Kind != keys.KindVault || a.vaultName != "" && escrow.SlotName(s) != a.vaultName {
 			continue
 		}
-		if isThresholdSlot(s) {
+		if escrow.IsThresholdSlot(s) {
 			several = true
 			continue
 		}
@@ -404,27 +223,25 @@ func (a *app) chooseVaultSlot(ctx context.Context, slots []*keys.Slot) (*keys.Sl
 		if s.Kind != keys.KindVault {
 			continue
 		}
-		if set, err := parseRealmSet(s); err == nil && isThresholdSlot(s) {
-			l = append(l, set.describe())
-		} else if !isThresholdSlot(s) {
+		if set, err := escrow.ParseRealmSet(s); err == nil && escrow.IsThresholdSlot(s) {
+			l = append(l, set.Describe())
+		} else if !escrow.IsThresholdSlot(s) {
 			l = append(l, s.Extra[vaultExtraURL])
 		}
 	}
 	return nil, nil, &noVaultSlotError{fmt.Sprintf("the repository has no vault key slot for %s, so it does not open through those vaults (the key was never escrowed there, or was deleted with key vault-delete); its vault slots are for %s", strings.Join(urls, ", "), strings.Join(l, "; "))}
 }
 
-// realmTarget is a threshold slot's vaults, ready to be asked.
+// realmTarget is a threshold slot's vaults, ready to be asked: the
+// recovery flow of pkg/escrow, with the vaults' transports and the infos
+// the last reach got from them.
 type realmTarget struct {
-	slot   *keys.Slot
-	set    *realmSet
-	urls   []string
-	realms []*vaultclient.Realm
-	client *threshold.Client
+	escrow.Target
+	realms []*vaultclient.Realm // Target.Vaults, for Status
 }
 
 func (a *app) newRealmTarget(rc *realmChoice) (*realmTarget, error) {
-	t := &realmTarget{slot: rc.slot, set: rc.set, urls: rc.urls}
-	var trs []threshold.Realm
+	t := &realmTarget{Target: escrow.Target{Slot: rc.slot, Set: rc.set, URLs: rc.urls}}
 	for i, e := range rc.set.Realms {
 		src := "the repository's vault slot"
 		if rc.fps != nil && rc.fps[i] != "" {
@@ -438,11 +255,7 @@ func (a *app) newRealmTarget(rc *realmChoice) (*realmTarget, error) {
 			return nil, err
 		}
 		t.realms = append(t.realms, r)
-		trs = append(trs, r)
-	}
-	var err error
-	if t.client, err = threshold.NewClient(rc.set.config(), trs); err != nil {
-		return nil, fmt.Errorf("the repository's vault slot %.8s: %w", rc.slot.ID, err)
+		t.Vaults = append(t.Vaults, r)
 	}
 	return t, nil
 }
@@ -527,24 +340,25 @@ func (t *realmTarget) problems(rs []*threshold.RealmError) []vaultProblem {
 	var out []vaultProblem
 	seen := map[int]bool{}
 	for _, r := range rs {
-		if r.Index < 1 || r.Index > len(t.urls) || seen[r.Index] {
+		if r.Index < 1 || r.Index > len(t.URLs) || seen[r.Index] {
 			continue
 		}
 		seen[r.Index] = true
-		out = append(out, vaultProblem{r.Index, t.urls[r.Index-1], r.Err})
+		out = append(out, vaultProblem{r.Index, t.URLs[r.Index-1], r.Err})
 	}
 	slices.SortFunc(out, func(a, b vaultProblem) int { return a.index - b.index })
 	return out
 }
 
 // reach asks every vault for its info and fails unless need of them
-// answer with the pinned key and realm id.
+// answer with the pinned key and realm id. The infos are kept: the keys
+// they show are the ones recovery binds.
 func (t *realmTarget) reach(ctx context.Context, need int, what string) ([]*api.RealmInfo, []vaultProblem, error) {
-	ins, errs := infos(ctx, t.realms)
+	ins, errs := t.Reach(ctx)
 	var ps []vaultProblem
 	for i, err := range errs {
 		if err != nil {
-			ps = append(ps, vaultProblem{i + 1, t.urls[i], err})
+			ps = append(ps, vaultProblem{i + 1, t.URLs[i], err})
 		}
 	}
 	if ok := len(t.realms) - len(ps); ok < need {
@@ -571,48 +385,36 @@ type vaultDestroyedError struct{ msg string }
 func (e *vaultDestroyedError) Error() string { return e.msg }
 func (e *vaultDestroyedError) Unwrap() error { return keys.ErrWrongKey }
 
-// untrustedSlotError: the secret the vaults gave back does not open the
-// slot that named them.
-type untrustedSlotError struct{ id, vaults string }
-
-func (e *untrustedSlotError) Error() string {
-	return fmt.Sprintf("the repository's vault slot %.8s does not open with the key %s gave back: what it records about its vaults (addresses, fingerprints, realm ids, threshold) was altered, so it is not trusted (or those vaults hold a newer escrow under the same name)", e.id, e.vaults)
-}
-
-// recover asks the password's secret back from the vaults (a threshold
-// of them) and checks that it opens the slot whose extra fields named
-// them: only then is what the slot says about its vaults trusted. It
-// warns about the vaults it did without.
-func (a *app) recoverThreshold(ctx context.Context, t *realmTarget, pw []byte) (keys.Key, error) {
+// recoverThreshold asks the password's secret back from the vaults (a
+// threshold of them, reached by reach) through pkg/escrow, which
+// authenticates the slot's realm set before any unlock tag leaves and the
+// slot itself with the secret. It warns about the vaults it did without,
+// and about a registration of the earlier form.
+func (a *app) recoverThreshold(ctx context.Context, t *realmTarget, pw []byte) (keys.Key, threshold.Form, error) {
 	var k keys.Key
-	rec, err := t.client.Recover(ctx, keys.NormalizePassword(pw))
+	rec, err := t.Recover(ctx, pw)
 	var qe *threshold.QuorumError
 	var wp *threshold.WrongPasswordError
 	switch {
 	case errors.As(err, &wp):
-		return k, &thresholdWrongPasswordError{left: wp.GuessesLeft}
+		return k, 0, &thresholdWrongPasswordError{left: wp.GuessesLeft}
 	case errors.Is(err, threshold.ErrNoGuesses):
-		return k, &vaultDestroyedError{fmt.Sprintf("the key escrowed in %s is destroyed: after too many wrong passwords fewer than %d of the vaults still hold it (%s); open the repository with the 64-digit key or another slot, and escrow it again",
-			t.set.describe(), t.set.Threshold, strings.TrimPrefix(err.Error(), "threshold: no guesses left: "))}
+		return k, 0, &vaultDestroyedError{fmt.Sprintf("the key escrowed in %s is destroyed: after too many wrong passwords fewer than %d of the vaults still hold it (%s); open the repository with the 64-digit key or another slot, and escrow it again",
+			t.Set.Describe(), t.Set.Threshold, strings.TrimPrefix(err.Error(), "threshold: no guesses left: "))}
 	case errors.Is(err, threshold.ErrNotRegistered):
-		return k, fmt.Errorf("%s hold no key for this repository under the name %q (it was deleted with key vault-delete, or the vaults lost it)", t.set.describe(), t.set.Name)
+		return k, 0, fmt.Errorf("%s hold no key for this repository under the name %q (it was deleted with key vault-delete, or the vaults lost it)", t.Set.Describe(), t.Set.Name)
 	case errors.As(err, &qe):
-		return k, &vaultsError{answered: qe.Answered, needed: qe.Needed, total: qe.Total, problems: t.problems(qe.Problems)}
+		return k, 0, &vaultsError{answered: qe.Answered, needed: qe.Needed, total: qe.Total, problems: t.problems(qe.Problems)}
 	case err != nil:
-		return k, err
+		return k, 0, err
 	}
-	defer clear(rec.Secret)
 	for _, p := range t.problems(rec.Problems) {
 		a.out.Warnf("%s — the key came back from the other vaults", p)
 	}
-	if len(rec.Secret) != keys.KeySize {
-		return k, fmt.Errorf("the vaults returned a %d-byte secret, want %d", len(rec.Secret), keys.KeySize)
+	if rec.Form == threshold.Form1 {
+		a.out.Warnf("the key escrowed in %s was registered by an earlier version of wabackup, which does not check the repository's vault slot before it sends the vaults their unlock tags (so whoever can write the repository could have collected them): run wabackup key rotate %s to register it again in the checked form", t.Set.Describe(), t.Set.Flags())
 	}
-	copy(k[:], rec.Secret)
-	if _, err := t.slot.Unwrap(k[:]); err != nil || !t.slot.ExtraAuthentic() {
-		return keys.Key{}, &untrustedSlotError{t.slot.ID, t.set.describe()}
-	}
-	return k, nil
+	return rec.Key, rec.Form, nil
 }
 
 // thresholdCredentials opens the repository through a threshold slot's
@@ -625,20 +427,68 @@ func (a *app) thresholdCredentials(ctx context.Context, rc *realmChoice) (archiv
 	if err != nil {
 		return cred, err
 	}
-	if _, _, err := t.reach(ctx, t.set.Threshold, ""); err != nil {
+	if _, _, err := t.reach(ctx, t.Set.Threshold, ""); err != nil {
 		return cred, err
 	}
 	pw, err := a.vaultPassword(false, "")
 	if err != nil {
 		return cred, err
 	}
-	k, err := a.recoverThreshold(ctx, t, pw)
+	k, form, err := a.recoverThreshold(ctx, t, pw)
 	if err != nil {
 		return cred, err
 	}
 	cred.VaultSecret = &k
-	a.vaultUsed = "vaults " + strings.Join(t.urls, ", ")
+	a.thresholdOpened = &thresholdOpening{target: t, password: pw, form: form}
+	a.vaultUsed = "vaults " + strings.Join(t.URLs, ", ")
 	return cred, nil
+}
+
+// thresholdOpening is how the repository was opened through a threshold
+// slot: key rotate keeps that slot and, where its registration or its
+// fields are of the earlier form, registers the same secret again.
+type thresholdOpening struct {
+	target   *realmTarget
+	password []byte
+	form     threshold.Form // of the registration the vaults hold
+}
+
+// renewThreshold makes the threshold slot the repository was opened with
+// current before key rotate keeps it: a registration of form 1 is made
+// again (form 2, the same secret and password, at every vault), and the
+// extra fields the kept slot gets are returned (form 2). It returns nil
+// when the slot was not opened through threshold vaults.
+func (a *app) renewThreshold(ctx context.Context, slotID string, secret []byte) (map[string]string, error) {
+	o := a.thresholdOpened
+	if o == nil || o.target.Slot.ID != slotID {
+		return nil, nil
+	}
+	t := o.target
+	if o.form == threshold.Form1 {
+		n := len(t.realms)
+		ins, _, err := t.reach(ctx, n, "to register the key again in the checked form")
+		if err != nil {
+			return nil, fmt.Errorf("nothing was rotated: %w", err)
+		}
+		c, err := t.Client()
+		if err != nil {
+			return nil, err
+		}
+		guesses := threshold.MaxAllowedGuesses
+		for _, in := range ins {
+			guesses = min(guesses, in.MaxGuesses)
+		}
+		if err := c.Register(ctx, keys.NormalizePassword(o.password), secret, guesses); err != nil {
+			var qe *threshold.QuorumError
+			if errors.As(err, &qe) {
+				err = &vaultsError{answered: qe.Answered, needed: n, total: n, all: true, what: "to register the key again", problems: t.problems(qe.Problems)}
+			}
+			return nil, fmt.Errorf("nothing was rotated: the key escrowed in %s could not be registered again in the checked form: %w", t.Set.Describe(), err)
+		}
+		o.form = threshold.Form2
+		a.out.Printf("registered the key escrowed in %s again, in the checked form\n", t.Set.Describe())
+	}
+	return t.Set.Extra(), nil
 }
 
 // defaultThreshold is the smallest majority of n.
@@ -676,7 +526,7 @@ func (a *app) escrowThreshold(ctx context.Context, r *archive.Repository, pw []b
 		name = api.DefaultName
 	}
 	credID := api.CredentialID(r.Config().ID, name)
-	set := &realmSet{Name: name, Threshold: thr, KDF: threshold.DefaultKDF, UserInfo: credID}
+	set := &escrow.RealmSet{Name: name, Threshold: thr, KDF: threshold.DefaultKDF, UserInfo: credID}
 	var realms []*vaultclient.Realm
 	for i, u := range urls {
 		opt := vaultclient.RealmOptions{Options: vaultclient.Options{CACertFile: a.vaultCACert}}
@@ -688,9 +538,12 @@ func (a *app) escrowThreshold(ctx context.Context, r *archive.Repository, pw []b
 			return nil, err
 		}
 		realms = append(realms, rl)
-		set.Realms = append(set.Realms, realmEntry{URL: u})
+		set.Realms = append(set.Realms, escrow.Realm{URL: u})
 	}
-	t := &realmTarget{set: set, urls: urls, realms: realms}
+	t := &realmTarget{Target: escrow.Target{Set: set, URLs: urls}, realms: realms}
+	for _, rl := range realms {
+		t.Vaults = append(t.Vaults, rl)
+	}
 	ins, _, err := t.reach(ctx, n, "to escrow the key")
 	if err != nil {
 		return nil, err
@@ -730,15 +583,7 @@ func (a *app) escrowThreshold(ctx context.Context, r *archive.Repository, pw []b
 	if held >= thr {
 		return nil, fmt.Errorf("a key is already escrowed under the name %q in %d of these %d vaults: recover it, or change its password (key vault-passwd), or pick another --vault-name", name, held, n)
 	}
-	cfg := set.config()
-	for i, in := range ins {
-		cfg.Realms[i].PublicKey = in.PublicKey
-	}
-	var trs []threshold.Realm
-	for _, rl := range realms {
-		trs = append(trs, rl)
-	}
-	c, err := threshold.NewClient(cfg, trs)
+	c, err := t.Client()
 	if err != nil {
 		return nil, err
 	}
@@ -755,7 +600,7 @@ func (a *app) escrowThreshold(ctx context.Context, r *archive.Repository, pw []b
 		}
 		return nil, regErr
 	}
-	s, err := r.AddVaultSlot(ctx, sec, slotLabel(thr, n, urls), set.extra())
+	s, err := r.AddVaultSlot(ctx, sec, slotLabel(thr, n, urls), set.Extra())
 	if err != nil {
 		return nil, fmt.Errorf("the key was escrowed in the vaults but the repository's vault slot was not written: %w", err)
 	}
@@ -763,7 +608,7 @@ func (a *app) escrowThreshold(ctx context.Context, r *archive.Repository, pw []b
 		// A threshold stored it: the slot opens; the others lack their
 		// share until the next registration.
 		a.out.Warnf("only %d of the %d vaults stored their share (%s): the key can be recovered, but from those only; run wabackup key vault-passwd %s (the same password twice will do) when the others answer",
-			qe.Answered, n, problemList(t.problems(qe.Problems)), set.flags())
+			qe.Answered, n, problemList(t.problems(qe.Problems)), set.Flags())
 	}
 	var vl []map[string]any
 	for i, e := range set.Realms {
@@ -802,12 +647,12 @@ func (a *app) thresholdStatus(ctx context.Context, t *realmTarget) error {
 	})
 	var vl []map[string]any
 	holding := 0
-	for i, e := range t.set.Realms {
-		m := map[string]any{"url": t.urls[i], "fingerprint": e.Fingerprint, "realm_id": hex.EncodeToString(e.ID[:]), "reachable": errs[i] == nil}
-		head := fmt.Sprintf("vault %d of %d %s (fingerprint %s)", i+1, n, t.urls[i], e.Fingerprint)
+	for i, e := range t.Set.Realms {
+		m := map[string]any{"url": t.URLs[i], "fingerprint": e.Fingerprint, "realm_id": hex.EncodeToString(e.ID[:]), "reachable": errs[i] == nil}
+		head := fmt.Sprintf("vault %d of %d %s (fingerprint %s)", i+1, n, t.URLs[i], e.Fingerprint)
 		if errs[i] != nil {
 			m["error"] = oneLine(errs[i].Error())
-			a.out.Printf("%s: not reachable: %s\n", head, vaultProblem{i + 1, t.urls[i], errs[i]}.msg())
+			a.out.Printf("%s: not reachable: %s\n", head, vaultProblem{i + 1, t.URLs[i], errs[i]}.msg())
 			vl = append(vl, m)
 			continue
 		}
@@ -824,11 +669,11 @@ func (a *app) thresholdStatus(ctx context.Context, t *realmTarget) error {
 		}
 		vl = append(vl, m)
 	}
-	a.out.JSON(map[string]any{"message_type": "vault_status", "name": t.set.Name, "threshold": t.set.Threshold, "vaults": vl})
-	if holding < t.set.Threshold {
-		return fmt.Errorf("only %d of the %d vaults hold their share of the key; %d are needed to recover it", holding, n, t.set.Threshold)
+	a.out.JSON(map[string]any{"message_type": "vault_status", "name": t.Set.Name, "threshold": t.Set.Threshold, "vaults": vl})
+	if holding < t.Set.Threshold {
+		return fmt.Errorf("only %d of the %d vaults hold their share of the key; %d are needed to recover it", holding, n, t.Set.Threshold)
 	}
-	a.out.Printf("%d of the %d vaults hold their share; any %d give the key back\n", holding, n, t.set.Threshold)
+	a.out.Printf("%d of the %d vaults hold their share; any %d give the key back\n", holding, n, t.Set.Threshold)
 	return nil
 }
 
@@ -845,11 +690,15 @@ func (a *app) thresholdPasswd(ctx context.Context, t *realmTarget, newPwFile str
 	if err != nil {
 		return err
 	}
-	sec, err := a.recoverThreshold(ctx, t, old)
+	sec, _, err := a.recoverThreshold(ctx, t, old)
 	if err != nil {
 		return err
 	}
 	defer clear(sec[:])
+	c, err := t.Client()
+	if err != nil {
+		return err
+	}
 	pw, err := a.vaultPassword(true, newPwFile)
 	if err != nil {
 		return err
@@ -858,25 +707,25 @@ func (a *app) thresholdPasswd(ctx context.Context, t *realmTarget, newPwFile str
 	for _, in := range ins {
 		guesses = min(guesses, in.MaxGuesses)
 	}
-	err = t.client.Register(ctx, keys.NormalizePassword(pw), sec[:], guesses)
+	err = c.Register(ctx, keys.NormalizePassword(pw), sec[:], guesses)
 	var qe *threshold.QuorumError
 	switch {
 	case errors.As(err, &qe) && phaseOneFailed(qe):
 		return fmt.Errorf("the password was not changed: %w", &vaultsError{answered: qe.Answered, needed: n, total: n, all: true, what: "to change the password", problems: t.problems(qe.Problems)})
-	case errors.As(err, &qe) && qe.Answered >= t.set.Threshold:
+	case errors.As(err, &qe) && qe.Answered >= t.Set.Threshold:
 		a.out.Warnf("the new password is set at only %d of the %d vaults (%s): it opens the repository, from those only; run key vault-passwd again (the new password as the current one) when the others answer",
 			qe.Answered, n, problemList(t.problems(qe.Problems)))
 	case errors.As(err, &qe):
 		still := "the old password still opens the repository"
-		if n-qe.Answered < t.set.Threshold {
+		if n-qe.Answered < t.Set.Threshold {
 			still = "neither password may open the repository now: run key vault-passwd again with the new password as the current one, or use the 64-digit key"
 		}
 		return fmt.Errorf("the new password reached only %d of the %d vaults (%s); %s", qe.Answered, n, problemList(t.problems(qe.Problems)), still)
 	case err != nil:
 		return err
 	}
-	a.out.JSON(map[string]any{"message_type": "vault_password_changed", "vaults": t.urls})
-	a.out.Printf("vault password changed at %s\n", strings.Join(t.urls, ", "))
+	a.out.JSON(map[string]any{"message_type": "vault_password_changed", "vaults": t.URLs})
+	a.out.Printf("vault password changed at %s\n", strings.Join(t.URLs, ", "))
 	return nil
 }
 
@@ -888,12 +737,12 @@ func (a *app) thresholdPasswd(ctx context.Context, t *realmTarget, newPwFile str
 func (a *app) thresholdDelete(ctx context.Context, vt *vaultTarget) error {
 	t := vt.rt
 	n := len(t.realms)
-	doomed, others := []*keys.Slot{t.slot}, 0
+	doomed, others := []*keys.Slot{t.Slot}, 0
 	for _, s := range vt.slots {
 		switch {
-		case s.ID == t.slot.ID:
-		case isThresholdSlot(s):
-			if set, err := parseRealmSet(s); err == nil && set.Name == t.set.Name && set.sameRealms(t.set) {
+		case s.ID == t.Slot.ID:
+		case escrow.IsThresholdSlot(s):
+			if set, err := escrow.ParseRealmSet(s); err == nil && set.Name == t.Set.Name && set.SameRealms(t.Set) {
 				doomed = append(doomed, s)
 			} else {
 				others++
@@ -903,27 +752,31 @@ func (a *app) thresholdDelete(ctx context.Context, vt *vaultTarget) error {
 		}
 	}
 	if others == 0 {
-		return fmt.Errorf("refusing to delete the key escrowed in %s: its vault slot is the repository's only key slot, so nothing would open the repository any more; get a 64-digit key first with wabackup key recover %s", t.set.describe(), t.set.flags())
+		return fmt.Errorf("refusing to delete the key escrowed in %s: its vault slot is the repository's only key slot, so nothing would open the repository any more; get a 64-digit key first with wabackup key recover %s", t.Set.Describe(), t.Set.Flags())
 	}
-	if _, _, err := t.reach(ctx, t.set.Threshold, ""); err != nil {
+	if _, _, err := t.reach(ctx, t.Set.Threshold, ""); err != nil {
 		return err
 	}
 	pw, err := a.vaultPassword(false, "")
 	if err != nil {
 		return err
 	}
-	sec, err := a.recoverThreshold(ctx, t, pw)
+	sec, _, err := a.recoverThreshold(ctx, t, pw)
 	clear(sec[:])
 	if err != nil {
 		return err
 	}
-	err = t.client.Delete(ctx)
+	c, err := t.Client()
+	if err != nil {
+		return err
+	}
+	err = c.Delete(ctx)
 	var qe *threshold.QuorumError
 	if errors.As(err, &qe) {
-		if n-qe.Answered >= t.set.Threshold {
+		if n-qe.Answered >= t.Set.Threshold {
 			return fmt.Errorf("the key was deleted at only %d of the %d vaults (%s): the others can still give it back, so the repository's vault slot is kept; run key vault-delete again when they answer", qe.Answered, n, problemList(t.problems(qe.Problems)))
 		}
-		a.out.Warnf("%s did not answer the deletion and still hold a share, which alone gives nothing back (fewer than %d)", problemList(t.problems(qe.Problems)), t.set.Threshold)
+		a.out.Warnf("%s did not answer the deletion and still hold a share, which alone gives nothing back (fewer than %d)", problemList(t.problems(qe.Problems)), t.Set.Threshold)
 	} else if err != nil {
 		return err
 	}
@@ -943,7 +796,7 @@ func (a *app) thresholdDelete(ctx context.Context, vt *vaultTarget) error {
 	}); err != nil {
 		return err
 	}
-	a.out.JSON(map[string]any{"message_type": "vault_deleted", "vaults": t.urls, "name": t.set.Name, "removed": removed})
-	a.out.Printf("deleted the key escrowed in %s and removed the repository's vault slot %s: the repository no longer opens through these vaults (the 64-digit key and its other slots still open it)\n", t.set.describe(), strings.Join(shortIDs(removed), ", "))
+	a.out.JSON(map[string]any{"message_type": "vault_deleted", "vaults": t.URLs, "name": t.Set.Name, "removed": removed})
+	a.out.Printf("deleted the key escrowed in %s and removed the repository's vault slot %s: the repository no longer opens through these vaults (the 64-digit key and its other slots still open it)\n", t.Set.Describe(), strings.Join(shortIDs(removed), ", "))
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wabackup/wabackup/internal/secret"
 	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/escrow"
 	"github.com/wabackup/wabackup/pkg/keys"
 	"github.com/wabackup/wabackup/pkg/vault/api"
 	"github.com/wabackup/wabackup/pkg/vaultclient"
@@ -21,7 +22,6 @@ import (
 const (
 	vaultExtraURL         = "vault_url"
 	vaultExtraFingerprint = "vault_fingerprint"
-	vaultExtraName        = "vault_name"
 )
 
 // vaultClient returns a client for --vault, pinned to --vault-fingerprint
@@ -31,7 +31,7 @@ const (
 func (a *app) vaultClient(slotPin string) (*vaultclient.Client, error) {
 	opt := vaultclient.Options{CACertFile: a.vaultCACert, Pin: slotPin}
 	if a.vaultFP != "" {
-		fp, err := parseFingerprint(a.vaultFP)
+		fp, err := escrow.ParseFingerprint(a.vaultFP)
 		if err != nil {
 			return nil, err
 		}
@@ -98,7 +98,7 @@ func (a *app) escrow(ctx context.Context, r *archive.Repository, pw []byte) (*ke
 		return nil, err
 	}
 	s, err := r.AddVaultSlot(ctx, sec, "vault "+c.URL(), map[string]string{
-		vaultExtraURL: c.URL(), vaultExtraFingerprint: fp, vaultExtraName: name,
+		vaultExtraURL: c.URL(), vaultExtraFingerprint: fp, escrow.ExtraName: name,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("the key was escrowed in the vault but the repository's vault slot was not written: %w", err)
@@ -124,7 +124,7 @@ func (a *app) vaultCredentials(ctx context.Context, r *archive.Repository) (arch
 	if rc != nil {
 		return a.thresholdCredentials(ctx, rc)
 	}
-	name := slotVaultName(chosen)
+	name := escrow.SlotName(chosen)
 	c, err := a.vaultClient(chosen.Extra[vaultExtraFingerprint])
 	if err != nil {
 		return cred, err
@@ -226,14 +226,6 @@ vault slot names the others, and any threshold of them will do.`,
 	return cmd
 }
 
-// slotVaultName is the name a vault slot's key has in its vault.
-func slotVaultName(s *keys.Slot) string {
-	if n := s.Extra[vaultExtraName]; n != "" {
-		return n
-	}
-	return api.DefaultName
-}
-
 // vaultSlot picks the repository's vault slot that --vault (and
 // --vault-name) name: the one recording this URL or else the one
 // recording the fingerprint of the vault at this URL (the same vault may
@@ -245,7 +237,7 @@ func slotVaultName(s *keys.Slot) string {
 func (a *app) vaultSlot(ctx context.Context, slots []*keys.Slot) (*keys.Slot, error) {
 	var byURL, vaultSlots []*keys.Slot
 	for _, s := range slots {
-		if s.Kind != keys.KindVault || isThresholdSlot(s) || (a.vaultName != "" && slotVaultName(s) != a.vaultName) {
+		if s.Kind != keys.KindVault || escrow.IsThresholdSlot(s) || (a.vaultName != "" && escrow.SlotName(s) != a.vaultName) {
 			continue
 		}
 		vaultSlots = append(vaultSlots, s)
@@ -282,7 +274,7 @@ func (a *app) vaultSlot(ctx context.Context, slots []*keys.Slot) (*keys.Slot, er
 	}
 	chosen, names := byURL[0], map[string]bool{}
 	for _, s := range byURL {
-		names[slotVaultName(s)] = true
+		names[escrow.SlotName(s)] = true
 		if s.Created.After(chosen.Created) {
 			chosen = s
 		}
@@ -347,7 +339,7 @@ func (a *app) openVaultTarget(ctx context.Context) (_ *vaultTarget, err error) {
 	if t.client, err = a.vaultClient(t.slot.Extra[vaultExtraFingerprint]); err != nil {
 		return nil, err
 	}
-	t.name = slotVaultName(t.slot)
+	t.name = escrow.SlotName(t.slot)
 	t.credID = api.CredentialID(r.Config().ID, t.name)
 	return t, nil
 }
@@ -468,7 +460,7 @@ the vault.`,
 				for _, s := range t.slots {
 					switch {
 					case s.ID == t.slot.ID:
-					case s.Kind == keys.KindVault && s.Extra[vaultExtraFingerprint] == info.Fingerprint && slotVaultName(s) == t.name:
+					case s.Kind == keys.KindVault && s.Extra[vaultExtraFingerprint] == info.Fingerprint && escrow.SlotName(s) == t.name:
 						doomed = append(doomed, s)
 					default:
 						others++

@@ -14,6 +14,9 @@ import (
 type KeepSlot struct {
 	ID     string
 	Secret []byte
+	// Extra, if not nil, replaces a vault slot's extra fields in the new
+	// slot (a threshold slot renewed in the checked form).
+	Extra map[string]string
 }
 
 // RotateOptions say which slots survive a key rotation.
@@ -101,7 +104,11 @@ func (r *Repository) Rotate(ctx context.Context, opt RotateOptions) (*RotateResu
 		case keys.KindVault:
 			var vs keys.Key
 			copy(vs[:], k.Secret)
-			ns, err = keys.NewVaultSlot(master, vs, old.Label, old.Extra)
+			extra := old.Extra
+			if k.Extra != nil {
+				extra = k.Extra
+			}
+			ns, err = keys.NewVaultSlot(master, vs, old.Label, extra)
 		default:
 			err = fmt.Errorf("key slot %.8s: kind %q cannot be kept", k.ID, old.Kind)
 		}

@@ -99,7 +99,7 @@ const (
 // Limits on the informational fields, and on a slot's encoded size.
 const (
 	maxLabelLen    = 256
-	maxExtraFields = 32
+	maxExtraFields = 40   // a threshold slot of 9 vaults has 33
 	maxExtraLen    = 1024 // per key and per value
 	maxSlotSize    = 64 * 1024
 )
