@@ -271,16 +271,6 @@ func parallel(n int, fn func(i int) error) []error {
 	return errs
 }
 
-// infos asks every realm for its /v2/info (checking the pins).
-func infos(ctx context.Context, realms []*vaultclient.Realm) ([]*api.RealmInfo, []error) {
-	out := make([]*api.RealmInfo, len(realms))
-	errs := parallel(len(realms), func(i int) (err error) {
-		out[i], err = realms[i].Info(ctx)
-		return err
-	})
-	return out, errs
-}
-
 // vaultProblem is what went wrong with one vault.
 type vaultProblem struct {
 	index int // 1-based
