@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"mime"
 	"net"
 	"net/http"
 	"sync"
@@ -271,9 +272,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+api.PathLoginStart, s.loginStart)
 	mux.HandleFunc("POST "+api.PathLoginFinish, s.loginFinish)
 	mux.HandleFunc("POST "+api.PathStatus, s.status)
-	mux.HandleFunc("POST "+api.PathChangeStart, s.registerStart)
-	mux.HandleFunc("POST "+api.PathChangeFinish, s.registerFinish)
-	mux.HandleFunc("POST "+api.PathDelete, s.delete)
+	mux.HandleFunc("POST "+api.PathChangeStart, s.tokenChannel(api.PathChangeStart, s.registerStart))
+	mux.HandleFunc("POST "+api.PathChangeFinish, s.tokenChannel(api.PathChangeFinish, s.registerFinish))
+	mux.HandleFunc("POST "+api.PathDelete, s.tokenChannel(api.PathDelete, s.delete))
 	s.realmRoutes(mux)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.rate != nil && r.Method == http.MethodPost {
@@ -350,13 +351,40 @@ func (s *Server) openToken(w http.ResponseWriter, b []byte) *state {
 	return tk
 }
 
+// tokenChannel serves h, an endpoint that takes a login's token
+// (api.TokenPaths), only inside the realm channel (channel, realm.go):
+// the token is read by this vault's key alone, and only it can answer.
+// A request outside the channel — what a client older than the channel
+// sends — is refused (400 channel_required) before its body is read.
+func (s *Server) tokenChannel(path string, h http.HandlerFunc) http.HandlerFunc {
+	in := s.channel(path, h)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != api.RealmChannelType {
+			fail(w, http.StatusBadRequest, api.CodeChannelRequired, path+" takes a login's token and is answered only inside the realm channel (docs/VAULT.md, API): this client is older than the vault; upgrade it", nil)
+			return
+		}
+		in(w, r)
+	}
+}
+
 func (s *Server) registerStart(w http.ResponseWriter, r *http.Request) {
 	var req api.RegisterStart
 	if !decode(w, r, &req) {
 		return
 	}
+	// A token is taken at change/start only, which is served inside the
+	// realm channel (tokenChannel), and change/start needs one.
+	change := r.URL.Path == api.PathChangeStart
+	if !change && req.Token != nil {
+		fail(w, http.StatusBadRequest, api.CodeBadRequest, "a token is taken only by "+api.PathChangeStart+", inside the realm channel", nil)
+		return
+	}
+	if change && req.Token == nil {
+		badToken(w, "a password change needs the token of a login")
+		return
+	}
 	st := &state{kind: kindRegister, expires: time.Now().Add(s.cfg.LoginTimeout)}
-	if req.Token != nil {
+	if change {
 		tk := s.openToken(w, req.Token)
 		if tk == nil {
 			return
@@ -600,6 +628,14 @@ func (s *Server) loginFinish(w http.ResponseWriter, r *http.Request) {
 	copy(tk.nonce[:], randBytes(16))
 	tok, err := s.states.seal(tk)
 	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	// The token is sealed under the session key like the blob: only the
+	// client that ran the login reads it, whoever relays the answer (the
+	// KE3 travels in the clear within TLS, and anyone may wrap it in a
+	// realm channel of their own; the answer's token is no use to them).
+	if tok, err = api.Seal(sessionKey, api.TokenLabel, tok, req.LoginID); err != nil {
 		s.internal(w, err)
 		return
 	}

@@ -8,11 +8,19 @@
 // The vault's public key is pinned on first use, by fingerprint (SHA-256
 // hex of its AKE public key), in a local file and, by the caller, in the
 // repository's vault slot.
+//
+// A password change and a delete are authorised by the token of a login,
+// which the vault seals under the login's OPAQUE session key; the client
+// sends it, and the change's messages, only inside the realm channel (a
+// Noise NK handshake to the pinned key, docs/VAULT.md), so a man in the
+// middle with a certificate the client trusts never reads a token and
+// cannot answer in the vault's name.
 package vaultclient
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -28,6 +36,7 @@ import (
 
 	"github.com/wabackup/wabackup/internal/atomicfile"
 	"github.com/wabackup/wabackup/pkg/keys"
+	"github.com/wabackup/wabackup/pkg/noise"
 	"github.com/wabackup/wabackup/pkg/opaque"
 	"github.com/wabackup/wabackup/pkg/vault/api"
 )
@@ -200,6 +209,45 @@ func (c *conn) roundTrip(ctx context.Context, method, path, ctype string, body [
 	return resp.StatusCode, data, resp.Header.Get("Content-Type"), nil
 }
 
+// channelCall sends in (JSON) to path inside the realm channel
+// (api.RealmChannelType) to the vault whose pinned key is pub (with the
+// fingerprint fp): the first message of a Noise NK handshake, which only
+// that key's holder can read, and reads the answer, which only that key's
+// holder can have written, into out. An answer outside the channel is
+// only an error: a rate limit or an unavailable vault is reported as
+// such, and nothing else is believed (a *ChannelError).
+func (c *conn) channelCall(ctx context.Context, pub []byte, fp, path string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	msg, hs, err := noise.WriteRequest(noise.Ristretto255, pub, api.RealmPrologue(path), b, rand.Reader)
+	if err != nil {
+		return &ChannelError{URL: c.url, Fingerprint: fp, Err: err}
+	}
+	status, data, ctype, err := c.roundTrip(ctx, http.MethodPost, path, api.RealmChannelType, msg)
+	if err != nil {
+		return err
+	}
+	if status != http.StatusOK || ctype != api.RealmChannelType {
+		err := c.answer(status, data, nil)
+		var ae *APIError
+		if status/100 == 2 || !errors.As(err, &ae) {
+			return &ChannelError{URL: c.url, Fingerprint: fp, Err: fmt.Errorf("an answer outside the realm channel (%d, %q)", status, ctype)}
+		}
+		return err
+	}
+	pt, err := hs.ReadResponse(data)
+	if err != nil {
+		return &ChannelError{URL: c.url, Fingerprint: fp, Err: err}
+	}
+	status, body, err := api.UnmarshalRealmAnswer(pt)
+	if err != nil {
+		return fmt.Errorf("vault %s: %w", c.url, err)
+	}
+	return c.answer(status, body, out)
+}
+
 // answer decodes an answer: a 2xx body into out, anything else as the
 // vault's error.
 func (c *conn) answer(status int, data []byte, out any) error {
@@ -312,8 +360,18 @@ func (c *conn) checkPinFile(fp string) error {
 
 func escrowAAD(credID []byte) []byte { return append([]byte("wabackup vault escrow v1/"), credID...) }
 
+// inChannel sends in to path inside the realm channel to this client's
+// vault (after Info, whose key the pins checked).
+func (c *Client) inChannel(ctx context.Context, path string, in, out any) error {
+	info, err := c.Info(ctx)
+	if err != nil {
+		return err
+	}
+	return c.channelCall(ctx, info.PublicKey, info.Fingerprint, path, in, out)
+}
+
 // register runs an OPAQUE registration; with a token it replaces the
-// record (password change).
+// record (password change), both messages inside the realm channel.
 func (c *Client) register(ctx context.Context, credID, tok, password, secret []byte, guesses int) (int, error) {
 	password = keys.NormalizePassword(password)
 	info, err := c.Info(ctx)
@@ -326,11 +384,12 @@ func (c *Client) register(ctx context.Context, credID, tok, password, secret []b
 	}
 	rb, _ := req.MarshalBinary()
 	var sr api.RegisterStartReply
-	path := api.PathRegisterStart
-	if tok != nil {
-		path = api.PathChangeStart
+	if tok == nil {
+		err = c.call(ctx, api.PathRegisterStart, api.RegisterStart{CredentialID: credID, Request: rb}, &sr)
+	} else {
+		err = c.inChannel(ctx, api.PathChangeStart, api.RegisterStart{Token: tok, Request: rb}, &sr)
 	}
-	if err := c.call(ctx, path, api.RegisterStart{CredentialID: credIfNoToken(credID, tok), Token: tok, Request: rb}, &sr); err != nil {
+	if err != nil {
 		return 0, err
 	}
 	resp, err := api.Suite.UnmarshalRegistrationResponse(sr.Response)
@@ -350,21 +409,17 @@ func (c *Client) register(ctx context.Context, credID, tok, password, secret []b
 	}
 	recb, _ := rec.MarshalBinary()
 	var fr api.RegisterFinishReply
-	path = api.PathRegisterFinish
-	if tok != nil {
-		path = api.PathChangeFinish
+	if tok == nil {
+		err = c.call(ctx, api.PathRegisterFinish, api.RegisterFinish{CredentialID: credID, Record: recb, Blob: blob, Guesses: guesses, State: sr.State}, &fr)
+	} else {
+		// The sealed state names the record and its generation: the
+		// token is not sent again.
+		err = c.inChannel(ctx, api.PathChangeFinish, api.RegisterFinish{Record: recb, Blob: blob, Guesses: guesses, State: sr.State}, &fr)
 	}
-	if err := c.call(ctx, path, api.RegisterFinish{CredentialID: credIfNoToken(credID, tok), Token: tok, Record: recb, Blob: blob, Guesses: guesses, State: sr.State}, &fr); err != nil {
+	if err != nil {
 		return 0, err
 	}
 	return fr.Guesses, nil
-}
-
-func credIfNoToken(credID, tok []byte) []byte {
-	if tok != nil {
-		return nil
-	}
-	return credID
 }
 
 // Register escrows secret under password for credID (see
@@ -378,8 +433,10 @@ func (c *Client) Register(ctx context.Context, credID, password, secret []byte, 
 	return c.info.Fingerprint, limit, nil
 }
 
-// login runs an OPAQUE login and returns the escrowed secret and a token.
-func (c *Client) login(ctx context.Context, credID, password []byte) (secret, tok []byte, err error) {
+// login runs an OPAQUE login and returns the escrowed secret and, if
+// wantToken, the token for a change or a delete, opened with the session
+// key.
+func (c *Client) login(ctx context.Context, credID, password []byte, wantToken bool) (secret, tok []byte, err error) {
 	password = keys.NormalizePassword(password)
 	if _, err := c.Info(ctx); err != nil {
 		return nil, nil, err
@@ -421,20 +478,26 @@ func (c *Client) login(ctx context.Context, credID, password []byte) (secret, to
 	if err != nil {
 		return nil, nil, errors.New("vault: the escrowed secret does not decrypt under this password's export key (was it escrowed by another client?)")
 	}
-	return secret, fr.Token, nil
+	if !wantToken {
+		return secret, nil, nil
+	}
+	if tok, err = api.Open(sessionKey, api.TokenLabel, fr.Token, lr.LoginID); err != nil {
+		return nil, nil, fmt.Errorf("vault %s: the login's token is not sealed under the session key: the vault is older than this client, which changes a password or deletes only with a vault that takes the token inside the realm channel (docs/VAULT.md, API)", c.url)
+	}
+	return secret, tok, nil
 }
 
 // Recover logs in with password and returns the escrowed secret. A wrong
 // password gives a *WrongPasswordError.
 func (c *Client) Recover(ctx context.Context, credID, password []byte) ([]byte, error) {
-	secret, _, err := c.login(ctx, credID, password)
+	secret, _, err := c.login(ctx, credID, password, false)
 	return secret, err
 }
 
 // ChangePassword re-registers the same secret under newPassword, after a
 // login with oldPassword; the guess counter starts afresh.
 func (c *Client) ChangePassword(ctx context.Context, credID, oldPassword, newPassword []byte) error {
-	secret, tok, err := c.login(ctx, credID, oldPassword)
+	secret, tok, err := c.login(ctx, credID, oldPassword, true)
 	if err != nil {
 		return err
 	}
@@ -442,13 +505,14 @@ func (c *Client) ChangePassword(ctx context.Context, credID, oldPassword, newPas
 	return err
 }
 
-// Delete destroys the escrowed secret after a login with password.
+// Delete destroys the escrowed secret after a login with password; the
+// token travels inside the realm channel.
 func (c *Client) Delete(ctx context.Context, credID, password []byte) error {
-	_, tok, err := c.login(ctx, credID, password)
+	_, tok, err := c.login(ctx, credID, password, true)
 	if err != nil {
 		return err
 	}
-	return c.call(ctx, api.PathDelete, api.Delete{Token: tok}, nil)
+	return c.inChannel(ctx, api.PathDelete, api.Delete{Token: tok}, nil)
 }
 
 // Status returns how many attempts are left and the limit. For an unknown

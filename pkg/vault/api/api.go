@@ -32,6 +32,12 @@ const (
 	// ReleaseLabel derives, from the OPAQUE session_key, the key the vault
 	// encrypts the escrowed blob under when it releases it.
 	ReleaseLabel = "wabackup vault release v1"
+	// TokenLabel derives, from the OPAQUE session_key, the key the vault
+	// encrypts a login's token under when it answers KE3 (Seal with
+	// TokenLabel, aad = login id): only the client that ran the login can
+	// read it, and it then sends it only inside the realm channel
+	// (TokenPaths).
+	TokenLabel = "wabackup vault token v1"
 )
 
 // DefaultName is the credential name used when the user picks none.
@@ -110,6 +116,15 @@ const (
 	PathDelete         = "/v1/delete"
 )
 
+// TokenPaths are the version 1 endpoints that take a login's token: the
+// vault answers them only inside the realm channel (RealmChannelType,
+// with RealmPrologue(path)), as it answers every POST of the realm API,
+// and refuses them outside it with CodeChannelRequired. The token thus
+// never crosses TLS in the clear: a man in the middle holding a
+// certificate the client trusts can neither read it nor use it
+// (docs/VAULT.md, "API").
+var TokenPaths = []string{PathChangeStart, PathChangeFinish, PathDelete}
+
 // Info is the answer to GET /v1/info.
 type Info struct {
 	Suite          string `json:"suite"`
@@ -119,7 +134,9 @@ type Info struct {
 	DefaultGuesses int    `json:"default_guesses"`
 }
 
-// RegisterStart starts a registration (or, with Token, a password change).
+// RegisterStart starts a registration (at PathRegisterStart, with
+// CredentialID) or a password change (at PathChangeStart, inside the
+// realm channel, with Token instead).
 type RegisterStart struct {
 	CredentialID []byte `json:"credential_id,omitempty"`
 	Token        []byte `json:"token,omitempty"`
@@ -135,7 +152,10 @@ type RegisterStartReply struct {
 	State []byte `json:"state"`
 }
 
-// RegisterFinish uploads the record and the escrowed ciphertext.
+// RegisterFinish uploads the record and the escrowed ciphertext. The
+// sealed State says which credential, and for a password change which
+// generation of its record, it replaces: CredentialID and Token are
+// ignored (clients before the realm channel sent them).
 type RegisterFinish struct {
 	CredentialID []byte `json:"credential_id,omitempty"`
 	Token        []byte `json:"token,omitempty"`
@@ -170,7 +190,10 @@ type LoginFinish struct {
 }
 
 // LoginFinishReply carries the escrowed blob sealed under the session key
-// (Seal with ReleaseLabel, aad = login id) and a token for change/delete.
+// (Seal with ReleaseLabel, aad = login id) and the token for change and
+// delete, sealed under the session key too (Seal with TokenLabel, aad =
+// login id): the client opens it and sends it only inside the realm
+// channel (TokenPaths).
 type LoginFinishReply struct {
 	Blob  []byte `json:"blob"`
 	Token []byte `json:"token"`
@@ -187,7 +210,8 @@ type StatusReply struct {
 	Limit        int `json:"limit"`
 }
 
-// Delete destroys the record; Token comes from a completed login.
+// Delete destroys the record; Token comes from a completed login (opened
+// from LoginFinishReply.Token). It travels inside the realm channel.
 type Delete struct {
 	Token []byte `json:"token"`
 }
@@ -213,4 +237,7 @@ const (
 	// and answers no login rather than an uncounted one; retry later or
 	// at another site.
 	CodeUnavailable = "unavailable"
+	// CodeChannelRequired (400): a request to one of TokenPaths outside
+	// the realm channel, as a client older than the channel sends it.
+	CodeChannelRequired = "channel_required"
 )
