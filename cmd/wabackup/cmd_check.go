@@ -13,6 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/escrow"
+	"github.com/wabackup/wabackup/pkg/threshold"
 )
 
 // parseSubset accepts "10%" or "n/t" (restic's forms) and returns the
@@ -103,6 +105,7 @@ source.`,
 				if res == nil {
 					return err
 				}
+				res.Warnings = append(res.Warnings, earlierFormSlots(ctx, r)...)
 				for _, w := range res.Warnings {
 					a.out.Warnf("%s", w)
 				}
@@ -158,4 +161,25 @@ func (a *app) checkStoredDB(ctx context.Context, ref string) error {
 			return nil
 		})
 	})
+}
+
+// earlierFormSlots are check's warnings about threshold vault slots of the
+// earlier form: their realm set is not checked before the vaults are sent
+// their unlock tags (docs/THRESHOLD.md §4a), so key rotate should register
+// them again.
+func earlierFormSlots(ctx context.Context, r *archive.Repository) []string {
+	slots, err := r.Slots(ctx)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, s := range slots {
+		if !escrow.IsThresholdSlot(s) {
+			continue
+		}
+		if set, err := escrow.ParseRealmSet(s); err == nil && set.Form == threshold.Form1 {
+			out = append(out, fmt.Sprintf("vault slot %.8s (%s) was written by an earlier version: its vaults are not checked before they are sent their unlock tags, so whoever can write the repository could collect them; run wabackup key rotate %s to register the key again in the checked form", s.ID, set.Describe(), set.Flags()))
+		}
+	}
+	return out
 }
