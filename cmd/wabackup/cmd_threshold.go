@@ -104,7 +104,7 @@ type realmChoice struct {
 // being new addresses of the vaults at those positions (each must still
 // present the fingerprint and realm id the slot records). It returns nil
 // when no slot fits.
-func (a *app) thresholdSlot(slots []*keys.Slot, urls, fps []string) (*realmChoice, error) {
+func (a *app) thresholdSlot(slots []*keys.Slot, repoID string, urls, fps []string) (*realmChoice, error) {
 	type cand struct {
 		rc    *realmChoice
 		pos   []int // slot position of each URL given
@@ -117,6 +117,9 @@ func (a *app) thresholdSlot(slots []*keys.Slot, urls, fps []string) (*realmChoic
 			continue
 		}
 		set, err := escrow.ParseRealmSet(s)
+		if err == nil {
+			err = set.CheckCredential(s.ID, repoID)
+		}
 		if err != nil {
 			malformed = err
 			continue
@@ -184,7 +187,7 @@ func (a *app) thresholdSlot(slots []*keys.Slot, urls, fps []string) (*realmChoic
 // (vaultSlot), else a threshold slot that lists it, else vaultSlot's other
 // rules; with several, a threshold slot (thresholdSlot). The choice is nil
 // for a single-vault slot.
-func (a *app) chooseVaultSlot(ctx context.Context, slots []*keys.Slot) (*keys.Slot, *realmChoice, error) {
+func (a *app) chooseVaultSlot(ctx context.Context, repoID string, slots []*keys.Slot) (*keys.Slot, *realmChoice, error) {
 	urls, fps, err := a.vaultSetFlags()
 	if err != nil {
 		return nil, nil, err
@@ -204,7 +207,7 @@ func (a *app) chooseVaultSlot(ctx context.Context, slots []*keys.Slot) (*keys.Sl
 			return s, nil, err
 		}
 	}
-	rc, err := a.thresholdSlot(slots, urls, fps)
+	rc, err := a.thresholdSlot(slots, repoID, urls, fps)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -117,7 +117,7 @@ func (a *app) vaultCredentials(ctx context.Context, r *archive.Repository) (arch
 	if err != nil {
 		return cred, err
 	}
-	chosen, rc, err := a.chooseVaultSlot(ctx, slots)
+	chosen, rc, err := a.chooseVaultSlot(ctx, r.Config().ID, slots)
 	if err != nil {
 		return cred, err
 	}
@@ -327,7 +327,7 @@ func (a *app) openVaultTarget(ctx context.Context) (_ *vaultTarget, err error) {
 		return nil, err
 	}
 	var rc *realmChoice
-	if t.slot, rc, err = a.chooseVaultSlot(ctx, t.slots); err != nil {
+	if t.slot, rc, err = a.chooseVaultSlot(ctx, r.Config().ID, t.slots); err != nil {
 		return nil, err
 	}
 	if rc != nil {

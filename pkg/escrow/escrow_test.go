@@ -19,6 +19,9 @@ import (
 
 var cheapKDF = threshold.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
 
+// testRepoID is the repository the fixtures' slots belong to.
+const testRepoID = "0123456789abcdef0123456789abcdef"
+
 // memRecords is one user's record at one realm, in memory, encoded as a
 // store keeps it.
 type memRecords struct {
@@ -139,7 +142,7 @@ func randomKey(t *testing.T) (k keys.Key) {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	f := &fixture{master: randomKey(t), secret: randomKey(t)}
-	f.set = &RealmSet{Name: "default", Threshold: 2, KDF: cheapKDF, UserInfo: []byte("wabackup/test/credential"), Form: threshold.Form2}
+	f.set = &RealmSet{Name: "default", Threshold: 2, KDF: cheapKDF, UserInfo: api.CredentialID(testRepoID, "default"), Form: threshold.Form2}
 	var vaults []Vault
 	for i := range 3 {
 		var id threshold.RealmID

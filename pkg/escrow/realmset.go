@@ -223,6 +223,19 @@ func (s *RealmSet) knows(k string) bool {
 	return false
 }
 
+// CheckCredential refuses s unless its user info is the credential of
+// the repository repoID under s's name (api.CredentialID), as every slot
+// this package's callers write has it. A slot whose user info names
+// another repository's credential, or another name's, would spend the
+// user's guess on someone else's registration; it is refused before any
+// vault is asked.
+func (s *RealmSet) CheckCredential(slotID, repoID string) error {
+	if string(s.UserInfo) != string(api.CredentialID(repoID, s.Name)) {
+		return &MalformedSlotError{slotID, fmt.Sprintf("%s %q is not this repository's credential for the name %q", ExtraUserInfo, s.UserInfo, s.Name)}
+	}
+	return nil
+}
+
 // Config is the pkg/threshold configuration s describes, with publicKeys[i]
 // as realm i's public key (nil: none). The keys must be the ones the
 // transports reached, never read from storage unchecked.
