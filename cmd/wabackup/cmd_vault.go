@@ -145,6 +145,23 @@ func (a *app) vaultCredentials(ctx context.Context, r *archive.Repository) (arch
 	}
 	var k keys.Key
 	copy(k[:], sec)
+	// The slot that named the vault must open with what it gave back, its
+	// fields bound (or another vault slot must: a newer escrow under the
+	// same name); otherwise what the slot says was altered.
+	var opens *keys.Slot
+	for _, s := range slots {
+		if s.Kind == keys.KindVault && !escrow.IsThresholdSlot(s) {
+			if _, err := s.Unwrap(k[:]); err == nil && (opens == nil || s.ExtraAuthentic()) {
+				opens = s
+			}
+		}
+	}
+	switch {
+	case opens == nil:
+		return cred, &escrow.UntrustedSlotError{SlotID: chosen.ID, Vaults: "vault " + c.URL()}
+	case !opens.ExtraAuthentic():
+		a.out.Warnf("vault slot %.8s was written before its vault's address and fingerprint were bound to it, so anyone who can write the repository could have changed them: run wabackup key rotate --vault %s to write it anew", opens.ID, c.URL())
+	}
 	cred.VaultSecret = &k
 	a.vaultUsed = "vault " + c.URL()
 	return cred, nil
