@@ -503,6 +503,7 @@ func TestRealmAPI(t *testing.T) {
 		id, other := api.CredentialID("at-rest", ""), api.CredentialID("at-rest", "other")
 		sec := secret32(t)
 		needles := map[string][]byte{"credential id": id, "secret": sec}
+		var mu sync.Mutex // the realms are called concurrently
 		for _, r := range realms {
 			r.observe = func(path string, req []byte) {
 				if path != api.PathRealmRegister2 {
@@ -513,6 +514,8 @@ func TestRealmAPI(t *testing.T) {
 					t.Error(err)
 					return
 				}
+				mu.Lock()
+				defer mu.Unlock()
 				needles[r.name+"'s OPRF key share"] = m.OPRFKeyShare[:]
 				needles[r.name+"'s encryption-key share"] = m.EncryptionKeyScalarShare[:]
 				needles[r.name+"'s unlock tag"] = m.UnlockKeyTag[:]

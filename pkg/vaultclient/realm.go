@@ -2,13 +2,10 @@ package vaultclient
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"sync"
 	"time"
@@ -150,35 +147,7 @@ func (r *Realm) sealed(ctx context.Context, path string, in, out any) error {
 	if info == nil {
 		return errors.New("vaultclient: a realm request before /v2/info")
 	}
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	msg, hs, err := noise.WriteRequest(noise.Ristretto255, info.PublicKey, api.RealmPrologue(path), b, rand.Reader)
-	if err != nil {
-		return &ChannelError{URL: r.url, Fingerprint: info.Fingerprint, Err: err}
-	}
-	status, data, ctype, err := r.roundTrip(ctx, http.MethodPost, path, api.RealmChannelType, msg)
-	if err != nil {
-		return err
-	}
-	if status != http.StatusOK || ctype != api.RealmChannelType {
-		err := r.answer(status, data, nil)
-		var ae *APIError
-		if status/100 == 2 || !errors.As(err, &ae) {
-			return &ChannelError{URL: r.url, Fingerprint: info.Fingerprint, Err: fmt.Errorf("an answer outside the realm channel (%d, %q)", status, ctype)}
-		}
-		return err
-	}
-	pt, err := hs.ReadResponse(data)
-	if err != nil {
-		return &ChannelError{URL: r.url, Fingerprint: info.Fingerprint, Err: err}
-	}
-	status, body, err := api.UnmarshalRealmAnswer(pt)
-	if err != nil {
-		return fmt.Errorf("vault %s: %w", r.url, err)
-	}
-	return r.answer(status, body, out)
+	return r.channelCall(ctx, info.PublicKey, info.Fingerprint, path, in, out)
 }
 
 // Info fetches the vault's realm description (once; it is kept) and checks
