@@ -32,7 +32,7 @@ MEDIA="$DATA/Media"
 OUT=$BENCH_OUT
 REPOS="$OUT/repos"
 export RESTIC_PASSWORD=bench-password
-export TMPDIR="$OUT/tmp" XDG_CACHE_HOME="$OUT/cache"
+export TMPDIR="$OUT/tmp" XDG_CACHE_HOME="$PWD/$OUT/cache"
 
 for run in $(seq "$RUNS"); do
   if [ "$RUNS" -gt 1 ]; then echo "run $run of $RUNS" >&2; fi

@@ -26,7 +26,7 @@ bench_setup "$OUT" "$@"
 REPOS="$OUT/repos"
 COPY="$OUT/data"
 export RESTIC_PASSWORD=bench-password
-export TMPDIR="$OUT/tmp" XDG_CACHE_HOME="$OUT/cache"
+export TMPDIR="$OUT/tmp" XDG_CACHE_HOME="$PWD/$OUT/cache"
 NIGHTS="1 2"
 # backup TOOL NAME: one measured backup of the private copy.
 backup() {

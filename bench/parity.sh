@@ -18,7 +18,7 @@ for run in $(seq "$RUNS"); do
   for p in 0 1 3; do
     "$W" init --repo "$REPOS/p$p" --key-out "$OUT/key$p.txt" --parity "$p" --force -q
   done
-  export XDG_CACHE_HOME="$OUT/cache"; rm -rf "$XDG_CACHE_HOME"
+  export XDG_CACHE_HOME="$PWD/$OUT/cache"; rm -rf "$XDG_CACHE_HOME"
   for p in 0 1 3; do
     measure "backup-p$p" "$W" backup --repo "$REPOS/p$p" --key-file "$OUT/key$p.txt" --db "$DB" --media "$MEDIA" -q --db-check quick
   done

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 OUT=bench/out/resume
 bench_setup "$OUT" "$@"
 export TMPDIR="$OUT/tmp"; mkdir -p "$TMPDIR"
-export XDG_CACHE_HOME="$OUT/cache"
+export XDG_CACHE_HOME="$PWD/$OUT/cache"
 REPO="$OUT/repo"
 rm -rf "$REPO" "$OUT/full" "$OUT/part" "$XDG_CACHE_HOME"
 "$W" init --repo "$REPO" --key-out "$OUT/key.txt" --force -q

@@ -13,7 +13,7 @@ OUT=bench/out/rotate
 bench_setup "$OUT" "$@"
 REPOS="$OUT/repos"
 export TMPDIR="$OUT/tmp"; mkdir -p "$TMPDIR"
-export RESTIC_PASSWORD=bench XDG_CACHE_HOME="$OUT/cache"
+export RESTIC_PASSWORD=bench XDG_CACHE_HOME="$PWD/$OUT/cache"
 for run in $(seq "$RUNS"); do
   [ "$RUNS" -gt 1 ] && echo "run $run of $RUNS" >&2
   rm -rf "$REPOS" "$XDG_CACHE_HOME"; mkdir -p "$REPOS"

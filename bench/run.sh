@@ -28,7 +28,7 @@ for run in $(seq "$RUNS"); do
   "$W" init --repo "$REPOS/wabackup" --key-out "$OUT/key.txt" --force -q
   "$W" init --repo "$REPOS/wabackup-quick" --key-out "$OUT/key-quick.txt" --force -q
   restic init -r "$REPOS/restic" -q
-  export XDG_CACHE_HOME="$OUT/cache"; rm -rf "$XDG_CACHE_HOME"
+  export XDG_CACHE_HOME="$PWD/$OUT/cache"; rm -rf "$XDG_CACHE_HOME"
 
   # The full integrity check of the database alone (the same engine and
   # page cache as the backup's): the default first backup runs it beside

@@ -82,7 +82,7 @@ echo "versitygw $("$VGW" --version 2>/dev/null | awk '/Version/ {print $3; exit}
 
 # --- the runs ---------------------------------------------------------------
 export RESTIC_PASSWORD=bench-password
-export TMPDIR="$S3OUT/tmp" XDG_CACHE_HOME="$S3OUT/cache"
+export TMPDIR="$S3OUT/tmp" XDG_CACHE_HOME="$PWD/$S3OUT/cache"
 WREPO="s3:http://$EP/wabackup"
 QREPO="s3:http://$EP/wabackup-quick"
 RREPO="s3:http://$EP/restic"
