@@ -34,6 +34,7 @@ type app struct {
 	passwordFile    string
 	passwordCommand string
 	retryLock       time.Duration
+	retryBudget     time.Duration // --retry-budget: a run's time without a successful store request
 	tempDir         string
 	cacheDir        string
 	noCache         bool
@@ -90,6 +91,7 @@ and restores them on any machine with the 64-digit key or a password.`,
 	pf.StringVar(&a.passwordFile, "password-file", "", "read the password from this file (env WABACKUP_PASSWORD_FILE)")
 	pf.StringVar(&a.passwordCommand, "password-command", "", "run this shell command to get the password (env WABACKUP_PASSWORD_COMMAND)")
 	pf.DurationVar(&a.retryLock, "retry-lock", 0, "wait up to this long for a locked repository (e.g. 5m)")
+	pf.DurationVar(&a.retryBudget, "retry-budget", cloud.DefaultRunBudget, "give up when no request to the store has succeeded for this long (a bad network; the next run resumes)")
 	pf.StringVar(&a.tempDir, "temp-dir", "", "where packs are staged before upload (default: the system temp dir)")
 	pf.StringVar(&a.cacheDir, "cache-dir", "", "local index cache (default $XDG_CACHE_HOME/wabackup)")
 	pf.BoolVar(&a.noCache, "no-cache", false, "keep no index cache between runs")
@@ -294,6 +296,10 @@ func (a *app) openStore(ctx context.Context, create bool) (cloud.Store, error) {
 	if a.repo == "" {
 		return nil, errors.New("no repository given: use --repo or WABACKUP_REPO")
 	}
+	if a.retryBudget <= 0 {
+		return nil, fmt.Errorf("--retry-budget %v: give a positive duration, e.g. 5m", a.retryBudget)
+	}
+	ctx = cloud.WithRunBudget(ctx, a.retryBudget)
 	if strings.HasPrefix(a.repo, "s3:") {
 		cfg, err := s3.ParseURL(a.repo)
 		if err != nil {

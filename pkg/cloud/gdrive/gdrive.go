@@ -176,6 +176,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	hc := &http.Client{Transport: &transport{
 		base: ht, ts: cfg.TokenSource, budget: cfg.RetryBudget,
 		minWait: cfg.minBackoff, maxWait: 32 * cfg.minBackoff,
+		progress: cloud.NewProgress(cloud.RunBudget(ctx)),
 	}}
 	opts := []option.ClientOption{option.WithHTTPClient(hc)}
 	if cfg.Endpoint != "" {

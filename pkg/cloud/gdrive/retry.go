@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/wabackup/wabackup/pkg/cloud"
 )
 
 // transport authorises every request and retries the ones Drive asks us
@@ -40,6 +43,9 @@ type transport struct {
 	budget  time.Duration
 	minWait time.Duration
 	maxWait time.Duration
+	// progress is the run-wide retry budget (cloud.Progress): a request is
+	// not retried once the store has gone that long without a success.
+	progress *cloud.Progress
 }
 
 // maxReplayBody is the largest request body without GetBody that
@@ -94,6 +100,9 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		sends++
 		tok.SetAuthHeader(r)
 		resp, err := t.base.RoundTrip(r)
+		if err == nil && (resp.StatusCode < 400 || resp.StatusCode == http.StatusNotFound) {
+			t.progress.Done() // the service did what was asked (or said there is no such file)
+		}
 		var wait time.Duration
 		switch {
 		case err != nil:
@@ -122,7 +131,11 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if wait > d {
 			d = wait
 		}
-		if time.Now().Add(d).After(deadline) {
+		since, stalled := t.progress.Exhausted(d)
+		if stalled && err != nil {
+			return nil, fmt.Errorf("%w (%s)", err, t.progress.GaveUp(since))
+		}
+		if time.Now().Add(d).After(deadline) || stalled {
 			return resp, err // out of budget: the caller sees the last answer
 		}
 		if resp != nil {

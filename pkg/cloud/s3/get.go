@@ -99,6 +99,7 @@ func (r *objectReader) Read(p []byte) (int, error) {
 		r.left -= int64(n)
 		if n > 0 {
 			r.fresh, r.stuck = false, 0
+			r.s.progress.Done()
 		}
 		if err == nil || r.left == 0 {
 			return n, nil

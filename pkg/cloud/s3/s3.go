@@ -118,6 +118,10 @@ type Config struct {
 
 	RetryBudget time.Duration // per request (default 2 min)
 	IdleTimeout time.Duration // per connection silence (default 60 s)
+	// RunBudget is how long the whole store may go without any request
+	// succeeding before a failing request is no longer retried (default:
+	// the context's cloud.RunBudget at New, 5 min).
+	RunBudget time.Duration
 
 	// Credentials overrides the standard chain (see the package comment).
 	// It is for programs embedding the store; the CLI leaves it nil.
@@ -169,7 +173,7 @@ func (c Config) validate() error {
 	if c.PartSize < minPartSize || c.PartSize > maxPartSize {
 		return fmt.Errorf("part size %d: want 5 MiB to 5 GiB", c.PartSize)
 	}
-	if c.RetryBudget < 0 || c.IdleTimeout < 0 {
+	if c.RetryBudget < 0 || c.IdleTimeout < 0 || c.RunBudget < 0 {
 		return errors.New("negative retry budget or idle timeout")
 	}
 	return nil
@@ -193,7 +197,8 @@ type Store struct {
 	transport *http.Transport
 	keyPrefix string // cfg.Prefix + "/" or ""
 	slots     chan struct{}
-	bufs      sync.Pool // *[]byte of cfg.PartSize
+	progress  *cloud.Progress // the run-wide retry budget
+	bufs      sync.Pool       // *[]byte of cfg.PartSize
 }
 
 // New connects to the bucket cfg names, checking that it exists (or
@@ -201,6 +206,9 @@ type Store struct {
 // wrapping cloud.ErrNoRepository.
 func New(ctx context.Context, cfg Config) (*Store, error) {
 	cfg = cfg.withDefaults()
+	if cfg.RunBudget == 0 {
+		cfg.RunBudget = cloud.RunBudget(ctx)
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("s3: %v", err)
 	}
@@ -238,6 +246,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		core:      minio.Core{Client: client},
 		transport: tr,
 		slots:     make(chan struct{}, cfg.Connections),
+		progress:  cloud.NewProgress(cfg.RunBudget),
 	}
 	if cfg.Prefix != "" {
 		s.keyPrefix = cfg.Prefix + "/"
@@ -382,6 +391,7 @@ func (s *Store) retry(ctx context.Context, op, name string, budget time.Duration
 		err := fn(ctx)
 		<-s.slots
 		if err == nil {
+			s.progress.Done()
 			return nil
 		}
 		if cerr := ctx.Err(); cerr != nil {
@@ -391,9 +401,13 @@ func (s *Store) retry(ctx context.Context, op, name string, budget time.Duration
 		sleep := delay/2 + randDuration(delay/2)
 		delay = min(2*delay, retryCap)
 		elapsed := time.Since(start)
-		if !f.retry || elapsed+sleep > budget {
+		since, stalled := s.progress.Exhausted(sleep)
+		if !f.retry || elapsed+sleep > budget || stalled {
 			msg := f.msg
-			if attempt > 1 {
+			switch {
+			case f.retry && stalled:
+				msg += fmt.Sprintf(" (gave up after %d attempts: %s)", attempt, s.progress.GaveUp(since))
+			case attempt > 1:
 				msg += fmt.Sprintf(" (gave up after %d attempts in %v)", attempt, elapsed.Round(100*time.Millisecond))
 			}
 			return &opError{op: op, name: name, kind: f.kind, msg: msg, err: err}
