@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test. Installs (idempotently) what the tests need on a fresh
 # Debian machine with Go: the real servers (versitygw S3 gateway, etcd,
-# SoftHSM2) and the linters, then runs gofmt, go vet, staticcheck and
+# SoftHSM2, toxiproxy) and the linters, then runs gofmt, go vet, staticcheck and
 # go test over the whole module. .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,13 @@ fi
 if ! command -v versitygw >/dev/null; then
   echo "==> go install versitygw@v1.8.0"
   go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+fi
+if ! command -v toxiproxy-server >/dev/null; then
+  # The chaos test shapes and breaks the link to S3 with toxiproxy; its
+  # module builds a binary named "server", kept under a clearer name.
+  echo "==> go install toxiproxy@v2.12.0"
+  go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0
+  mv "$GOBIN/server" "$GOBIN/toxiproxy-server"
 fi
 if ! command -v staticcheck >/dev/null; then
   echo "==> go install staticcheck"
