@@ -227,7 +227,7 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 	fs := pflag.NewFlagSet("all", pflag.ContinueOnError)
 	fs.AddFlagSet(cmd.Flags())
 	fs.AddFlagSet(cmd.InheritedFlags())
-	return settings.Apply(fs, file, map[string]bool{"config": true})
+	return settings.Apply(fs, path, file, lines, map[string]bool{"config": true})
 }
 
 // credentials gathers the key or password before any work is done, so a

@@ -1,7 +1,11 @@
 // Package settings layers the CLI's settings: command-line flags win over
 // WABACKUP_* environment variables, which win over the config file
 // ($XDG_CONFIG_HOME/wabackup/config). The config file is lines of
-// `name = value` using the long flag names; `#` starts a comment.
+// `name = value` using the long flag names; `#` at the start of a line, or
+// after white space outside quotes, starts a comment; a value may be
+// quoted ('…' or "…"); a value starting with `~/` is under the home
+// directory; a switch takes yes, no, true, false, on or off, and a
+// duration Go's form (90s, 1h30m) or a number and a unit (10 minutes).
 package settings
 
 import (
@@ -11,7 +15,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -48,12 +54,13 @@ func parse(r io.Reader) (File, Lines, error) {
 		if !ok {
 			return nil, nil, fmt.Errorf("line %d: want name = value", ln)
 		}
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		k = strings.TrimSpace(k)
 		if k == "" || strings.ContainsAny(k, " \t\"'") {
 			return nil, nil, fmt.Errorf("line %d: bad setting name %q", ln, k)
 		}
-		if len(v) >= 2 && (v[0] == '"' && v[len(v)-1] == '"' || v[0] == '\'' && v[len(v)-1] == '\'') {
-			v = v[1 : len(v)-1]
+		v, err := value(v)
+		if err != nil {
+			return nil, nil, fmt.Errorf("line %d: %s: %v", ln, k, err)
 		}
 		if strings.ContainsRune(v, 0) {
 			return nil, nil, fmt.Errorf("line %d: a NUL byte in the value", ln)
@@ -71,6 +78,33 @@ func parse(r io.Reader) (File, Lines, error) {
 		return nil, nil, err
 	}
 	return f, lines, nil
+}
+
+// value reads the part of a line after "=": a quoted value ends at its
+// closing quote, after which only a comment may follow; an unquoted one
+// ends before a "#" that follows white space (a comment).
+func value(v string) (string, error) {
+	v = strings.TrimSpace(v)
+	if v != "" && (v[0] == '"' || v[0] == '\'') {
+		end := strings.IndexByte(v[1:], v[0])
+		if end < 0 {
+			return "", fmt.Errorf("the quote %c is not closed", v[0])
+		}
+		rest := strings.TrimSpace(v[end+2:])
+		if rest != "" && rest[0] != '#' {
+			return "", fmt.Errorf("%q after the closing quote (a comment starts with #)", rest)
+		}
+		return v[1 : end+1], nil
+	}
+	if v != "" && v[0] == '#' {
+		return "", nil
+	}
+	for i := 1; i < len(v); i++ {
+		if v[i] == '#' && (v[i-1] == ' ' || v[i-1] == '\t') {
+			return strings.TrimSpace(v[:i]), nil
+		}
+	}
+	return v, nil
 }
 
 // ConfigDir is the wabackup directory under $XDG_CONFIG_HOME (or ~/.config).
@@ -205,28 +239,45 @@ func EnvName(flag string) string {
 const NotASetting = "wabackup/not-a-setting"
 
 // Apply fills every flag of fs that was not given on the command line from
-// the environment, then from the config file. Flags listed in skip are
-// left alone (secrets that must not come from the config file, say).
-func Apply(fs *pflag.FlagSet, file File, skip map[string]bool) error {
+// the environment, then from the config file at path (file, with the line
+// of each setting in lines). Flags listed in skip are left alone (secrets
+// that must not come from the config file, say). Switches and durations
+// take the forms the package comment lists, from either source; `~/` is
+// expanded in the config file's values (a shell expands it in variables).
+// Every error names the variable, or the file and line, and the forms
+// accepted.
+func Apply(fs *pflag.FlagSet, path string, file File, lines Lines, skip map[string]bool) error {
 	var err error
 	fs.VisitAll(func(fl *pflag.Flag) {
 		if err != nil || fl.Changed || skip[fl.Name] || fl.Annotations[NotASetting] != nil {
 			return
 		}
 		v, ok := os.LookupEnv(EnvName(fl.Name))
-		src := "environment variable " + EnvName(fl.Name)
+		src, inFile := "environment variable "+EnvName(fl.Name), false
 		if !ok {
 			v, ok = file[fl.Name]
-			src = "config file setting " + fl.Name
+			src, inFile = fmt.Sprintf("config file %s line %d: %s", path, lines[fl.Name], fl.Name), true
 		}
 		if !ok {
 			return
 		}
+		set := func(v string) bool {
+			if inFile {
+				v = expandHome(v)
+			}
+			v, e := normalize(fl.Value.Type(), v)
+			if e == nil {
+				e = fl.Value.Set(v)
+			}
+			if e != nil {
+				err = fmt.Errorf("%s: %v", src, e)
+			}
+			return e == nil
+		}
 		if fl.Value.Type() == "stringSlice" || fl.Value.Type() == "stringArray" {
 			for _, line := range strings.Split(v, "\x00") {
 				for _, part := range strings.Split(line, ",") {
-					if e := fl.Value.Set(strings.TrimSpace(part)); e != nil {
-						err = fmt.Errorf("%s: %v", src, e)
+					if !set(strings.TrimSpace(part)) {
 						return
 					}
 				}
@@ -237,9 +288,70 @@ func Apply(fs *pflag.FlagSet, file File, skip map[string]bool) error {
 			err = fmt.Errorf("%s is set on more than one line (only lists such as db, tag and exclude may repeat)", src)
 			return
 		}
-		if e := fl.Value.Set(v); e != nil {
-			err = fmt.Errorf("%s: %v", src, e)
-		}
+		set(v)
 	})
 	return err
+}
+
+// expandHome puts the home directory in place of a leading "~/" (or a
+// lone "~").
+func expandHome(v string) string {
+	if v != "~" && !strings.HasPrefix(v, "~/") {
+		return v
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return v
+	}
+	return filepath.Join(home, v[1:])
+}
+
+// normalize turns the forms users write for a switch or a duration into
+// the ones pflag reads, or says which forms are accepted.
+func normalize(typ, v string) (string, error) {
+	switch typ {
+	case "bool":
+		switch strings.ToLower(strings.TrimSpace(v)) {
+		case "yes", "true", "on", "1":
+			return "true", nil
+		case "no", "false", "off", "0":
+			return "false", nil
+		}
+		return "", fmt.Errorf("%q is not a switch value: want yes, no, true, false, on or off", v)
+	case "duration":
+		d, err := ParseDuration(v)
+		if err != nil {
+			return "", err
+		}
+		return d.String(), nil
+	}
+	return v, nil
+}
+
+// durationUnits are the words ParseDuration accepts after a number.
+var durationUnits = map[string]time.Duration{
+	"ms": time.Millisecond, "millisecond": time.Millisecond, "milliseconds": time.Millisecond,
+	"s": time.Second, "sec": time.Second, "secs": time.Second, "second": time.Second, "seconds": time.Second,
+	"m": time.Minute, "min": time.Minute, "mins": time.Minute, "minute": time.Minute, "minutes": time.Minute,
+	"h": time.Hour, "hr": time.Hour, "hrs": time.Hour, "hour": time.Hour, "hours": time.Hour,
+	"d": 24 * time.Hour, "day": 24 * time.Hour, "days": 24 * time.Hour,
+	"w": 7 * 24 * time.Hour, "week": 7 * 24 * time.Hour, "weeks": 7 * 24 * time.Hour,
+}
+
+// ParseDuration reads Go's duration form (90s, 1h30m) or a number and a
+// unit word (10 minutes, 1.5 hours, 2 days).
+func ParseDuration(v string) (time.Duration, error) {
+	v = strings.TrimSpace(v)
+	if d, err := time.ParseDuration(v); err == nil {
+		return d, nil
+	}
+	num, unit, ok := strings.Cut(v, " ")
+	if ok {
+		if n, err := strconv.ParseFloat(num, 64); err == nil && n >= 0 {
+			if u, known := durationUnits[strings.ToLower(strings.TrimSpace(unit))]; known {
+				return time.Duration(n * float64(u)), nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("%q is not a duration: want Go's form (90s, 10m, 1h30m) or a number and a unit (10 minutes, 2 hours, 1 day)", v)
 }

@@ -52,7 +52,7 @@ func TestApplyRepeated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Apply(fs, file, nil); err != nil {
+	if err := Apply(fs, "cfg", file, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(*dbs) != 2 || (*dbs)[0] != "/a/msgstore.db" || (*dbs)[1] != "/a/wa.db" {
@@ -61,7 +61,7 @@ func TestApplyRepeated(t *testing.T) {
 	fs = pflag.NewFlagSet("y", pflag.ContinueOnError)
 	fs.String("repo", "", "")
 	file, _ = Parse(strings.NewReader("repo = /a\nrepo = /b\n"))
-	if err := Apply(fs, file, nil); err == nil || !strings.Contains(err.Error(), "more than one line") {
+	if err := Apply(fs, "cfg", file, nil, nil); err == nil || !strings.Contains(err.Error(), "more than one line") {
 		t.Fatalf("a repeated repo: %v", err)
 	}
 }
@@ -78,7 +78,7 @@ func TestApplyPrecedence(t *testing.T) {
 	t.Setenv("WABACKUP_REPO", "/from/env")
 	t.Setenv("WABACKUP_DB", "/from/env.db")
 	file := File{"repo": "/from/file", "db": "/from/file.db", "media": "/from/file/media", "password-file": "/x"}
-	if err := Apply(fs, file, map[string]bool{"password-file": true}); err != nil {
+	if err := Apply(fs, "cfg", file, nil, map[string]bool{"password-file": true}); err != nil {
 		t.Fatal(err)
 	}
 	if *repo != "/from/flag" || *db != "/from/env.db" || *media != "/from/file/media" || *secret != "" {
@@ -125,5 +125,62 @@ func TestCheckUnknown(t *testing.T) {
 	}
 	if err := CheckUnknown("cfg", f, lines, known, env[:3], knownEnv, []string{"WABACKUP_TEST_"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestConfigFileForms is issue 26, item 8: the forms users write in a
+// config file — a comment after a value, ~/, yes/no for a switch, "10
+// minutes" — are honoured, and every refusal names the file, the line and
+// the forms accepted.
+func TestConfigFileForms(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	tests := []struct {
+		name, file string
+		want       map[string]string // flag → its value after Apply
+		err        string            // in the error, if any
+	}{
+		{"comment after a value", "exclude = *.tmp  # thumbnails\n", map[string]string{"exclude": "[*.tmp]"}, ""},
+		{"comment after a quoted value", "repo = \"/a #b\" # the NAS\n", map[string]string{"repo": "/a #b"}, ""},
+		{"a # inside a word stays", "tag = night#1\n", map[string]string{"tag": "[night#1]"}, ""},
+		{"home directory", "repo = ~/backups/chat\n", map[string]string{"repo": home + "/backups/chat"}, ""},
+		{"home directory in a list", "exclude = ~/Media/.thumbnails, *.tmp\n", map[string]string{"exclude": "[" + home + "/Media/.thumbnails,*.tmp]"}, ""},
+		{"yes", "quiet = yes\n", map[string]string{"quiet": "true"}, ""},
+		{"Off", "quiet = Off\n", map[string]string{"quiet": "false"}, ""},
+		{"a switch that is not one", "quiet = maybe\n", nil, `config file cfg line 1: quiet: "maybe" is not a switch value: want yes, no, true, false, on or off`},
+		{"Go duration", "retry-lock = 1h30m\n", map[string]string{"retry-lock": "1h30m0s"}, ""},
+		{"10 minutes", "retry-lock = 10 minutes\n", map[string]string{"retry-lock": "10m0s"}, ""},
+		{"1 day", "retry-lock = 1 day\n", map[string]string{"retry-lock": "24h0m0s"}, ""},
+		{"a duration that is not one", "\n\nretry-lock = 10 fortnights\n", nil, `config file cfg line 3: retry-lock: "10 fortnights" is not a duration: want Go's form (90s, 10m, 1h30m) or a number and a unit (10 minutes, 2 hours, 1 day)`},
+		{"unclosed quote", "repo = \"/a\n", nil, "line 1: repo: the quote \" is not closed"},
+		{"junk after a quote", "repo = \"/a\" b\n", nil, "after the closing quote"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+			fs.String("repo", "", "")
+			fs.StringArray("exclude", nil, "")
+			fs.StringArray("tag", nil, "")
+			fs.Bool("quiet", false, "")
+			fs.Duration("retry-lock", 0, "")
+			file, lines, err := parse(strings.NewReader(tt.file))
+			if err == nil {
+				err = Apply(fs, "cfg", file, lines, nil)
+			}
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, want := range tt.want {
+				if got := fs.Lookup(k).Value.String(); got != want {
+					t.Errorf("%s = %q, want %q", k, got, want)
+				}
+			}
+		})
 	}
 }
