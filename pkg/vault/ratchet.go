@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -571,6 +572,24 @@ func (s *RatchetStore) mayMakeTable(takeover bool) error {
 				"but %s; taking it over would bring its records back as they were then, destroyed ones too, so the vault refuses it: "+
 				"put back the current state of %s (a copy made since the upgrade), see docs/VAULT.md, \"Rollback\"", where, why, where)}
 		}
+	} else {
+		// A table the sealer records as made has a root: without one (its
+		// root deleted or emptied, the id kept) a new, empty table would
+		// take its place, and every record would be lost silently.
+		recs, err := s.r.Records()
+		if err != nil {
+			return err
+		}
+		made := append(bytes.Clone(recordMade), s.tableID...)
+		if slices.ContainsFunc(recs, func(r []byte) bool { return bytes.Equal(r, made) }) {
+			if r, err := s.st.Root(0); err != nil {
+				return err
+			} else if r.Rev != 0 {
+				return ErrStale
+			}
+			where := s.st.Where()
+			return fmt.Errorf("%w: the root of key table %x is gone from %s, though the sealer records that the table was made: a new, empty table is not made in its place; put back the current state of %s", ErrRolledBack, s.tableID, where, where)
+		}
 	}
 	return s.r.Record(append(bytes.Clone(recordMaking), s.tableID...))
 }
@@ -614,6 +633,12 @@ func (s *RatchetStore) apply(fresh *RatchetRoot, first bool) error {
 	}
 	if !first && fresh.Rev <= held {
 		return nil
+	}
+	if fresh.Epoch != nil && !bytes.HasPrefix(fresh.Epoch, s.tableID) {
+		// Epoch keys belong to the token, not to one table: a root that
+		// names another table's key (its id, or the id beside it, altered)
+		// is not opened, so no key of another table is destroyed below.
+		return fmt.Errorf("%w: the key table root in %s names epoch key %x, which is not of key table %x (the id stored beside it)", ErrRolledBack, s.st.Where(), fresh.Epoch, s.tableID)
 	}
 	var ids [][]byte
 	var err error
