@@ -57,7 +57,8 @@ type app struct {
 	// thresholdOpened is set when the repository was opened through a
 	// threshold slot's vaults.
 	thresholdOpened *thresholdOpening
-	typedKeyErr     error // the prompt's input looked like a malformed 64-digit key
+	typedKeyErr     error           // the prompt's input looked like a malformed 64-digit key
+	onCommandLine   map[string]bool // the flags given on the command line (applySettings)
 }
 
 func newApp(stdout, stderr io.Writer) *app {
@@ -227,14 +228,54 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 	fs := pflag.NewFlagSet("all", pflag.ContinueOnError)
 	fs.AddFlagSet(cmd.Flags())
 	fs.AddFlagSet(cmd.InheritedFlags())
+	a.onCommandLine = map[string]bool{}
+	fs.VisitAll(func(f *pflag.Flag) { a.onCommandLine[f.Name] = f.Changed })
 	return settings.Apply(fs, path, file, lines, map[string]bool{"config": true})
+}
+
+// Levels of a setting's source, highest first.
+const (
+	levelFlag   = 3
+	levelEnv    = 2
+	levelConfig = 1
+)
+
+// settingLevel is where flag's value came from: the command line, its
+// WABACKUP_* variable, the config file, or nowhere (0, value "").
+func (a *app) settingLevel(flag, value string) int {
+	switch {
+	case a.onCommandLine[flag]:
+		return levelFlag
+	case envLevel(settings.EnvName(flag)) > 0:
+		return levelEnv
+	case value != "":
+		return levelConfig
+	}
+	return 0
+}
+
+// envLevel is levelEnv if the variable is set (and not empty).
+func envLevel(name string) int {
+	if os.Getenv(name) != "" {
+		return levelEnv
+	}
+	return 0
 }
 
 // credentials gathers the key or password before any work is done, so a
 // mistyped key fails at once.
 func (a *app) credentials() (archive.Credentials, error) {
 	var c archive.Credentials
+	// The secret given at the highest level wins (README, "Settings,
+	// secrets and cron"): a flag over a variable over the config file; at
+	// one level, the key over the password. The other is not read: a wrong
+	// explicit secret fails instead of something else opening.
+	keyLevel := max(a.settingLevel("key-file", a.keyFile), envLevel("WABACKUP_KEY"))
+	pwLevel := max(a.settingLevel("password-file", a.passwordFile), a.settingLevel("password-command", a.passwordCommand), envLevel("WABACKUP_PASSWORD"))
 	keySrc := secret.Source{File: a.keyFile, Env: "WABACKUP_KEY"}
+	if pwLevel > keyLevel {
+		keySrc = secret.Source{}
+	}
 	if s, ok, err := keySrc.Read(); ok {
 		if err != nil {
 			return c, err
@@ -247,6 +288,12 @@ func (a *app) credentials() (archive.Credentials, error) {
 		return c, nil
 	}
 	pwSrc := secret.Source{File: a.passwordFile, Command: a.passwordCommand, Env: "WABACKUP_PASSWORD"}
+	switch pwLevel {
+	case a.settingLevel("password-file", a.passwordFile):
+		pwSrc = secret.Source{File: a.passwordFile}
+	case a.settingLevel("password-command", a.passwordCommand):
+		pwSrc = secret.Source{Command: a.passwordCommand}
+	}
 	if s, ok, err := pwSrc.Read(); ok {
 		if err != nil {
 			return c, err
