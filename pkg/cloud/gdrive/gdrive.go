@@ -174,7 +174,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	ht.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	ht.ResponseHeaderTimeout = 5 * time.Minute
 	hc := &http.Client{Transport: &transport{
-		base: ht, ts: cfg.TokenSource, budget: cfg.RetryBudget,
+		base: cloud.CountingTransport(ctx, ht, requestKind), ts: cfg.TokenSource, budget: cfg.RetryBudget,
 		minWait: cfg.minBackoff, maxWait: 32 * cfg.minBackoff,
 		progress: cloud.NewProgress(cloud.RunBudget(ctx)),
 	}}

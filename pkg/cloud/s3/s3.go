@@ -231,7 +231,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	client, err := minio.New(cfg.Endpoint, &minio.Options{
 		Creds:        creds,
 		Secure:       cfg.Secure,
-		Transport:    tr,
+		Transport:    cloud.CountingTransport(ctx, tr, requestKind(cfg.Bucket)),
 		Region:       cfg.Region,
 		BucketLookup: lookup,
 		MaxRetries:   1, // we retry ourselves, see the package comment
