@@ -117,10 +117,15 @@ type PruneResult struct {
 	PacksKept     int
 	TreesDeleted  int
 	BytesFreed    int64
+	// Nothing: there was nothing to prune, and the store was not changed.
+	Nothing bool
 }
 
-// repackThreshold: a pack with more than this fraction unused is
-// rewritten.
+// repackThreshold: a pack whose unused blobs are more than this fraction
+// of it is rewritten. Only blobs count as unused, never the pack's own
+// header and trailer: a small pack whose every blob is used is kept (its
+// trailer may be a third of it, and a copy would have the same one, so
+// repacking it would repack it again at every prune).
 const repackThreshold = 0.2
 
 // Prune removes data no snapshot references. The caller holds an
@@ -185,28 +190,33 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 	var keep []ID
 	var drop []ID
 	var repack []blobEntry
+	unindexed := 0 // packs the new index leaves out that the old one lists
 	err = r.idx.eachPack(func(p packInfo, entries []blobEntry) error {
 		size, ok := stored[p.id]
 		if !ok {
+			unindexed++
 			return nil // listed in an index but gone: dropped from it
 		}
 		delete(stored, p.id)
 		if bad.ids[p.id] {
+			unindexed++
 			return nil // truncated: kept in the store, not indexed
 		}
-		var usedBytes int64
+		var usedBytes, unusedBytes int64
 		var usedEntries []blobEntry
 		for _, e := range entries {
 			if used.has(e.ID) {
 				usedEntries = append(usedEntries, e)
 				usedBytes += int64(e.Length)
+			} else {
+				unusedBytes += int64(e.Length)
 			}
 		}
 		switch {
 		case len(usedEntries) == 0:
 			drop = append(drop, p.id)
 			res.BytesFreed += size
-		case float64(size-usedBytes) > repackThreshold*float64(size):
+		case float64(unusedBytes) > repackThreshold*float64(size):
 			drop = append(drop, p.id)
 			res.PacksRepacked++
 			res.BytesFreed += size - usedBytes
@@ -236,6 +246,11 @@ func (r *Repository) Prune(ctx context.Context, dryRun bool) (*PruneResult, erro
 		}
 	}
 	res.TreesDeleted = len(dropTrees)
+	if len(drop) == 0 && len(dropTrees) == 0 && len(adopted) == 0 && unindexed == 0 {
+		// Nothing to prune: the index stays as it is.
+		res.Nothing = true
+		return res, nil
+	}
 	if dryRun {
 		return res, nil
 	}
