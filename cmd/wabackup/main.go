@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/wabackup/wabackup/internal/secret"
 	"github.com/wabackup/wabackup/pkg/archive"
 	"github.com/wabackup/wabackup/pkg/cloud"
 	"github.com/wabackup/wabackup/pkg/keys"
@@ -71,7 +72,7 @@ func exitCode(err error, interrupted bool) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case interrupted || errors.Is(err, context.Canceled):
+	case interrupted || errors.Is(err, context.Canceled) || errors.Is(err, secret.ErrInterrupted):
 		return exitInterrupted
 	case errors.As(err, &pe):
 		return exitPartial

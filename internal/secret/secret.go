@@ -11,7 +11,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"golang.org/x/term"
 )
@@ -19,6 +21,10 @@ import (
 // ErrNoSecret is returned when no source was configured and no terminal
 // is available to ask.
 var ErrNoSecret = errors.New("no key or password given")
+
+// ErrInterrupted is returned when Ctrl-C (SIGINT) or SIGTERM arrives while
+// a prompt waits for input; the terminal is restored first.
+var ErrInterrupted = errors.New("interrupted")
 
 // maxSecret bounds what is read from a file or command.
 const maxSecret = 4096
@@ -78,11 +84,37 @@ func Prompt(prompt string, confirm bool) ([]byte, error) {
 		return nil, ErrNoSecret
 	}
 	defer tty.Close()
+	// term.ReadPassword turns echo off and leaves Ctrl-C to the process,
+	// whose handler only cancels the command's context: the read itself
+	// would go on until Enter. So the read runs aside, and a signal ends
+	// the prompt at once, with the terminal as it was.
+	state, err := term.GetState(int(tty.Fd()))
+	if err != nil {
+		return nil, err
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	read := func(p string) ([]byte, error) {
 		fmt.Fprint(tty, p)
-		b, err := term.ReadPassword(int(tty.Fd()))
-		fmt.Fprintln(tty)
-		return b, err
+		type result struct {
+			b   []byte
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			b, err := term.ReadPassword(int(tty.Fd()))
+			done <- result{b, err}
+		}()
+		select {
+		case r := <-done:
+			fmt.Fprintln(tty)
+			return r.b, r.err
+		case <-sigs:
+			_ = term.Restore(int(tty.Fd()), state)
+			fmt.Fprintln(tty)
+			return nil, ErrInterrupted
+		}
 	}
 	first, err := read(prompt)
 	if err != nil {
