@@ -149,9 +149,11 @@ otherwise. The last slot is never removed.`,
 					if !secret.IsTerminal(os.Stdin) || a.out.json {
 						return fmt.Errorf("refusing to remove key slot %s without --force: %s", target.ID[:8], why)
 					}
-					fmt.Fprintf(a.out.stderr, "Key slot %s: %s. Type \"remove\" to remove it: ", target.ID[:8], why)
-					line, _ := secret.ReadLine(os.Stdin)
-					if strings.TrimSpace(string(line)) != "remove" {
+					line, err := secret.AskLine(fmt.Sprintf("Key slot %s: %s. Type \"remove\" to remove it: ", target.ID[:8], why))
+					if err != nil {
+						return err
+					}
+					if strings.TrimSpace(line) != "remove" {
 						return fmt.Errorf("not removed: key slot %s", target.ID[:8])
 					}
 				}

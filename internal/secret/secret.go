@@ -135,6 +135,36 @@ func Prompt(prompt string, confirm bool) ([]byte, error) {
 	return first, nil
 }
 
+// AskLine asks a question on the terminal (echo on) and returns the
+// answer's first line. Ctrl-C or SIGTERM ends it at once with
+// ErrInterrupted; without a terminal it returns ErrNoSecret.
+func AskLine(prompt string) (string, error) {
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil || !term.IsTerminal(int(tty.Fd())) {
+		if tty != nil {
+			tty.Close()
+		}
+		return "", ErrNoSecret
+	}
+	defer tty.Close()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	fmt.Fprint(tty, prompt)
+	done := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(io.LimitReader(tty, maxSecret)).ReadString('\n')
+		done <- strings.TrimRight(line, "\r\n")
+	}()
+	select {
+	case line := <-done:
+		return line, nil
+	case <-sigs:
+		fmt.Fprintln(tty)
+		return "", ErrInterrupted
+	}
+}
+
 // Source says where a secret comes from, in order of preference.
 type Source struct {
 	File    string // path of a file holding the secret
