@@ -59,6 +59,10 @@ type app struct {
 	thresholdOpened *thresholdOpening
 	typedKeyErr     error           // the prompt's input looked like a malformed 64-digit key
 	onCommandLine   map[string]bool // the flags given on the command line (applySettings)
+
+	// counters count the requests of the stores openRepo opened, one
+	// each, for the summaries.
+	counters []*cloud.Counter
 }
 
 func newApp(stdout, stderr io.Writer) *app {
@@ -401,10 +405,15 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 			return nil, err
 		}
 	}
-	st, err := a.openStore(ctx, false)
+	// Count the store's requests for the summaries (from the opening
+	// on: S3 and Drive count on the wire, other stores their calls).
+	counter := &cloud.Counter{}
+	a.counters = append(a.counters, counter)
+	st, err := a.openStore(cloud.WithCounter(ctx, counter), false)
 	if err != nil {
 		return nil, err
 	}
+	st = cloud.Count(st, counter)
 	r, err := archive.Open(ctx, st)
 	if err != nil {
 		return nil, err

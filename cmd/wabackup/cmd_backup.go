@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/cloud"
 	"github.com/wabackup/wabackup/pkg/cloud/local"
 	"github.com/wabackup/wabackup/pkg/cloud/s3"
 )
@@ -94,19 +95,19 @@ read again.`,
 				}
 				s := snap.Stats
 				if opt.DryRun {
-					a.out.JSON(map[string]any{"message_type": "backup_plan", "dry_run": true, "partial": snap.Partial,
+					a.out.JSON(a.withStoreFigures(map[string]any{"message_type": "backup_plan", "dry_run": true, "partial": snap.Partial,
 						"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
 						"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "excluded": s.Excluded,
-						"warnings": snap.Warnings, "dbs": dbsJSON(snap), "duration_seconds": time.Since(start).Seconds()})
+						"warnings": snap.Warnings, "dbs": dbsJSON(snap), "duration_seconds": time.Since(start).Seconds()}))
 					a.out.Printf("dry run, nothing stored: would save %d files, %s (%d unchanged); read %s, would add %s to the repository (%d new chunks, %s before compression)\n",
 						s.Files, humanBytes(s.Bytes), s.Unchanged, humanBytes(s.ReadBytes), humanBytes(s.AddedBytes), s.NewChunks, humanBytes(s.NewBytes))
 				} else {
 					a.cleanupAbandoned(ctx, r)
-					a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
+					a.out.JSON(a.withStoreFigures(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "partial": snap.Partial,
 						"files": s.Files, "dirs": s.Dirs, "bytes": s.Bytes, "unchanged_files": s.Unchanged, "read_bytes": s.ReadBytes,
 						"new_chunks": s.NewChunks, "new_bytes": s.NewBytes, "added_bytes": s.AddedBytes, "resent_chunks": s.Resent, "resent_bytes": s.ResentBytes, "excluded": s.Excluded,
 						"warnings": snap.Warnings, "db_check": snap.DBCheck, "dbs": dbsJSON(snap),
-						"duration_seconds": time.Since(start).Seconds()})
+						"duration_seconds": time.Since(start).Seconds()}))
 					a.out.Printf("snapshot %s saved: %d files, %s (%d unchanged); read %s, added %s to the repository in %s\n",
 						snap.ID.Short(), s.Files, humanBytes(s.Bytes), s.Unchanged, humanBytes(s.ReadBytes), humanBytes(s.AddedBytes),
 						time.Since(start).Round(time.Millisecond))
@@ -114,6 +115,7 @@ read again.`,
 				if s.Resent > 0 && !opt.DryRun {
 					a.out.Printf("healed: sent %d chunk(s), %s, again from the source (their packs were missing or truncated in the store)\n", s.Resent, humanBytes(s.ResentBytes))
 				}
+				a.printStoreFigures()
 				if snap.Partial {
 					first := ""
 					if len(warnings) > 0 {
@@ -163,7 +165,7 @@ func readPatterns(file string) ([]string, error) {
 // repository's named staging files older than a day (best effort: a
 // failure is a warning).
 func (a *app) cleanupAbandoned(ctx context.Context, r *archive.Repository) {
-	switch s := r.Store().(type) {
+	switch s := cloud.Unwrap(r.Store()).(type) {
 	case *s3.Store:
 		if _, err := s.CleanupIncomplete(ctx, 24*time.Hour); err != nil {
 			a.out.Warnf("aborting abandoned uploads: %v", err)

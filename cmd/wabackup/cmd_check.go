@@ -116,11 +116,12 @@ source.`,
 						fmt.Fprintln(a.out.stderr, "error: "+oneLine(e))
 					}
 				}
-				a.out.JSON(map[string]any{"message_type": "summary", "snapshots": res.Snapshots, "packs": res.Packs, "packs_read": res.PacksRead, "chunks": res.Chunks, "errors": len(res.Errors), "warnings": len(res.Warnings)})
+				a.out.JSON(a.withStoreFigures(map[string]any{"message_type": "summary", "snapshots": res.Snapshots, "packs": res.Packs, "packs_read": res.PacksRead, "chunks": res.Chunks, "errors": len(res.Errors), "warnings": len(res.Warnings)}))
 				if err != nil {
 					return fmt.Errorf("check found %d error(s); first: %s", len(res.Errors), res.Errors[0])
 				}
 				a.out.Printf("no errors: %d snapshots, %d packs (%d read), %d chunks\n", res.Snapshots, res.Packs, res.PacksRead, res.Chunks)
+				a.printStoreFigures()
 				return nil
 			})
 		},
@@ -137,7 +138,8 @@ source.`,
 // holds.
 func (a *app) checkStoredDB(ctx context.Context, ref string) error {
 	return a.withRepo(ctx, func(r *archive.Repository) error {
-		return a.withLock(ctx, r, false, "check", func() error {
+		var summary map[string]any
+		err := a.withLock(ctx, r, false, "check", func() error {
 			snap, err := r.FindSnapshot(ctx, ref)
 			if err != nil {
 				return err
@@ -157,9 +159,16 @@ func (a *app) checkStoredDB(ctx context.Context, ref string) error {
 				}
 				a.out.Printf("database %s of snapshot %s passed integrity_check\n", d.Path, snap.ID.Short())
 			}
-			a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "db": snap.DB, "dbs": orEmpty(snap.DBPaths()), "integrity_check": "ok", "duration_seconds": time.Since(start).Seconds()})
+			summary = map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "db": snap.DB, "dbs": orEmpty(snap.DBPaths()), "integrity_check": "ok", "duration_seconds": time.Since(start).Seconds()}
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		// after the lock's removal, which the store figures count
+		a.out.JSON(a.withStoreFigures(summary))
+		a.printStoreFigures()
+		return nil
 	})
 }
 

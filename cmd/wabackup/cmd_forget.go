@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wabackup/wabackup/pkg/archive"
+	"github.com/wabackup/wabackup/pkg/cloud"
 	"github.com/wabackup/wabackup/pkg/cloud/s3"
 )
 
@@ -24,7 +25,8 @@ backups of the chat. --dry-run only says what would be removed.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			return a.withRepo(ctx, func(r *archive.Repository) error {
-				return a.withLock(ctx, r, true, "forget", func() error {
+				var summary func() // prune's, once the lock is gone
+				err := a.withLock(ctx, r, true, "forget", func() error {
 					ds, err := r.Forget(ctx, p, dryRun)
 					if err != nil {
 						return err
@@ -54,10 +56,14 @@ backups of the chat. --dry-run only says what would be removed.`,
 					}
 					a.out.Printf("%s %d of %d snapshot(s)\n", verb, removed, len(ds))
 					if prune {
-						return a.doPrune(ctx, r, dryRun)
+						summary, err = a.doPrune(ctx, r, dryRun)
 					}
-					return nil
+					return err
 				})
+				if summary != nil {
+					summary()
+				}
+				return err
 			})
 		},
 	}
@@ -73,27 +79,34 @@ backups of the chat. --dry-run only says what would be removed.`,
 	return cmd
 }
 
-func (a *app) doPrune(ctx context.Context, r *archive.Repository, dryRun bool) error {
+// doPrune prunes, under the caller's exclusive lock, and returns the
+// function that prints its summary: the caller calls it once the lock is
+// gone, so that the store figures count the lock's removal too.
+func (a *app) doPrune(ctx context.Context, r *archive.Repository, dryRun bool) (func(), error) {
 	res, err := r.Prune(ctx, dryRun)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	a.out.JSON(map[string]any{"message_type": "prune", "dry_run": dryRun, "packs_deleted": res.PacksDeleted, "packs_repacked": res.PacksRepacked, "packs_kept": res.PacksKept, "trees_deleted": res.TreesDeleted, "bytes_freed": res.BytesFreed})
-	verb := "freed"
-	if dryRun {
-		verb = "would free"
-	}
-	a.out.Printf("prune: %s %s (%d pack(s) deleted, %d repacked, %d kept)\n", verb, humanBytes(res.BytesFreed), res.PacksDeleted, res.PacksRepacked, res.PacksKept)
-	if s, ok := r.Store().(*s3.Store); ok && !dryRun {
+	aborted := 0
+	if s, ok := cloud.Unwrap(r.Store()).(*s3.Store); ok && !dryRun {
 		// Under the exclusive lock no backup is uploading: every
 		// incomplete multipart upload is abandoned.
-		if n, err := s.CleanupIncomplete(ctx, 0); err != nil {
+		if aborted, err = s.CleanupIncomplete(ctx, 0); err != nil {
 			a.out.Warnf("aborting incomplete uploads: %v", err)
-		} else if n > 0 {
-			a.out.Printf("aborted %d incomplete upload(s)\n", n)
 		}
 	}
-	return nil
+	return func() {
+		a.out.JSON(a.withStoreFigures(map[string]any{"message_type": "prune", "dry_run": dryRun, "packs_deleted": res.PacksDeleted, "packs_repacked": res.PacksRepacked, "packs_kept": res.PacksKept, "trees_deleted": res.TreesDeleted, "bytes_freed": res.BytesFreed}))
+		verb := "freed"
+		if dryRun {
+			verb = "would free"
+		}
+		a.out.Printf("prune: %s %s (%d pack(s) deleted, %d repacked, %d kept)\n", verb, humanBytes(res.BytesFreed), res.PacksDeleted, res.PacksRepacked, res.PacksKept)
+		if aborted > 0 {
+			a.out.Printf("aborted %d incomplete upload(s)\n", aborted)
+		}
+		a.printStoreFigures()
+	}, nil
 }
 
 func (a *app) pruneCommand() *cobra.Command {
@@ -105,7 +118,16 @@ func (a *app) pruneCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			return a.withRepo(ctx, func(r *archive.Repository) error {
-				return a.withLock(ctx, r, true, "prune", func() error { return a.doPrune(ctx, r, dryRun) })
+				var summary func()
+				err := a.withLock(ctx, r, true, "prune", func() error {
+					var err error
+					summary, err = a.doPrune(ctx, r, dryRun)
+					return err
+				})
+				if summary != nil {
+					summary()
+				}
+				return err
 			})
 		},
 	}

@@ -42,7 +42,10 @@ database first, and the exit code is 1.`,
 			return a.withRepo(ctx, func(r *archive.Repository) error {
 				start := time.Now()
 				var total archive.RestoreProgress
-				return a.withLock(ctx, r, false, "restore", func() error {
+				// The summary comes once the lock is gone, so that its
+				// store figures count the lock's removal too.
+				var summary func()
+				err := a.withLock(ctx, r, false, "restore", func() error {
 					snap, err := a.findSnapshotWithDB(ctx, r, ref, "restoring")
 					if err != nil {
 						return err
@@ -52,8 +55,11 @@ database first, and the exit code is 1.`,
 						if err != nil {
 							return err
 						}
-						a.out.JSON(map[string]any{"message_type": "restore_plan", "snapshot_id": snap.ID.String(), "files": w, "bytes": wb, "kept": k, "target": opt.Target})
-						a.out.Printf("would restore %d files, %s from snapshot %s to %s (%d already there would be kept)\n", w, humanBytes(wb), snap.ID.Short(), opt.Target, k)
+						summary = func() {
+							a.out.JSON(a.withStoreFigures(map[string]any{"message_type": "restore_plan", "snapshot_id": snap.ID.String(), "files": w, "bytes": wb, "kept": k, "target": opt.Target}))
+							a.out.Printf("would restore %d files, %s from snapshot %s to %s (%d already there would be kept)\n", w, humanBytes(wb), snap.ID.Short(), opt.Target, k)
+							a.printStoreFigures()
+						}
 						return nil
 					}
 					// The totals: what this restore covers (after --include
@@ -85,14 +91,21 @@ database first, and the exit code is 1.`,
 							failed = append(failed, map[string]any{"path": f.Path, "database": f.DB, "error": f.Err.Error()})
 						}
 					}
-					a.out.JSON(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "files": total.Files, "bytes": total.Bytes, "kept": total.Kept, "store_bytes": total.StoreBytes, "not_restored": failed, "target": opt.Target, "duration_seconds": time.Since(start).Seconds()})
-					kept := ""
-					if total.Kept > 0 {
-						kept = fmt.Sprintf(" (%d already there, kept)", total.Kept)
+					summary = func() {
+						a.out.JSON(a.withStoreFigures(map[string]any{"message_type": "summary", "snapshot_id": snap.ID.String(), "files": total.Files, "bytes": total.Bytes, "kept": total.Kept, "store_bytes": total.StoreBytes, "not_restored": failed, "target": opt.Target, "duration_seconds": time.Since(start).Seconds()}))
+						kept := ""
+						if total.Kept > 0 {
+							kept = fmt.Sprintf(" (%d already there, kept)", total.Kept)
+						}
+						a.out.Printf("restored %d files%s, %s from snapshot %s to %s in %s\n", total.Files, kept, humanBytes(total.Bytes), snap.ID.Short(), opt.Target, time.Since(start).Round(time.Millisecond))
+						a.printStoreFigures()
 					}
-					a.out.Printf("restored %d files%s, %s from snapshot %s to %s in %s\n", total.Files, kept, humanBytes(total.Bytes), snap.ID.Short(), opt.Target, time.Since(start).Round(time.Millisecond))
 					return err
 				})
+				if summary != nil {
+					summary()
+				}
+				return err
 			})
 		},
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/wabackup/wabackup/internal/secret"
+	"github.com/wabackup/wabackup/pkg/cloud"
 )
 
 // output is the one place that writes to the user, so --json and --quiet
@@ -215,4 +216,54 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.2f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// storeCounts is what the stores this command opened were asked so far
+// (cloud.Counter says what each kind counts, per backend).
+func (a *app) storeCounts() cloud.Counts {
+	var c cloud.Counts
+	for _, n := range a.counters {
+		c = c.Add(n.Counts())
+	}
+	return c
+}
+
+// withStoreFigures adds the store's request and byte counts to a summary
+// message: "requests" ({"list": N, "get": N, "stat": N, "put": N,
+// "delete": N, "total": N}), "bytes_up" and "bytes_down" (docs/JSON.md).
+func (a *app) withStoreFigures(m map[string]any) map[string]any {
+	c := a.storeCounts()
+	req := map[string]any{"total": c.Total()}
+	for _, k := range cloud.Kinds() {
+		req[k.String()] = c.Of(k)
+	}
+	m["requests"] = req
+	m["bytes_up"] = c.BytesUp
+	m["bytes_down"] = c.BytesDown
+	return m
+}
+
+// printStoreFigures prints the summary's line of store figures:
+// "store: 22 requests (3 list, 12 get, 7 put), 1.20 MiB up, 40.00 KiB down"
+// (kinds without a request left out).
+func (a *app) printStoreFigures() {
+	a.out.Printf("%s\n", storeLine(a.storeCounts()))
+}
+
+func storeLine(c cloud.Counts) string {
+	var kinds []string
+	for _, k := range cloud.Kinds() {
+		if n := c.Of(k); n > 0 {
+			kinds = append(kinds, fmt.Sprintf("%d %s", n, k))
+		}
+	}
+	by := ""
+	if len(kinds) > 0 {
+		by = " (" + strings.Join(kinds, ", ") + ")"
+	}
+	plural := "s"
+	if c.Total() == 1 {
+		plural = ""
+	}
+	return fmt.Sprintf("store: %d request%s%s, %s up, %s down", c.Total(), plural, by, humanBytes(c.BytesUp), humanBytes(c.BytesDown))
 }
