@@ -19,7 +19,7 @@ import (
 
 func (a *app) keyRotateCommand() *cobra.Command {
 	var keyOut, label string
-	var force, rewrite bool
+	var force, rewrite, dryRun bool
 	var keepIDs, keepFiles []string
 	cmd := &cobra.Command{
 		Use:   "rotate",
@@ -66,6 +66,9 @@ what is done).`,
 						return err
 					}
 					keep = append(keep, more...)
+					if err := a.confirmRevocations(ctx, r, keep, force, dryRun); err != nil || dryRun {
+						return err
+					}
 					res, err := r.Rotate(ctx, archive.RotateOptions{Keep: keep, NewRecoveryKey: true, Label: label, Rewrite: rewrite})
 					if res == nil && err != nil {
 						return err
@@ -137,7 +140,8 @@ what is done).`,
 	notASetting(cmd, "keep-password-file")
 	cmd.Flags().BoolVar(&rewrite, "rewrite", false, "then re-encrypt all stored data under the new key and destroy the old one")
 	cmd.Flags().StringVar(&keyOut, "key-out", "", "write the new 64-digit key to this file (mode 0600) instead of showing it")
-	cmd.Flags().BoolVar(&force, "force", false, "with --key-out: overwrite an existing file")
+	cmd.Flags().BoolVar(&force, "force", false, "revoke the other key slots without asking (needed without a terminal), and with --key-out overwrite an existing file")
+	cmd.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "only say which slots would be kept and which revoked")
 	cmd.Flags().StringVar(&label, "label", "", "a note for the new 64-digit key's slot (default: host name)")
 	return cmd
 }
@@ -196,6 +200,69 @@ func (a *app) rewrite(ctx context.Context, r *archive.Repository, m map[string]a
 		a.out.Warnf("%d object(s) in damaged/ (set aside by repair) are left as they were, under the old key: remove them when you no longer need them", res.Damaged)
 	}
 	return nil
+}
+
+// confirmRevocations says which key slots a rotation keeping keep would
+// revoke, and asks on a terminal before they are; without a terminal it
+// needs force. With dryRun it only says what would happen.
+func (a *app) confirmRevocations(ctx context.Context, r *archive.Repository, keep []archive.KeepSlot, force, dryRun bool) error {
+	slots, err := r.Slots(ctx)
+	if err != nil {
+		return err
+	}
+	kept := map[string]bool{}
+	for _, k := range keep {
+		kept[k.ID] = true
+	}
+	kr := r.Keyring()
+	var revoked, keptL []string
+	for _, s := range slots {
+		if kr != nil {
+			if _, listed := kr.Slot(s.ID); !listed {
+				continue // opens nothing already
+			}
+		}
+		d := fmt.Sprintf("%s %s", s.Kind, s.ID[:8])
+		if s.Label != "" {
+			d += fmt.Sprintf(" (%s)", s.Label)
+		}
+		if kept[s.ID] {
+			keptL = append(keptL, d)
+		} else {
+			revoked = append(revoked, d)
+		}
+	}
+	if dryRun {
+		a.out.JSON(map[string]any{"message_type": "key_rotate_plan", "keep": orEmpty(keptL), "revoke": orEmpty(revoked), "new_recovery_key": true})
+		a.out.Printf("key rotate would keep %s, revoke %s, and make a new 64-digit key (nothing was changed)\n",
+			listOrNone(keptL), listOrNone(revoked))
+		return nil
+	}
+	if len(revoked) == 0 || force {
+		return nil
+	}
+	what := fmt.Sprintf("key rotate would revoke %d key slot(s): %s", len(revoked), strings.Join(revoked, ", "))
+	if a.out.json {
+		return fmt.Errorf("%s: give --force, or --keep the password slots to keep (-n shows what would happen)", what)
+	}
+	line, err := secret.AskLine(what + ". Type \"rotate\" to go on: ")
+	if errors.Is(err, secret.ErrNoSecret) {
+		return fmt.Errorf("%s, and there is no terminal to ask on: give --force, or --keep the password slots to keep (-n shows what would happen)", what)
+	}
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(line) != "rotate" {
+		return errors.New("not rotated: nothing was changed")
+	}
+	return nil
+}
+
+func listOrNone(l []string) string {
+	if len(l) == 0 {
+		return "nothing"
+	}
+	return strings.Join(l, ", ")
 }
 
 // keepMore are the --keep password slots with their passwords, from

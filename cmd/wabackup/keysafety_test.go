@@ -138,14 +138,14 @@ func TestRotateKeep(t *testing.T) {
 	var added struct{ ID string }
 	json.Unmarshal([]byte(mustRun("key", "add", "--repo", repo, "--key-file", k1, "--new-password-file", phone, "--label", "phone", "--json")), &added)
 	mustRun("key", "add", "--repo", repo, "--key-file", k1, "--new-password-file", laptop, "--label", "old-laptop")
-	code, _, errs := wabIn(t, home, "key", "rotate", "--repo", repo, "--key-file", k1, "--key-out", filepath.Join(work, "k2"), "--keep", added.ID[:8], "--keep-password-file", wrong)
+	code, _, errs := wabIn(t, home, "key", "rotate", "--force", "--repo", repo, "--key-file", k1, "--key-out", filepath.Join(work, "k2"), "--keep", added.ID[:8], "--keep-password-file", wrong)
 	if code != exitWrongKey || !strings.Contains(errs, "does not open it") {
 		t.Fatalf("a wrong password for --keep: exit %d %s", code, errs)
 	}
 	if _, err := os.Stat(filepath.Join(work, "k2")); err == nil {
 		t.Fatal("a failed rotation wrote a key file")
 	}
-	out := mustRun("key", "rotate", "--repo", repo, "--key-file", k1, "--key-out", filepath.Join(work, "k2"), "--keep", added.ID[:8], "--keep-password-file", phone)
+	out := mustRun("key", "rotate", "--force", "--repo", repo, "--key-file", k1, "--key-out", filepath.Join(work, "k2"), "--keep", added.ID[:8], "--keep-password-file", phone)
 	for _, want := range []string{"kept recovery", "kept password " + added.ID[:8] + " (its slot is now", "revoked password", "(old-laptop)"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("rotate output lacks %q:\n%s", want, out)

@@ -70,7 +70,7 @@ func TestRotateRewriteKilled(t *testing.T) {
 		return 0
 	}
 	for i := 0; i < 3; i++ {
-		cmd := exec.Command(bin, "key", "rotate", "--rewrite", "--repo", "repo", "--key-file", "k1", "--key-out", fmt.Sprintf("k%d", i+2), "-q")
+		cmd := exec.Command(bin, "key", "rotate", "--rewrite", "--force", "--repo", "repo", "--key-file", "k1", "--key-out", fmt.Sprintf("k%d", i+2), "-q")
 		cmd.Dir = dir
 		cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+filepath.Join(dir, ".config"), "XDG_CACHE_HOME="+filepath.Join(dir, ".cache"))
 		if err := cmd.Start(); err != nil {
@@ -86,7 +86,7 @@ func TestRotateRewriteKilled(t *testing.T) {
 		t.Logf("after kill %d: %d of %d packs still under the old key", i+1, n, len(packs))
 	}
 	left := stillOld()
-	out, code := run("key", "rotate", "--rewrite", "--repo", "repo", "--key-file", "k1", "--key-out", "k9", "--json")
+	out, code := run("key", "rotate", "--rewrite", "--force", "--force", "--repo", "repo", "--key-file", "k1", "--key-out", "k9", "--json")
 	if code != 0 {
 		t.Fatalf("the last rotate --rewrite: exit %d\n%s", code, out)
 	}

@@ -99,7 +99,7 @@ func TestThresholdForm1Fixture(t *testing.T) {
 		t.Fatalf("check of a form-1 slot: exit %d %s", code, errs)
 	}
 
-	out := wabOK(t, home, args([]string{"key", "rotate", "--key-out", filepath.Join(dir, "key2.txt")}, open...)...)
+	out := wabOK(t, home, args([]string{"key", "rotate", "--force", "--key-out", filepath.Join(dir, "key2.txt")}, open...)...)
 	if !strings.Contains(out, "registered the key escrowed in") {
 		t.Fatalf("key rotate did not register the key again: %s", out)
 	}

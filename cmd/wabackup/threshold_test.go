@@ -322,7 +322,7 @@ func TestThresholdKeyCommands(t *testing.T) {
 	// the new key epoch with the same extra fields): a new machine still
 	// opens with the password; the old 64-digit key no longer does.
 	k2 := filepath.Join(f.work, "k2")
-	out = wabOK(t, home, args([]string{"key", "rotate", "--repo", f.repo, "--password-file", pw2, "--key-out", k2}, all...)...)
+	out = wabOK(t, home, args([]string{"key", "rotate", "--force", "--repo", f.repo, "--password-file", pw2, "--key-out", k2}, all...)...)
 	if !strings.Contains(out, "kept vault") {
 		t.Fatalf("rotate through the vaults: %s", out)
 	}

@@ -434,7 +434,7 @@ func TestVaultRotate(t *testing.T) {
 	if code, out, errs := wabIn(t, home, "backup", "--repo", repo, "--key-file", keyFile, "--media", media); code != 0 {
 		t.Fatalf("backup: %d\n%s\n%s", code, out, errs)
 	}
-	code, out, errs := wabIn(t, home, append([]string{"key", "rotate", "--repo", repo, "--password-file", pw, "--key-out", filepath.Join(work, "k2")}, vflags...)...)
+	code, out, errs := wabIn(t, home, append([]string{"key", "rotate", "--force", "--repo", repo, "--password-file", pw, "--key-out", filepath.Join(work, "k2")}, vflags...)...)
 	if code != 0 || !strings.Contains(out, "kept vault") || !strings.Contains(out, "revoked recovery") {
 		t.Fatalf("rotate through the vault: %d\n%s\n%s", code, out, errs)
 	}
@@ -447,7 +447,7 @@ func TestVaultRotate(t *testing.T) {
 		t.Fatalf("restore through the vault after the rotation: %d\n%s\n%s", code, out, errs)
 	}
 	// Rotating with the 64-digit key revokes the vault slot, and says so.
-	code, out, errs = wabIn(t, home, "key", "rotate", "--repo", repo, "--key-file", filepath.Join(work, "k2"), "--key-out", filepath.Join(work, "k3"))
+	code, out, errs = wabIn(t, home, "key", "rotate", "--force", "--repo", repo, "--key-file", filepath.Join(work, "k2"), "--key-out", filepath.Join(work, "k3"))
 	if code != 0 || !strings.Contains(out, "revoked vault") || !strings.Contains(out, "key escrow --vault "+v.URL) {
 		t.Fatalf("rotate with the key: %d\n%s\n%s", code, out, errs)
 	}
