@@ -96,12 +96,16 @@ func (a *app) doPrune(ctx context.Context, r *archive.Repository, dryRun bool) (
 		}
 	}
 	return func() {
-		a.out.JSON(a.withStoreFigures(map[string]any{"message_type": "prune", "dry_run": dryRun, "packs_deleted": res.PacksDeleted, "packs_repacked": res.PacksRepacked, "packs_kept": res.PacksKept, "trees_deleted": res.TreesDeleted, "bytes_freed": res.BytesFreed}))
+		a.out.JSON(a.withStoreFigures(map[string]any{"message_type": "prune", "dry_run": dryRun, "nothing": res.Nothing, "packs_deleted": res.PacksDeleted, "packs_repacked": res.PacksRepacked, "packs_kept": res.PacksKept, "trees_deleted": res.TreesDeleted, "bytes_freed": res.BytesFreed}))
 		verb := "freed"
 		if dryRun {
 			verb = "would free"
 		}
-		a.out.Printf("prune: %s %s (%d pack(s) deleted, %d repacked, %d kept)\n", verb, humanBytes(res.BytesFreed), res.PacksDeleted, res.PacksRepacked, res.PacksKept)
+		if res.Nothing {
+			a.out.Printf("prune: nothing to prune: every pack is in use (%d kept); the store was not changed\n", res.PacksKept)
+		} else {
+			a.out.Printf("prune: %s %s (%d pack(s) deleted, %d repacked, %d kept)\n", verb, humanBytes(res.BytesFreed), res.PacksDeleted, res.PacksRepacked, res.PacksKept)
+		}
 		if aborted > 0 {
 			a.out.Printf("aborted %d incomplete upload(s)\n", aborted)
 		}
