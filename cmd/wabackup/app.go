@@ -153,6 +153,7 @@ and restores them on any machine with the 64-digit key or a password.`,
 		}
 	}
 	groups(root)
+	refuseRepeatedFlags(root)
 	return root
 }
 
