@@ -57,7 +57,6 @@ type app struct {
 	// thresholdOpened is set when the repository was opened through a
 	// threshold slot's vaults.
 	thresholdOpened *thresholdOpening
-	typedKeyErr     error           // the prompt's input looked like a malformed 64-digit key
 	onCommandLine   map[string]bool // the flags given on the command line (applySettings)
 
 	// counters count the requests of the stores openRepo opened, one
@@ -316,8 +315,8 @@ func (a *app) credentials() (archive.Credentials, error) {
 	if k, err := keys.ParseRecoveryKey(string(in)); err == nil {
 		c.RecoveryKey = &k
 	} else if looksLikeKey(string(in)) {
-		// Tried as a password too; if that fails, this is what to say.
-		a.typedKeyErr = fmt.Errorf("the 64-digit key typed: %w", err)
+		// A mistyped key is a key format error, never a password try.
+		return c, fmt.Errorf("the 64-digit key typed: %w (it was not tried as a password)", err)
 	}
 	c.Password = in
 	return c, nil
@@ -326,20 +325,23 @@ func (a *app) credentials() (archive.Credentials, error) {
 // promptSecret asks on the terminal (a variable for tests).
 var promptSecret = secret.Prompt
 
-// looksLikeKey reports input that is meant as a 64-digit key: hex digits
-// (at least 32) with spaces or dashes only.
+// looksLikeKey reports input that is meant as a 64-digit key, typos and
+// all: besides separators (spaces, tabs, dashes), 60 to 68 characters of
+// which at most 3 are not hex digits (a letter typed for a digit, a digit
+// dropped or doubled). No password the prompt would otherwise take looks
+// like that by chance.
 func looksLikeKey(s string) bool {
-	digits := 0
+	hex, other := 0, 0
 	for _, r := range s {
 		switch {
 		case r >= '0' && r <= '9', r >= 'a' && r <= 'f', r >= 'A' && r <= 'F':
-			digits++
-		case r == ' ' || r == '-' || r == '\t':
+			hex++
+		case r == ' ' || r == '-' || r == '\t' || r == '\u2010' || r == '\u2013' || r == '\u2014':
 		default:
-			return false
+			other++
 		}
 	}
-	return digits >= 32
+	return hex+other >= 60 && hex+other <= 68 && other <= 3
 }
 
 // openStore opens the repository's store; create makes the container
@@ -433,9 +435,6 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 	if err := r.Unlock(ctx, cred); err != nil {
 		if errors.Is(err, archive.ErrRetiredKey) {
 			return nil, err // it says which slot and why
-		}
-		if errors.Is(err, keys.ErrWrongKey) && a.typedKeyErr != nil {
-			return nil, a.typedKeyErr
 		}
 		if errors.Is(err, keys.ErrWrongKey) {
 			return nil, fmt.Errorf("%w for %s", keys.ErrWrongKey, st.Location())

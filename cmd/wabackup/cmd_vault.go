@@ -61,9 +61,17 @@ func (a *app) vaultPassword(confirm bool, file string) ([]byte, error) {
 		}
 		return s, err
 	}
-	p, err := secret.Prompt("Vault password: ", confirm)
+	p, err := promptSecret("Vault password: ", confirm)
 	if errors.Is(err, secret.ErrNoSecret) {
 		return nil, errors.New("no terminal to ask for the vault password on: use --password-file or --password-command")
+	}
+	if err == nil && looksLikeKey(string(p)) {
+		// Never a vault guess: a 64-digit key opens the repository
+		// itself, and a mistyped one is a format error.
+		if _, kerr := keys.ParseRecoveryKey(string(p)); kerr != nil {
+			return nil, fmt.Errorf("the 64-digit key typed: %w (it was not sent to the vault as a password)", kerr)
+		}
+		return nil, fmt.Errorf("%w: that is a 64-digit key, not the vault password (it was not sent to the vault): open the repository with it without --vault, or with --key-file", keys.ErrMalformedKey)
 	}
 	return p, err
 }

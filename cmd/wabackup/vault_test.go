@@ -455,3 +455,33 @@ func TestVaultRotate(t *testing.T) {
 		t.Fatal("the revoked vault slot still opens the repository")
 	}
 }
+
+// A mistyped 64-digit key at the vault password prompt is a key format
+// error and is not sent to the vault: no attempt is counted (issue 26,
+// item 10).
+func TestTypedKeyNotAVaultGuess(t *testing.T) {
+	v := vaulttest.Start(t, vaulttest.Options{})
+	work := t.TempDir()
+	home := filepath.Join(work, "home")
+	repo, key, pw := filepath.Join(work, "repo"), filepath.Join(work, "key.txt"), filepath.Join(work, "pw.txt")
+	os.WriteFile(pw, []byte("correct horse battery staple\n"), 0o600)
+	vflags := []string{"--vault", v.URL, "--vault-cacert", v.CACert}
+	if code, out, errs := wabIn(t, home, append([]string{"init", "--repo", repo, "--password-file", pw, "--key-out", key}, vflags...)...); code != 0 {
+		t.Fatalf("init: %d %s %s", code, out, errs)
+	}
+	k, _ := os.ReadFile(key)
+	typo := []byte(strings.TrimSpace(string(k)))
+	typo[7] = 'g'
+	defer func(p func(string, bool) ([]byte, error)) { promptSecret = p }(promptSecret)
+	for _, typed := range []string{string(typo), strings.TrimSpace(string(k))} {
+		promptSecret = func(string, bool) ([]byte, error) { return []byte(typed), nil }
+		code, _, errs := wabIn(t, filepath.Join(work, "fresh"), append([]string{"snapshots", "--repo", repo}, vflags...)...)
+		if code != exitWrongKey || !strings.Contains(errs, "not sent to the vault") {
+			t.Fatalf("a key at the vault prompt: exit %d %s", code, errs)
+		}
+	}
+	code, out, errs := wabIn(t, home, append([]string{"key", "vault-status", "--json", "--repo", repo, "--key-file", key}, vflags...)...)
+	if code != 0 || !strings.Contains(out, `"attempts_left":10`) {
+		t.Fatalf("the vault counted an attempt: %d %s %s", code, out, errs)
+	}
+}
