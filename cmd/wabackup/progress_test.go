@@ -45,11 +45,11 @@ func TestProgressInTerminal(t *testing.T) {
 		t.Fatalf("init: %d %s", code, out)
 	}
 	// Nothing drawn with stderr not a terminal: the output is the
-	// summary line alone.
+	// summary line and the store's figures alone.
 	quiet := func(what, summary string, args ...string) {
 		t.Helper()
 		out, code := intrRun(t, bin, dir, args...)
-		if code != 0 || strings.ContainsAny(out, "%\r\x1b") || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, summary) {
+		if code != 0 || strings.ContainsAny(out, "%\r\x1b") || strings.Count(out, "\n") != 2 || !strings.HasPrefix(out, summary) || !strings.Contains(out, "\nstore: ") {
 			t.Fatalf("%s with stderr not a terminal: exit %d, output %q", what, code, out)
 		}
 	}
