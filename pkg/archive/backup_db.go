@@ -179,12 +179,15 @@ func (b *backup) readPages(ctx context.Context, d *dbSource, jobs chan<- *chunkJ
 	if err != nil {
 		return nil, fmt.Errorf("chat database %s: %w", d.src.abs, err)
 	}
+	// The parent's page map, through the metadata cache: a nightly run
+	// with the cache warm reads none of it from the store, a cold one
+	// reads its segments in planned ranges, a window at a time.
 	br := b.r.newBlobReader()
 	defer br.close()
 	var parent *parentPages
 	if d.parentRoot != nil {
-		if m, err := loadPageMap(ctx, br.chunk, *d.parentRoot); err == nil {
-			parent = &parentPages{ctx: ctx, load: br.chunk, m: m}
+		if m, err := loadPageMap(ctx, br.meta, *d.parentRoot); err == nil {
+			parent = &parentPages{ctx: ctx, load: br.meta, m: m, prefetch: func(ids []ID) { b.r.prefetchMeta(ctx, ids, nil) }}
 		}
 	}
 	st := pageStore{

@@ -23,6 +23,7 @@ type blobReader struct {
 	out   []byte
 	sum   []byte
 	trial []byte // plaintext of a blob tried under several epochs
+	cbuf  []byte // a metadata cache entry
 
 	// streams, if set, serves reads from open pack streams (restore
 	// from a remote store).

@@ -57,8 +57,15 @@ func (m *metaSaver) save(ctx context.Context, data []byte) (ID, error) {
 		}
 		m.pw = pw
 	}
+	room := cap(payload)-len(payload) >= tagSize
 	if err := m.pw.add(id, flags, payload, len(data)); err != nil {
 		return id, fmt.Errorf("writing pack: %w", err)
+	}
+	if c := m.b.r.metaCacheFor(); c != nil && !c.temp && room && !m.b.opt.DryRun {
+		// Into the metadata cache as it is created (sealed in place,
+		// exactly as the pack holds it): the next backup reads its
+		// parent's description from there.
+		c.putLater(m.pw.id, m.pw.entries[len(m.pw.entries)-1], payload[:len(payload)+tagSize])
 	}
 	m.b.countNew(id, len(data))
 	if m.pw.size >= m.b.r.cfg.PackSize {

@@ -305,3 +305,48 @@ func TestCheckReadDataInParallel(t *testing.T) {
 		t.Errorf("findings not in pack order: %q", first)
 	}
 }
+
+// TestPlanRanges: blobs are grouped by pack, and those of a pack at most
+// a gap apart make one range.
+func TestPlanRanges(t *testing.T) {
+	pa, pb := packInfo{id: ID{1}}, packInfo{id: ID{2}}
+	blob := func(p packInfo, off, n uint32) packBlob {
+		return packBlob{pack: p, e: blobEntry{ID: ID{byte(off), byte(off >> 8), byte(off >> 16)}, Offset: off, Length: n}}
+	}
+	type rng struct {
+		pack       byte
+		start, end int64
+		blobs      int
+	}
+	for _, tc := range []struct {
+		name  string
+		blobs []packBlob
+		gap   int64
+		want  []rng
+	}{
+		{name: "none"},
+		{name: "one", blobs: []packBlob{blob(pa, 100, 50)}, gap: 10, want: []rng{{1, 100, 150, 1}}},
+		{name: "adjacent", blobs: []packBlob{blob(pa, 0, 50), blob(pa, 50, 50)}, gap: 0, want: []rng{{1, 0, 100, 2}}},
+		{name: "gap at the limit", blobs: []packBlob{blob(pa, 0, 50), blob(pa, 60, 5)}, gap: 10, want: []rng{{1, 0, 65, 2}}},
+		{name: "gap over the limit", blobs: []packBlob{blob(pa, 0, 50), blob(pa, 61, 5)}, gap: 10, want: []rng{{1, 0, 50, 1}, {1, 61, 66, 1}}},
+		{name: "out of order", blobs: []packBlob{blob(pa, 500, 10), blob(pa, 0, 10), blob(pa, 20, 10)}, gap: 100, want: []rng{{1, 0, 30, 2}, {1, 500, 510, 1}}},
+		{name: "twice", blobs: []packBlob{blob(pa, 0, 10), blob(pa, 0, 10)}, gap: 0, want: []rng{{1, 0, 10, 1}}},
+		{name: "two packs", blobs: []packBlob{blob(pb, 0, 10), blob(pa, 0, 10), blob(pb, 10, 10)}, gap: 0, want: []rng{{2, 0, 20, 2}, {1, 0, 10, 1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := planRanges(tc.blobs, tc.gap)
+			var g []rng
+			for _, r := range got {
+				g = append(g, rng{r.pack.id[0], r.start, r.end, len(r.blobs)})
+				for i := 1; i < len(r.blobs); i++ {
+					if r.blobs[i].Offset <= r.blobs[i-1].Offset {
+						t.Errorf("blobs out of order: %+v", r.blobs)
+					}
+				}
+			}
+			if !slices.Equal(g, tc.want) {
+				t.Errorf("ranges %v, want %v", g, tc.want)
+			}
+		})
+	}
+}

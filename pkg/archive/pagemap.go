@@ -272,6 +272,26 @@ type parentPages struct {
 	m    *pageMap
 	idx  int
 	seg  *pageSegment
+
+	// prefetch, if set, is given the segments of each window of
+	// metaPrefetchSegments before the first of them is loaded.
+	prefetch func(ids []ID)
+	fetched  int // segments before this one were given to prefetch
+}
+
+// metaPrefetchSegments is how many segments of a page map are asked for
+// at once (≈ 5 MiB of segments; 1 GiB of database at 4 KiB pages).
+const metaPrefetchSegments = 8192
+
+// prefetchWindow gives prefetch the window of segments starting at i, if
+// it has not had them yet.
+func prefetchWindow(prefetch func([]ID), m *pageMap, i int, fetched *int) {
+	if prefetch == nil || i < *fetched {
+		return
+	}
+	end := min(len(m.segments), i+metaPrefetchSegments)
+	prefetch(m.segments[i:end])
+	*fetched = end
 }
 
 // lookup returns the parent's tag and location of page pgno, if known.
@@ -282,6 +302,7 @@ func (p *parentPages) lookup(pgno uint32) (tag []byte, group ID, slot uint32, ok
 	i := int((pgno - 1) / p.m.segPages)
 	if p.seg == nil || p.idx != i {
 		p.idx = i
+		prefetchWindow(p.prefetch, p.m, i, &p.fetched)
 		s, err := loadSegment(p.ctx, p.load, p.m, i)
 		if err != nil {
 			p.seg = nil

@@ -139,18 +139,30 @@ type Repository struct {
 
 	cacheDir string
 
+	// The metadata cache (metacache.go), opened on first use, and the
+	// planned reads' settings.
+	metaOnce       sync.Once
+	metaC          *metaCache
+	metaLimit      int64
+	metaMu         sync.Mutex   // one metadata prefetch at a time
+	metaStoreBlobs atomic.Int64 // metadata blobs read from the store
+	conns          int          // planned reads in flight (0: DefaultConnections)
+
 	orphanOnce sync.Once
 	orphans    map[ID]orphanLoc // chunks of unindexed packs (restore)
 	idxMu      sync.Mutex
 	idxLoaded  bool
 }
 
-// SetCacheDir sets the directory of the local index cache (FORMAT.md §6);
-// "" (the default) keeps it in a temporary file for this process only.
+// SetCacheDir sets the directory of the local caches: the index cache
+// (FORMAT.md §6) and the metadata cache (§12), under a subdirectory named
+// by the repository id; "" (the default) keeps them in temporary files
+// for this process only.
 func (r *Repository) SetCacheDir(dir string) { r.cacheDir = dir }
 
-// Close releases the index cache and the store.
+// Close releases the caches and the store.
 func (r *Repository) Close() error {
+	r.metaC.close()
 	err := r.idx.close()
 	if cerr := r.store.Close(); err == nil {
 		err = cerr

@@ -133,6 +133,12 @@ func (r *Repository) samePages(ctx context.Context, f *os.File, n *Node, loadMet
 	if err != nil {
 		return false, nil
 	}
+	if m, err := loadPageMap(ctx, loadMeta, root); err == nil {
+		// Its segments in planned reads (a cold cache), not one by one.
+		for i := 0; i < len(m.segments); i += metaPrefetchSegments {
+			r.prefetchMeta(ctx, m.segments[i:min(len(m.segments), i+metaPrefetchSegments)], nil)
+		}
+	}
 	tagger := r.keys.newPageTagger()
 	var page []byte
 	same := true
@@ -183,7 +189,7 @@ func (r *Repository) RestorePlan(ctx context.Context, snap *Snapshot, opt Restor
 			return nil
 		}
 		dst := filepath.Join(opt.Target, filepath.FromSlash(n.Path))
-		if same, err := r.sameAsSnapshot(ctx, dst, n, br.chunk); err != nil {
+		if same, err := r.sameAsSnapshot(ctx, dst, n, br.meta); err != nil {
 			return err
 		} else if same {
 			keep++

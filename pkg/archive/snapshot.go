@@ -530,21 +530,32 @@ var ErrNoSnapshot = errors.New("no such snapshot")
 
 // OpenTree streams the nodes of a snapshot's tree, in walk order: the
 // version-1 tree object, or the version-2 directory tree.
+// Version-2 trees are read through the metadata cache.
 func (r *Repository) OpenTree(ctx context.Context, s *Snapshot) (nodeReader, error) {
-	return r.openTree(ctx, s, nil, nil)
+	return r.openTreeWith(ctx, s, nil, nil, true)
 }
 
 // openTree is OpenTree; onBlob, if set, is called for every directory
 // piece a version-2 tree is read from, and subtrees in seen (directories
 // walked completely by an earlier openTree with the same seen) are not
 // descended into; walked ones are added to it.
+// (openTree reads every piece from the store: check verifies what the
+// store holds, and prune what it keeps.)
 func (r *Repository) openTree(ctx context.Context, s *Snapshot, onBlob func(ID), seen map[string]bool) (nodeReader, error) {
+	return r.openTreeWith(ctx, s, onBlob, seen, false)
+}
+
+// openTreeWith is openTree, through the metadata cache if cached.
+func (r *Repository) openTreeWith(ctx context.Context, s *Snapshot, onBlob func(ID), seen map[string]bool, cached bool) (nodeReader, error) {
 	if s.Version >= 2 {
 		root, err := s.rootIDs()
 		if err != nil {
 			return nil, fmt.Errorf("snapshot %s: %v: %w", s.ID.Short(), err, ErrCorrupt)
 		}
 		blobs := r.newRepoBlobs()
+		if cached {
+			blobs = r.newCachedBlobs(root, true)
+		}
 		tr, err := openDirTree(ctx, blobs, root)
 		if err != nil {
 			blobs.close()

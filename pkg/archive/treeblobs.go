@@ -10,19 +10,56 @@ import (
 // checked against their ids like any chunk. One per goroutine.
 type repoBlobs struct {
 	br *blobReader
+	// cached: through the metadata cache, and on a miss a prefetch of
+	// the tree below the piece missed (with walk, its subdirectories
+	// too). hint are the root directory's pieces, prefetched with the
+	// first miss.
+	cached, walk bool
+	hint         []ID
 }
 
+// newRepoBlobs returns a reader of the store's blobs (check and prune
+// read the store itself, not the cache).
 func (r *Repository) newRepoBlobs() *repoBlobs { return &repoBlobs{br: r.newBlobReader()} }
+
+// newCachedBlobs returns a reader through the metadata cache, for a walk
+// of the whole tree whose root pieces are root (walk) or of its root
+// directory only.
+func (r *Repository) newCachedBlobs(root []ID, walk bool) *repoBlobs {
+	return &repoBlobs{br: r.newBlobReader(), cached: true, walk: walk, hint: root}
+}
 
 func (b *repoBlobs) close() { b.br.close() }
 
 // loadTreeBlob returns a copy of blob id's plaintext.
 func (b *repoBlobs) loadTreeBlob(ctx context.Context, id ID) ([]byte, error) {
-	data, err := b.br.chunk(ctx, id)
+	var data []byte
+	var err error
+	if b.cached {
+		data, err = b.loadCached(ctx, id)
+	} else {
+		data, err = b.br.chunk(ctx, id)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return append([]byte(nil), data...), nil
+}
+
+// loadCached reads a tree blob through the metadata cache; a miss reads
+// what the walk will need next with it (prefetchTree).
+func (b *repoBlobs) loadCached(ctx context.Context, id ID) ([]byte, error) {
+	r := b.br.r
+	c := r.metaCacheFor()
+	if c == nil {
+		return b.br.chunk(ctx, id)
+	}
+	if plain, ok := c.get(b.br, id); ok {
+		return plain, nil
+	}
+	r.prefetchTree(ctx, append(append([]ID(nil), b.hint...), id), b.walk)
+	b.hint = nil
+	return b.br.meta(ctx, id)
 }
 
 // closingReader releases its blob reader with the node reader.
@@ -41,12 +78,21 @@ func (c *closingReader) Close() error {
 // snapshot's tree, or nil. For a version-2 tree it reads the root
 // directory only.
 func (r *Repository) findTopNode(ctx context.Context, s *Snapshot, name string) (*Node, error) {
+	return r.findTopNodeWith(ctx, s, name, true)
+}
+
+// findTopNodeWith is findTopNode, reading the root directory through the
+// metadata cache if cached.
+func (r *Repository) findTopNodeWith(ctx context.Context, s *Snapshot, name string, cached bool) (*Node, error) {
 	if s.Version >= 2 {
 		root, err := s.rootIDs()
 		if err != nil {
 			return nil, nil
 		}
 		blobs := r.newRepoBlobs()
+		if cached {
+			blobs = r.newCachedBlobs(root, false)
+		}
 		defer blobs.close()
 		for _, p := range root {
 			data, err := blobs.loadTreeBlob(ctx, p)
