@@ -550,40 +550,66 @@ type pageLoc struct {
 	slot uint32
 }
 
-// restoreWindowPages is how many pages a database restore places at once:
-// each group those pages need is read once per window, and the window's
-// plan is all it holds in memory.
-const restoreWindowPages = 1 << 15
+// restoreWindowPages is how many pages a database restore places at once
+// (1 GiB at 4 KiB pages): each group those pages need is read once per
+// window, in planned ranges, and the window's plan (8 bytes a page, and
+// one entry per group) is all it holds in memory.
+const restoreWindowPages = 1 << 18
 
-// eachPageGroup walks a page map window by window and calls fn once per
-// group a window needs, with the pages of the window stored in it.
-func eachPageGroup(ctx context.Context, load loadBlobFunc, root ID, fn func(m *pageMap, group ID, pages []pageLoc) error) (*pageMap, error) {
+// groupPages is one group a window of a restore needs, and where its
+// pages go.
+type groupPages struct {
+	id    ID
+	pages []pageLoc
+}
+
+// eachPageWindow walks a page map window by window and calls fn with the
+// groups each window needs (in the order of their first use), with the
+// pages of the window stored in each. prefetch, if set, is given each
+// window's segments before they are loaded.
+func eachPageWindow(ctx context.Context, load loadBlobFunc, prefetch func([]ID), root ID, fn func(m *pageMap, groups []groupPages) error) (*pageMap, error) {
 	m, err := loadPageMap(ctx, load, root)
 	if err != nil {
 		return nil, err
 	}
 	segsPerWindow := max(1, restoreWindowPages/int(m.segPages))
+	fetched := 0
 	for w := 0; w < len(m.segments); w += segsPerWindow {
-		plan := map[ID][]pageLoc{}
-		var order []ID
+		plan := map[ID]int{}
+		var groups []groupPages
 		for i := w; i < min(w+segsPerWindow, len(m.segments)); i++ {
+			prefetchWindow(prefetch, m, i, &fetched)
 			s, err := loadSegment(ctx, load, m, i)
 			if err != nil {
 				return m, err
 			}
 			for k, ref := range s.refs {
 				g := s.groups[ref.group]
-				if _, ok := plan[g]; !ok {
-					order = append(order, g)
+				j, ok := plan[g]
+				if !ok {
+					j = len(groups)
+					plan[g] = j
+					groups = append(groups, groupPages{id: g})
 				}
-				plan[g] = append(plan[g], pageLoc{pgno: s.first + uint32(k), slot: ref.slot})
+				groups[j].pages = append(groups[j].pages, pageLoc{pgno: s.first + uint32(k), slot: ref.slot})
 			}
 		}
-		for _, g := range order {
-			if err := fn(m, g, plan[g]); err != nil {
-				return m, err
-			}
+		if err := fn(m, groups); err != nil {
+			return m, err
 		}
 	}
 	return m, nil
+}
+
+// eachPageGroup walks a page map window by window and calls fn once per
+// group a window needs, with the pages of the window stored in it.
+func eachPageGroup(ctx context.Context, load loadBlobFunc, root ID, fn func(m *pageMap, group ID, pages []pageLoc) error) (*pageMap, error) {
+	return eachPageWindow(ctx, load, nil, root, func(m *pageMap, groups []groupPages) error {
+		for _, g := range groups {
+			if err := fn(m, g.id, g.pages); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

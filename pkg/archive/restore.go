@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wabackup/wabackup/pkg/cloud"
 )
 
 // RestoreOptions say where and what to restore.
@@ -71,7 +73,14 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 		// cores, so memory does not grow with the worker count.
 		opt.Workers = 4 * runtime.GOMAXPROCS(0)
 	}
-	readers := make(chan *blobReader, runtime.GOMAXPROCS(0)+1)
+	// Chunk reads in flight: as many as the cores can open, and at least
+	// the planned reads' connections on a store that does not limit them
+	// (a remote store's requests wait on the network, not on a core).
+	nreaders := runtime.GOMAXPROCS(0) + 1
+	if _, limited := r.store.(cloud.ConnectionLimited); !limited {
+		nreaders = max(nreaders, r.rangeConns())
+	}
+	readers := make(chan *blobReader, nreaders)
 	for i := 0; i < cap(readers); i++ {
 		readers <- nil
 	}
@@ -415,14 +424,25 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 		readers <- br
 		return err
 	}
+	// A page map's blobs come through the metadata cache.
+	loadMeta := func(ctx context.Context, id ID) ([]byte, error) {
+		br := <-readers
+		if br == nil {
+			br = r.newBlobReader()
+			br.streams = streams
+		}
+		data, err := br.meta(ctx, id)
+		if err == nil {
+			data = append([]byte(nil), data...)
+		} else {
+			err = fmt.Errorf("restoring %s: %w", n.Path, err)
+		}
+		readers <- br
+		return data, err
+	}
 	if fi, err := os.Lstat(dst); err == nil {
 		if fi.IsDir() {
 			return fmt.Errorf("%s exists and is a directory", dst)
-		}
-		loadMeta := func(ctx context.Context, id ID) ([]byte, error) {
-			var b []byte
-			err := load(ctx, id, func(data []byte) error { b = append(b, data...); return nil })
-			return b, err
 		}
 		same, err := r.sameAsSnapshot(ctx, dst, n, loadMeta)
 		if err != nil {
@@ -464,7 +484,9 @@ func (r *Repository) restoreFile(ctx context.Context, readers chan *blobReader, 
 			})
 		}
 	}
-	if err := writeContents(ctx, pf.f, dst, n, write); err != nil {
+	// A database's page groups are read in planned ranges (readGroups);
+	// write reads the chunks of files, and what those ranges missed.
+	if err := writeContentsFrom(ctx, pf.f, dst, n, contentSource{load: write, meta: loadMeta, r: r, written: opt.written}); err != nil {
 		return err
 	}
 	if err := pf.f.Chmod(n.FileMode()); err != nil {
