@@ -91,21 +91,22 @@ func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, host st
 		return nil, err
 	}
 	d.pages = pages
-	info.Check = "quick"
+	level := gather.CheckQuick
 	info.FullCheck = lastFull
 	if full {
-		info.Check = "full"
+		level = gather.CheckFull
 		t := b.start.UTC()
 		info.FullCheck = &t
 		if b.workersAuto && b.opt.Workers > 1 {
-			// The full check is one long single-threaded job: leave it
+			// The full check's largest part is one long job: leave it
 			// a core, or it ends up last and alone.
 			b.opt.Workers--
 		}
 	}
+	info.Check = level.String()
 	checkCtx, stop := context.WithCancel(ctx)
 	d.stopCheck = stop
-	go func() { d.checkDone <- pages.Check(checkCtx, !full) }()
+	go func() { d.checkDone <- pages.Check(checkCtx, level) }()
 	return d, nil
 }
 

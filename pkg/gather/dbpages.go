@@ -2,7 +2,6 @@ package gather
 
 import (
 	"context"
-	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -23,34 +22,37 @@ import (
 // by page: one committed state of the database, fixed when OpenDBPages
 // returns, whatever the chat app commits afterwards.
 //
-// It holds two read-only connections of its own (opened through SQLite's C
-// API as modernc.org/sqlite/lib exports it, not through database/sql), each
-// in a read transaction on that same state: Pages reads the pages on the
-// first, Check verifies the state on the second, so that the two can run at
-// the same time on two cores. How the two are made to see the same state:
+// It holds read-only connections of its own (opened through SQLite's C API
+// as modernc.org/sqlite/lib exports it, not through database/sql), each in a
+// read transaction on that same state: Pages reads the pages on the first,
+// Check verifies the state on the others (the check connections, one per
+// core, at least two and at most maxCheckConns), so that the reading and
+// the parts of the check can run at the same time on several cores. How
+// the check connections are made to see the first one's state:
 //
-//   - WAL mode: the second connection opens its read transaction with
+//   - WAL mode: each check connection opens its read transaction with
 //     sqlite3_snapshot_open on the snapshot sqlite3_snapshot_get took from the
 //     first one, which SQLite guarantees reads exactly that state. This fails
-//     (SQLITE_ERROR_SNAPSHOT) if the WAL was restarted in the instant between
-//     the two calls, which can only happen when the first connection pinned a
-//     fully checkpointed WAL; OpenDBPages then lets go and pins afresh, a few
-//     times, and at last falls back to checking on the first connection (see
-//     Check). A WAL nothing was written to since it was created (the chat
-//     app closed) has no snapshot to take: see pair for that case.
+//     (SQLITE_ERROR_SNAPSHOT) if the WAL was restarted before the call, which
+//     can only happen when the first connection pinned a fully checkpointed
+//     WAL; OpenDBPages then lets go and pins afresh, a few times, and at last
+//     falls back to checking on the first connection (see Check). A WAL
+//     nothing was written to since it was created (the chat app closed) has
+//     no snapshot to take: see pair for that case.
 //   - Rollback-journal mode: a read transaction holds a SHARED lock on the
 //     database file until it ends, and a commit needs the EXCLUSIVE lock, which
 //     no other connection can get while any SHARED lock is held. So from the
 //     moment the first connection has pinned its state until Close, nobody can
-//     commit, and the second connection's read transaction, started in that
-//     interval, sees the same state. (A writer waiting to commit holds a
+//     commit, and the check connections' read transactions, started in that
+//     interval, see the same state. (A writer waiting to commit holds a
 //     PENDING lock that makes new readers wait, and waits itself for the first
-//     connection: the second connection then gives up quickly and OpenDBPages
+//     connection: a check connection then gives up quickly and OpenDBPages
 //     lets the writer through and pins afresh, as above.)
 //
-// In both modes OpenDBPages also verifies that the two connections agree
-// (same snapshot, same page count, and in rollback mode the same page 1, whose
-// change counter every commit bumps) before it relies on the second one.
+// In both modes OpenDBPages also verifies that each check connection agrees
+// with the first (same snapshot, same page count, and in rollback mode the
+// same page 1, whose change counter every commit bumps) before it relies on
+// them; either all of them join the pinned state or none is used.
 //
 // As long as a DBPages is open, the chat app's checkpoints cannot pass the
 // pinned state (WAL mode) or its commits wait (rollback mode), as with any
@@ -65,12 +67,19 @@ type DBPages struct {
 	// pin is the first connection, the one whose read transaction pins the
 	// state; Pages reads from it.
 	pin *liteConn
-	// check is the second connection, on the same state; nil if it could
-	// not be made to see it, and then Check runs on pin.
-	check *liteConn
+	// checks are the check connections, on the same state; empty if they
+	// could not be made to see it, and then Check runs on pin. The first
+	// has no virtual table modules (dropModules): the whole-file part of
+	// the full check runs there.
+	checks []*liteConn
 	// pins counts the states the first connection pinned (more than one
-	// when the second connection could not join the first one's).
+	// when the check connections could not join the first one's).
 	pins int
+	// tables are the pinned state's tables, with their estimated sizes.
+	tables []dbTable
+	// unitDone, if set, is told of each unit of a check that ended (tests
+	// and measurements).
+	unitDone func(what string, conn int, d time.Duration)
 }
 
 // pinCachePragma sizes the first connection's page cache (256 KiB).
@@ -81,10 +90,13 @@ type pagesOpts struct {
 	// afterPin, if set, is called each time the first connection has
 	// pinned a state, before the second one joins it.
 	afterPin func()
-	// noPair skips the second connection: Check runs on the pinned one.
+	// noPair skips the check connections: Check runs on the pinned one.
 	noPair bool
-	// pairFailed, if set, is told why the second connection could not
-	// join a pinned state.
+	// conns, if not 0, is the number of check connections (at least 2;
+	// default checkConns()).
+	conns int
+	// pairFailed, if set, is told why a check connection could not join
+	// a pinned state.
 	pairFailed func(error)
 }
 
@@ -93,12 +105,12 @@ const (
 	// OpenDBPages, which keeps trying for up to busyTimeoutMS, looks at its
 	// context again.
 	pinBusyMS = 100
-	// pairBusyMS is how long the second connection waits for a lock: in
+	// pairBusyMS is how long a check connection waits for a lock: in
 	// rollback mode a writer's PENDING lock blocks it until the first
 	// connection lets go, so waiting long is pointless.
 	pairBusyMS = 20
 	// pairAttempts bounds how often OpenDBPages pins afresh because the
-	// second connection could not join the first one's state.
+	// check connections could not join the first one's state.
 	pairAttempts = 4
 )
 
@@ -187,41 +199,11 @@ func (p *DBPages) Pages(ctx context.Context, fn func(pgno uint32, data []byte) e
 	return nil
 }
 
-// Check runs PRAGMA quick_check (quick) or PRAGMA integrity_check on exactly
-// the pinned state and turns any finding into an error wrapping ErrCorruptDB
-// that quotes the first problem on one line. It runs on the second
-// connection, so it can run in another goroutine while Pages runs; in the
-// rare case OpenDBPages could not give the second connection the pinned
-// state, it runs on the first one and waits for Pages (or Pages for it).
-// The page cache it uses is bounded (checkCachePragma). The check stops
-// once ctx is done.
-func (p *DBPages) Check(ctx context.Context, quick bool) error {
-	c := p.check
-	if c == nil {
-		c = p.pin
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.db == 0 {
-		return errPagesClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	pragma := "integrity_check"
-	if quick {
-		pragma = "quick_check"
-	}
-	db := sql.OpenDB(checkConn{c})
-	defer db.Close()
-	return ctxErr(ctx, runCheck(ctx, db, p.src, pragma))
-}
-
-// Close ends both read transactions and closes both connections. It may be
+// Close ends the read transactions and closes the connections. It may be
 // called more than once.
 func (p *DBPages) Close() error {
 	var errs []error
-	for _, c := range []*liteConn{p.check, p.pin} {
+	for _, c := range append(append([]*liteConn(nil), p.checks...), p.pin) {
 		if c != nil {
 			if err := c.close(); err != nil {
 				errs = append(errs, pagesErr(p.src, err))
@@ -274,11 +256,15 @@ func openDBPages(ctx context.Context, src string, o pagesOpts) (_ *DBPages, err 
 			o.afterPin()
 		}
 		if o.noPair {
-			return p, nil
+			break
 		}
-		perr := p.pair(uri)
+		n := o.conns
+		if n == 0 {
+			n = checkConns()
+		}
+		perr := p.pairAll(uri, max(n, 2))
 		if perr == nil {
-			return p, nil
+			break
 		}
 		if o.pairFailed != nil {
 			o.pairFailed(perr)
@@ -289,14 +275,17 @@ func openDBPages(ctx context.Context, src string, o pagesOpts) (_ *DBPages, err 
 		if attempt == pairAttempts {
 			// Keep the pinned state; Check will run on it after (or
 			// before) Pages, which is slower but just as correct.
-			if p.check != nil {
-				err := p.check.close()
-				p.check = nil
-				if err != nil {
-					return nil, pagesErr(src, err)
+			var errs []error
+			for _, c := range p.checks {
+				if err := c.close(); err != nil {
+					errs = append(errs, pagesErr(src, err))
 				}
 			}
-			return p, nil
+			p.checks = nil
+			if err := errors.Join(errs...); err != nil {
+				return nil, err
+			}
+			break
 		}
 		if err := p.pin.exec("ROLLBACK"); err != nil {
 			return nil, pagesErr(src, err)
@@ -305,6 +294,10 @@ func openDBPages(ctx context.Context, src string, o pagesOpts) (_ *DBPages, err 
 			return nil, err
 		}
 	}
+	if err := p.readSchema(); err != nil {
+		return nil, pagesErr(src, err)
+	}
+	return p, nil
 }
 
 // pinState starts the read transaction of the first connection and reads
@@ -346,21 +339,41 @@ func (p *DBPages) pinState(ctx context.Context, deadline time.Time) error {
 	return nil
 }
 
-// pair makes the second connection (opening it the first time) start a read
-// transaction on the state the first one pinned, and verifies that it did.
-// On failure the second connection is left outside any transaction.
-func (p *DBPages) pair(uri string) (err error) {
-	if p.check == nil {
+// pairAll makes n check connections (opening them the first time) start
+// read transactions on the state the first connection pinned, and verifies
+// that they did. On failure every check connection is left outside any
+// transaction.
+func (p *DBPages) pairAll(uri string, n int) error {
+	for len(p.checks) < n {
 		c, err := openLite(uri, pairBusyMS)
 		if err != nil {
 			return err
 		}
-		p.check = c
+		p.checks = append(p.checks, c)
 		if err := c.exec("PRAGMA " + strings.TrimPrefix(checkCachePragma, "_pragma=")); err != nil {
 			return err
 		}
+		if len(p.checks) == 1 {
+			if err := c.dropModules(); err != nil {
+				return err
+			}
+		}
 	}
-	c := p.check
+	for i, c := range p.checks {
+		if err := p.pair(c); err != nil {
+			for _, d := range p.checks[:i] {
+				d.exec("ROLLBACK") //nolint:errcheck // leaving a joined state
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// pair makes the check connection c start a read transaction on the state
+// the first one pinned, and verifies that it did. On failure c is left
+// outside any transaction.
+func (p *DBPages) pair(c *liteConn) (err error) {
 	defer func() {
 		if err != nil {
 			c.exec("ROLLBACK") //nolint:errcheck // leaving a failed attempt
@@ -467,6 +480,9 @@ type liteConn struct {
 	db  uintptr // sqlite3*; 0 once closed
 	// walOpen records that the connection has read the database once.
 	walOpen bool
+	// plain records that the connection has no virtual table modules
+	// (dropModules).
+	plain bool
 }
 
 // liteError is an SQLite error with its (extended) result code. Like

@@ -112,20 +112,28 @@ func consistentCounter(t testing.TB, db interface {
 	return counter
 }
 
-// checkConnCounter reads the counter on the connection Check uses.
+// checkConnCounter reads the counter on the connections Check uses, which
+// must all see the same.
 func checkConnCounter(t testing.TB, p *DBPages) int {
 	t.Helper()
-	c := p.check
-	if c == nil {
-		c = p.pin
+	conns := p.checks
+	if len(conns) == 0 {
+		conns = []*liteConn{p.pin}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n, err := c.queryInt("SELECT n FROM counter")
-	if err != nil {
-		t.Fatal(err)
+	seen := -1
+	for i, c := range conns {
+		c.mu.Lock()
+		n, err := c.queryInt("SELECT n FROM counter")
+		c.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 && int(n) != seen {
+			t.Fatalf("check connection %d sees counter %d, connection 0 %d", i, n, seen)
+		}
+		seen = int(n)
 	}
-	return int(n)
+	return seen
 }
 
 // currentCounter reads the counter on a fresh connection.
@@ -227,8 +235,8 @@ func TestDBPagesImage(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Close()
-			if paired := p.check != nil; paired == tc.noPair {
-				t.Errorf("second connection in use: %v", paired)
+			if paired := len(p.checks) > 0; paired == tc.noPair {
+				t.Errorf("check connections in use: %v", paired)
 			}
 			if wantWAL := tc.journal == "WAL"; p.WAL() != wantWAL {
 				t.Errorf("WAL() = %v, want %v", p.WAL(), wantWAL)
@@ -238,9 +246,9 @@ func TestDBPagesImage(t *testing.T) {
 			}
 			img := filepath.Join(base, "image.db")
 			writeImage(t, p, img)
-			for _, quick := range []bool{true, false} {
-				if err := p.Check(context.Background(), quick); err != nil {
-					t.Errorf("Check(quick=%v): %v", quick, err)
+			for _, level := range []CheckLevel{CheckQuick, CheckFull} {
+				if err := p.Check(context.Background(), level); err != nil {
+					t.Errorf("Check(%v): %v", level, err)
 				}
 			}
 			if err := p.Close(); err != nil {
@@ -275,8 +283,8 @@ func TestDBPagesPinned(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Close()
-			if p.check == nil {
-				t.Fatal("no second connection")
+			if len(p.checks) < 2 {
+				t.Fatalf("%d check connections, want at least 2", len(p.checks))
 			}
 
 			// The writer commits one message per 16 pages read. In
@@ -306,7 +314,7 @@ func TestDBPagesPinned(t *testing.T) {
 			checking.Add(1)
 			go func() {
 				defer checking.Done()
-				checkErr = p.Check(context.Background(), false)
+				checkErr = p.Check(context.Background(), CheckFull)
 			}()
 			img := filepath.Join(dir, "image.db")
 			f, err := os.Create(img)
@@ -468,15 +476,15 @@ func TestDBPagesRepin(t *testing.T) {
 				t.Fatalf("pinned %d times (%d calls) after failures %q, want 2 after one with %q", p.pins, calls, reasons, tc.reason)
 			}
 			t.Logf("first attempt: %s", reasons[0])
-			if p.check == nil {
-				t.Fatal("no second connection after pinning again")
+			if len(p.checks) == 0 {
+				t.Fatal("no check connections after pinning again")
 			}
 			if got := checkConnCounter(t, p); got != start+1 {
 				t.Errorf("check connection sees %d, want %d (after the commit)", got, start+1)
 			}
 			img := filepath.Join(dir, "image.db")
 			writeImage(t, p, img)
-			if err := p.Check(context.Background(), true); err != nil {
+			if err := p.Check(context.Background(), CheckQuick); err != nil {
 				t.Fatal(err)
 			}
 			p.Close()
@@ -529,7 +537,7 @@ func TestDBPagesSingleConnection(t *testing.T) {
 	checked := make(chan error, 1)
 	err = p.Pages(context.Background(), func(pgno uint32, _ []byte) error {
 		if pgno == 1 {
-			go func() { checked <- p.Check(context.Background(), true) }()
+			go func() { checked <- p.Check(context.Background(), CheckQuick) }()
 		}
 		if pgno == 3 {
 			select {
@@ -606,7 +614,7 @@ func TestDBPagesErrors(t *testing.T) {
 			},
 			check:   true,
 			is:      ErrCorruptDB,
-			contain: "failed quick_check: *** in database main *** ",
+			contain: "failed quick_check of message: *** in database main *** ",
 		},
 		{
 			name: "corrupt schema",
@@ -675,8 +683,8 @@ func TestDBPagesErrors(t *testing.T) {
 				if err := p.Pages(context.Background(), func(uint32, []byte) error { return nil }); err != nil {
 					t.Errorf("Pages: %v", err)
 				}
-				err = p.Check(context.Background(), true)
-				if err2 := p.Check(context.Background(), false); !errors.Is(err2, ErrCorruptDB) {
+				err = p.Check(context.Background(), CheckQuick)
+				if err2 := p.Check(context.Background(), CheckFull); !errors.Is(err2, ErrCorruptDB) {
 					t.Errorf("integrity_check: %v", err2)
 				} else {
 					t.Logf("integrity_check: %v", err2)
@@ -739,11 +747,11 @@ func TestDBPagesCancel(t *testing.T) {
 		}
 	})
 	t.Run("check", func(t *testing.T) {
-		if err := p.Check(canceled, true); !errors.Is(err, context.Canceled) {
+		if err := p.Check(canceled, CheckQuick); !errors.Is(err, context.Canceled) {
 			t.Errorf("Check with a canceled context: %v", err)
 		}
 		start := time.Now()
-		if err := p.Check(context.Background(), false); err != nil {
+		if err := p.Check(context.Background(), CheckFull); err != nil {
 			t.Fatal(err)
 		}
 		full := time.Since(start)
@@ -751,7 +759,7 @@ func TestDBPagesCancel(t *testing.T) {
 		for try := 1; ; try++ {
 			ctx, cancel := context.WithTimeout(context.Background(), full/10)
 			start = time.Now()
-			err := p.Check(ctx, false)
+			err := p.Check(ctx, CheckFull)
 			took := time.Since(start)
 			cancel()
 			t.Logf("integrity_check takes %v; canceled after %v it returned after %v: %v", full, full/10, took, err)
@@ -767,7 +775,7 @@ func TestDBPagesCancel(t *testing.T) {
 		}
 	})
 	// Both still work, on the same state.
-	if err := p.Check(context.Background(), true); err != nil {
+	if err := p.Check(context.Background(), CheckQuick); err != nil {
 		t.Errorf("Check after cancellations: %v", err)
 	}
 	if got := checkConnCounter(t, p); got != start {
@@ -802,14 +810,14 @@ func TestDBPagesClose(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if p.check == nil {
-				t.Fatal("no second connection")
+			if len(p.checks) < 2 {
+				t.Fatalf("%d check connections, want at least 2", len(p.checks))
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			if err := p.Pages(ctx, func(uint32, []byte) error { return nil }); err != nil {
 				t.Fatal(err)
 			}
-			if err := p.Check(ctx, true); err != nil {
+			if err := p.Check(ctx, CheckQuick); err != nil {
 				t.Fatal(err)
 			}
 			cancel()
@@ -832,7 +840,7 @@ func TestDBPagesClose(t *testing.T) {
 			if err := p.Pages(context.Background(), func(uint32, []byte) error { return nil }); !errors.Is(err, errPagesClosed) {
 				t.Errorf("Pages after Close: %v", err)
 			}
-			if err := p.Check(context.Background(), true); !errors.Is(err, errPagesClosed) {
+			if err := p.Check(context.Background(), CheckQuick); !errors.Is(err, errPagesClosed) {
 				t.Errorf("Check after Close: %v", err)
 			}
 
@@ -918,14 +926,18 @@ func TestDBPagesLiveWriter(t *testing.T) {
 		}
 		after := currentCounter(t, src)
 		checked := make(chan error, 1)
-		go func() { checked <- p.Check(context.Background(), i%2 == 0) }()
+		level := CheckFull
+		if i%2 == 0 {
+			level = CheckQuick
+		}
+		go func() { checked <- p.Check(context.Background(), level) }()
 		img := filepath.Join(dir, fmt.Sprintf("image%d.db", i))
 		writeImage(t, p, img)
 		if err := <-checked; err != nil {
 			t.Errorf("check %d: %v", i, err)
 		}
 		pinned := checkConnCounter(t, p)
-		paired, pins := p.check != nil, p.pins
+		paired, pins := len(p.checks) > 0, p.pins
 		p.Close()
 		k := checkImage(t, p, img)
 		t.Logf("open %d: counter %d (source %d before, %d after), check connection %d, paired %v after %d pins", i, k, before, after, pinned, paired, pins)
@@ -951,18 +963,24 @@ func TestDBPagesLiveWriter(t *testing.T) {
 // TestDBPagesMeasure times Pages (hashing each page), Check and the two
 // together on the database named by $GATHER_PAGES_BENCH_DB, e.g. one made
 // by go run ./testdata/gen; $GATHER_PAGES_BENCH_OP picks one of pages,
-// quick, full, concurrent, concurrent-full (default: all, one after the
-// other); $GATHER_PAGES_BENCH_PRAGMA is run on the check connection first.
-// Run one operation per process to read its peak RSS.
+// quick, full (Check at that level), pragma-quick, pragma-full (SQLite's
+// PRAGMA quick_check or integrity_check of the whole file on one
+// connection, virtual tables included: the check before issue 24),
+// concurrent, concurrent-full (Pages beside Check) (default: all, one after
+// the other); $GATHER_PAGES_BENCH_CONNS sets the number of check
+// connections; $GATHER_PAGES_BENCH_PRAGMA is run on every check connection
+// first. Each unit of a check is logged with its time. Run one operation
+// per process to read its peak RSS.
 func TestDBPagesMeasure(t *testing.T) {
 	src := os.Getenv("GATHER_PAGES_BENCH_DB")
 	if src == "" {
 		t.Skip("set GATHER_PAGES_BENCH_DB")
 	}
-	ops := []string{"pages", "quick", "full", "concurrent", "concurrent-full"}
+	ops := []string{"pages", "quick", "full", "pragma-quick", "pragma-full", "concurrent", "concurrent-full"}
 	if op := os.Getenv("GATHER_PAGES_BENCH_OP"); op != "" {
 		ops = []string{op}
 	}
+	conns, _ := strconv.Atoi(os.Getenv("GATHER_PAGES_BENCH_CONNS"))
 	ctx := context.Background()
 	hashPages := func(p *DBPages) (time.Duration, error) {
 		start := time.Now()
@@ -972,29 +990,49 @@ func TestDBPagesMeasure(t *testing.T) {
 		})
 		return time.Since(start), err
 	}
-	check := func(p *DBPages, quick bool) (time.Duration, error) {
+	check := func(p *DBPages, op string) (time.Duration, error) {
 		start := time.Now()
-		err := p.Check(ctx, quick)
+		var err error
+		switch op {
+		case "quick", "concurrent":
+			err = p.Check(ctx, CheckQuick)
+		case "full", "concurrent-full":
+			err = p.Check(ctx, CheckFull)
+		case "pragma-quick", "pragma-full":
+			pragma := strings.TrimPrefix(op, "pragma-") + "_check"
+			if pragma == "full_check" {
+				pragma = "integrity_check"
+			}
+			// The last check connection has the modules.
+			err = runUnits(ctx, p.src, p.checks[len(p.checks)-1:], []checkUnit{{query: "PRAGMA " + pragma, what: pragma}}, p.unitDone)
+		}
 		return time.Since(start), err
 	}
 	for _, op := range ops {
 		var ms0 runtime.MemStats
 		runtime.ReadMemStats(&ms0)
 		start := time.Now()
-		p, err := OpenDBPages(ctx, src)
+		p, err := openDBPages(ctx, src, pagesOpts{conns: conns})
 		if err != nil {
 			t.Fatal(err)
 		}
 		opened := time.Since(start)
+		if len(p.checks) == 0 {
+			t.Fatal("no check connections")
+		}
 		if q := os.Getenv("GATHER_PAGES_BENCH_PRAGMA"); q != "" {
-			// e.g. "PRAGMA cache_size=-16384", on the check connection.
-			c := p.check
-			if c == nil {
-				c = p.pin
+			// e.g. "PRAGMA cache_size=-1024".
+			for _, c := range p.checks {
+				if err := c.exec(q); err != nil {
+					t.Fatal(err)
+				}
 			}
-			if err := c.exec(q); err != nil {
-				t.Fatal(err)
-			}
+		}
+		var mu sync.Mutex
+		p.unitDone = func(what string, conn int, d time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			t.Logf("  %s on connection %d: %v", what, conn, d)
 		}
 		var report string
 		switch op {
@@ -1004,12 +1042,12 @@ func TestDBPagesMeasure(t *testing.T) {
 				t.Fatal(err)
 			}
 			report = fmt.Sprintf("pages %v", d)
-		case "quick", "full":
-			d, err := check(p, op == "quick")
+		case "quick", "full", "pragma-quick", "pragma-full":
+			d, err := check(p, op)
 			if err != nil {
 				t.Fatal(err)
 			}
-			report = fmt.Sprintf("check %v", d)
+			report = fmt.Sprintf("check %v on %d connections", d, len(p.checks))
 		case "concurrent", "concurrent-full":
 			var cd time.Duration
 			var cerr error
@@ -1017,7 +1055,7 @@ func TestDBPagesMeasure(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				cd, cerr = check(p, op == "concurrent")
+				cd, cerr = check(p, op)
 			}()
 			pd, err := hashPages(p)
 			if err != nil {
@@ -1027,7 +1065,7 @@ func TestDBPagesMeasure(t *testing.T) {
 			if cerr != nil {
 				t.Fatal(cerr)
 			}
-			report = fmt.Sprintf("pages %v, check %v, wall %v", pd, cd, time.Since(start)-opened)
+			report = fmt.Sprintf("pages %v, check %v on %d connections, wall %v", pd, cd, len(p.checks), time.Since(start)-opened)
 		default:
 			t.Fatalf("unknown op %q", op)
 		}

@@ -17,7 +17,7 @@ func TestSampleData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Check(context.Background(), false); err != nil {
+	if err := p.Check(context.Background(), CheckFull); err != nil {
 		t.Fatal(err)
 	}
 	img, err := os.Create(dst)

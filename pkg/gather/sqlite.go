@@ -45,7 +45,7 @@ func CheckDB(ctx context.Context, path, label string, quick bool) error {
 	if quick {
 		pragma = "quick_check"
 	}
-	return ctxErr(ctx, runCheck(ctx, db, label, pragma))
+	return ctxErr(ctx, runCheck(ctx, db, label, "PRAGMA "+pragma, pragma))
 }
 
 // QueryDB runs one read-only query on the database file at path (opened
@@ -106,9 +106,10 @@ func ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
-// runCheck runs PRAGMA integrity_check or quick_check (pragma).
-func runCheck(ctx context.Context, db *sql.DB, src, pragma string) error {
-	rows, err := db.QueryContext(ctx, "PRAGMA "+pragma)
+// runCheck runs query, a PRAGMA integrity_check or quick_check, and turns
+// its findings into an error naming what (the check, for the message).
+func runCheck(ctx context.Context, db *sql.DB, src, query, what string) error {
+	rows, err := db.QueryContext(ctx, query)
 	if err != nil {
 		return dbError(src, err)
 	}
@@ -152,7 +153,7 @@ func runCheck(ctx context.Context, db *sql.DB, src, pragma string) error {
 	if problems == 0 {
 		first = "no result"
 	}
-	msg := fmt.Sprintf("chat database %s failed %s: %s", src, pragma, oneLine(header+first))
+	msg := fmt.Sprintf("chat database %s failed %s: %s", src, what, oneLine(header+first))
 	if problems > 1 {
 		msg += fmt.Sprintf(" (and %d more problems)", problems-1)
 	}
