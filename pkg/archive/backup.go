@@ -195,6 +195,10 @@ type backup struct {
 
 	bufs chan []byte
 
+	// groups is the pack being filled with page groups (all workers').
+	groupsMu sync.Mutex
+	groups   *packWriter
+
 	workersAuto bool
 
 	// snaps are the repository's snapshots (for the database check
@@ -560,10 +564,17 @@ func (b *backup) pipeline(ctx context.Context, cancel context.CancelCauseFunc, s
 	}
 	wkWG.Wait()
 	if err == nil && ctx.Err() == nil {
-		err = b.meta.flush(ctx)
+		err = b.flushGroups(ctx, uploads)
+		if err == nil {
+			err = b.meta.flush(ctx)
+		}
 		if err != nil {
 			fail(err)
 		}
+	}
+	if b.groups != nil {
+		b.groups.discard() // a failed backup's
+		b.groups = nil
 	}
 	close(uploads)
 	upWG.Wait()
@@ -810,7 +821,7 @@ func (b *backup) assemble(ctx context.Context, order <-chan item, tw *dirTreeWri
 }
 
 // worker hashes, deduplicates, compresses and encrypts chunks into its own
-// pack.
+// pack, and groups of database pages into the backup's group pack.
 func (b *backup) worker(ctx context.Context, jobs <-chan *chunkJob, uploads chan<- *packWriter) (err error) {
 	h := b.r.keys.newIDHasher()
 	z := newCompressor(chunkWindow)
@@ -847,6 +858,15 @@ func (b *backup) process(ctx context.Context, job *chunkJob, h hash.Hash, z *com
 		return nil
 	}
 	payload, flags := z.compress(job.data, job.hint)
+	if job.hashed {
+		// A group of database pages: into the packs of groups, shared
+		// by the workers, so a database's pages sit together and a
+		// restore of it reads a few long ranges instead of picking
+		// groups out from between media files (FORMAT.md §5).
+		b.groupsMu.Lock()
+		defer b.groupsMu.Unlock()
+		pw = &b.groups
+	}
 	if *pw == nil {
 		p, err := b.r.newPackWriter()
 		if err != nil {
@@ -864,6 +884,18 @@ func (b *backup) process(ctx context.Context, job *chunkJob, h hash.Hash, z *com
 		return b.finishPack(ctx, p, uploads)
 	}
 	return nil
+}
+
+// flushGroups hands the last pack of page groups to the uploaders.
+func (b *backup) flushGroups(ctx context.Context, uploads chan<- *packWriter) error {
+	b.groupsMu.Lock()
+	defer b.groupsMu.Unlock()
+	if b.groups == nil {
+		return nil
+	}
+	pw := b.groups
+	b.groups = nil
+	return b.finishPack(ctx, pw, uploads)
 }
 
 func (b *backup) finishPack(ctx context.Context, pw *packWriter, uploads chan<- *packWriter) error {
