@@ -352,7 +352,8 @@ run() {
 req() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], "–"))' "$OUT/req-$1.json" "$2" 2>/dev/null || echo "–"; }
 # kinds RUN: the count by kind, "list/get/head/put/delete".
 kinds() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("/".join(str(d[k]) for k in ("list","get","head","put","delete")) + (" +%d auth" % d["auth"] if d.get("auth") else ""))' "$OUT/req-$1.json"; }
-# self RUN: the request count wabackup's --json summary reports ("" if none).
+# self RUN: the request count (and bytes down) wabackup's --json summary
+# reports ("" if none).
 self() {
   python3 - "$BENCH_OUT/$1.log" <<'EOF' 2>/dev/null || true
 import json, sys
@@ -364,7 +365,10 @@ for line in open(sys.argv[1]):
         continue
     if m.get("message_type") == "summary" and isinstance(m.get("requests"), dict):
         r = m["requests"]
-        total = r.get("total", sum(v for v in r.values() if isinstance(v, int)))
+        total = str(r.get("total", sum(v for v in r.values() if isinstance(v, int))))
+        down = m.get("bytes_down", r.get("bytes_down"))
+        if isinstance(down, int):
+            total += ", %.1f MiB down" % (down / 1048576)
 print(total)
 EOF
 }
@@ -456,7 +460,7 @@ RV=$(restic version | awk '{print $2}')
   for k in 1 2; do
     echo "| night $k MiB up / down | $(mib "$(req "wabackup-night$k" bytes_up)") / $(mib "$(req "wabackup-night$k" bytes_down)") | $(mib "$(req "restic-night$k" bytes_up)") / $(mib "$(req "restic-night$k" bytes_down)") | | |"
   done
-  echo "| restore MiB sent by the server | $(mib "$(req wabackup-restore bytes_down)") | $(mib "$(req restic-restore bytes_down)") | $(ratio "$(req wabackup-restore bytes_down)" "$(req restic-restore bytes_down)") | |"
+  echo "| restore MiB sent by the server (more than the client reads: toxiproxy buffers up to 32 MiB of each response) | $(mib "$(req wabackup-restore bytes_down)") | $(mib "$(req restic-restore bytes_down)") | $(ratio "$(req wabackup-restore bytes_down)" "$(req restic-restore bytes_down)") | |"
   echo "| connections opened: nights 1+2, restore | $(add "$(req wabackup-night1 connections)" "$(req wabackup-night2 connections)"), $(req wabackup-restore connections) | $(add "$(req restic-night1 connections)" "$(req restic-night2 connections)"), $(req restic-restore connections) | | |"
   if [ "$DRIVE" = 1 ]; then
     echo

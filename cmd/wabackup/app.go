@@ -38,6 +38,8 @@ type app struct {
 	tempDir         string
 	cacheDir        string
 	noCache         bool
+	cacheSize       string // --cache-size (metaCacheSize reads it)
+	connections     int
 
 	s3Region       string
 	s3InsecureHTTP bool
@@ -97,8 +99,10 @@ and restores them on any machine with the 64-digit key or a password.`,
 	pf.DurationVar(&a.retryLock, "retry-lock", 0, "wait up to this long for a locked repository (e.g. 5m)")
 	pf.DurationVar(&a.retryBudget, "retry-budget", cloud.DefaultRunBudget, "give up when no request to the store has succeeded for this long (a bad network; the next run resumes)")
 	pf.StringVar(&a.tempDir, "temp-dir", "", "where packs are staged before upload (default: the system temp dir)")
-	pf.StringVar(&a.cacheDir, "cache-dir", "", "local index cache (default $XDG_CACHE_HOME/wabackup)")
-	pf.BoolVar(&a.noCache, "no-cache", false, "keep no index cache between runs")
+	pf.StringVar(&a.cacheDir, "cache-dir", "", "local caches: the index and the snapshots' metadata (default $XDG_CACHE_HOME/wabackup; wabackup cache shows them)")
+	pf.BoolVar(&a.noCache, "no-cache", false, "keep no cache between runs")
+	pf.StringVar(&a.cacheSize, "cache-size", "", "disk space the metadata cache of a repository may take, e.g. 1GiB (default 256MiB)")
+	pf.IntVar(&a.connections, "connections", 0, fmt.Sprintf("reads a restore, or a run with a cold metadata cache, sends to the store at once (default %d; S3 also keeps to --s3-connections)", archive.DefaultConnections))
 	pf.StringVar(&a.s3Region, "s3-region", "", "S3 region (default: ask the server)")
 	pf.BoolVar(&a.s3InsecureHTTP, "s3-insecure-http", false, "talk plain HTTP to the S3 server (local servers only)")
 	pf.StringVar(&a.s3Lookup, "s3-lookup", "", "S3 addressing: auto, path or dns (virtual-host)")
@@ -133,6 +137,7 @@ and restores them on any machine with the 64-digit key or a password.`,
 		a.keyCommand(),
 		a.unlockCommand(),
 		a.cleanupCommand(),
+		a.cacheCommand(),
 		a.loginCommand(),
 		a.logoutCommand(),
 		a.versionCommand(),
@@ -431,6 +436,17 @@ func (a *app) openRepo(ctx context.Context) (*archive.Repository, error) {
 		r.SetTempDir(a.tempDir)
 	}
 	r.SetCacheDir(a.cachePath())
+	size, err := a.metaCacheSize()
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	r.SetMetaCacheSize(size)
+	if a.connections < 0 {
+		r.Close()
+		return nil, fmt.Errorf("--connections %d: want 1 or more", a.connections)
+	}
+	r.SetConnections(a.connections)
 	r.SetAllowRollback(a.allowRollback)
 	if err := r.Unlock(ctx, cred); err != nil {
 		if errors.Is(err, archive.ErrRetiredKey) {

@@ -342,6 +342,8 @@ func TestJSONEverywhere(t *testing.T) {
 		{cmd: "repair snapshots", args: []string{"--all", "--dry-run"}, types: []string{"repair_snapshot"}, check: emptyList("repair_snapshot", "dropped")},
 		{cmd: "repair snapshots", args: []string{"latest"}, types: []string{"repair_snapshot"}, check: emptyList("repair_snapshot", "dropped")},
 		{cmd: "cleanup", types: []string{"cleanup"}},
+		{cmd: "cache", types: []string{"cache"}},
+		{cmd: "cache", args: []string{"--cleanup"}, types: []string{"cache"}},
 		{cmd: "migrate", types: []string{"migrate"}},
 		{cmd: "migrate", env: []string{"WABACKUP_REPO=v1/repo", "WABACKUP_KEY_FILE=v1/key.txt"}, types: []string{"migrate"}},
 		{cmd: "unlock", types: []string{"unlock"}},

@@ -15,7 +15,8 @@
 //	POST /_reqcount/reset  set them to zero (and start a new trace section)
 //	POST /_reqcount/mark?name=NAME   write "# NAME" into the trace
 //
-// The counts: "list", "get" (object or file content, ranged or whole),
+// A request is counted when it arrives, its bytes and status when its
+// answer ends. The counts: "list", "get" (object or file content, ranged or whole),
 // "head" (object or file metadata), "put" (uploads, multipart parts and
 // their initiation and completion, folder creation, metadata updates),
 // "delete", "auth" (OAuth token requests), "other", "total",
@@ -250,6 +251,11 @@ func main() {
 		}
 		kind := classify(*api, r)
 		t0 := time.Now()
+		// Counted on arrival, so that a count read right after a client
+		// exits includes the responses toxiproxy is still draining.
+		c.mu.Lock()
+		c.n[kind]++
+		c.mu.Unlock()
 		var up int64
 		if r.Body != nil && r.Body != http.NoBody {
 			r.Body = &countingReader{r: r.Body, n: &up}
@@ -257,7 +263,6 @@ func main() {
 		cw := &countingWriter{ResponseWriter: w}
 		proxy.ServeHTTP(cw, r)
 		c.mu.Lock()
-		c.n[kind]++
 		c.up += atomic.LoadInt64(&up)
 		c.down += cw.n
 		if cw.status >= 400 {
