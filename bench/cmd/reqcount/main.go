@@ -16,7 +16,7 @@
 //	POST /_reqcount/mark?name=NAME   write "# NAME" into the trace
 //
 // A request is counted when it arrives, its bytes and status when its
-// answer ends. The counts: "list", "get" (object or file content, ranged or whole),
+// answer ends (unless a reset came in between: they are then nobody's). The counts: "list", "get" (object or file content, ranged or whole),
 // "head" (object or file metadata), "put" (uploads, multipart parts and
 // their initiation and completion, folder creation, metadata updates),
 // "delete", "auth" (OAuth token requests), "other", "total",
@@ -61,6 +61,7 @@ type counter struct {
 	up, down  int64
 	conns     int64
 	errors    int64
+	gen       int64 // which reset period requests belong to
 	start     time.Time
 	trace     *os.File
 	traceLock sync.Mutex
@@ -74,6 +75,7 @@ func (c *counter) reset() {
 	c.mu.Lock()
 	c.n = map[string]int64{}
 	c.up, c.down, c.conns, c.errors = 0, 0, 0, 0
+	c.gen++
 	c.start = time.Now()
 	c.mu.Unlock()
 }
@@ -255,6 +257,7 @@ func main() {
 		// exits includes the responses toxiproxy is still draining.
 		c.mu.Lock()
 		c.n[kind]++
+		gen := c.gen
 		c.mu.Unlock()
 		var up int64
 		if r.Body != nil && r.Body != http.NoBody {
@@ -263,10 +266,12 @@ func main() {
 		cw := &countingWriter{ResponseWriter: w}
 		proxy.ServeHTTP(cw, r)
 		c.mu.Lock()
-		c.up += atomic.LoadInt64(&up)
-		c.down += cw.n
-		if cw.status >= 400 {
-			c.errors++
+		if gen == c.gen { // not an answer of a run before the last reset
+			c.up += atomic.LoadInt64(&up)
+			c.down += cw.n
+			if cw.status >= 400 {
+				c.errors++
+			}
 		}
 		since := t0.Sub(c.start).Seconds()
 		c.mu.Unlock()
