@@ -130,6 +130,9 @@ func openMetaCache(dir string, temp bool, limit int64) (*metaCache, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
+	if err := realDir(dir); err != nil {
+		return nil, err
+	}
 	// Writable? (A read-only cache would make every run fetch again.)
 	probe := filepath.Join(dir, fmt.Sprintf(".tmp-probe-%d", os.Getpid()))
 	if err := os.WriteFile(probe, nil, 0o600); err != nil {
@@ -137,6 +140,21 @@ func openMetaCache(dir string, temp bool, limit int64) (*metaCache, error) {
 	}
 	os.Remove(probe)
 	return &metaCache{dir: dir, temp: temp, limit: limit, start: time.Now()}, nil
+}
+
+// realDir checks that dir is a directory and not a symlink: the cache
+// writes and removes files below it, and its directory is as little
+// trusted as the store (a symlink planted there must not point them at
+// other files).
+func realDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	return nil
 }
 
 func (c *metaCache) path(id ID) string {
@@ -247,6 +265,9 @@ func appendMetaHeader(b []byte, pack ID, e blobEntry) []byte {
 
 func (c *metaCache) drop(p string) {
 	c.suspect.Store(true)
+	if realDir(filepath.Dir(p)) != nil {
+		return // not through a symlink
+	}
 	if os.RemoveAll(p) == nil {
 		c.dropped.Add(1)
 	}
@@ -264,8 +285,14 @@ func (c *metaCache) put(pack ID, e blobEntry, sealed []byte) {
 	made := c.made[e.ID[0]]
 	c.mu.Unlock()
 	if !made {
-		if err := os.MkdirAll(sub, 0o700); err != nil {
+		if err := os.Mkdir(sub, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return
+		}
+		if realDir(sub) != nil {
+			// Not ours (a symlink, a file): replaced by a directory.
+			if os.Remove(sub) != nil || os.Mkdir(sub, 0o700) != nil {
+				return
+			}
 		}
 		c.mu.Lock()
 		c.made[e.ID[0]] = true
@@ -426,16 +453,22 @@ type metaEntryInfo struct {
 // walkMetaDir calls fn for every entry file of a cache directory, and
 // removes temporary files left by writers that died. Entries are read a
 // directory at a time, in batches: memory does not grow with the cache.
+// Only real directories are walked (never a symlink), and nothing but
+// entries and temporary files is looked at or removed.
 func walkMetaDir(dir string, fn func(metaEntryInfo)) error {
+	if err := realDir(dir); err != nil {
+		return err
+	}
 	for i := 0; i < 256; i++ {
 		sub := filepath.Join(dir, fmt.Sprintf("%02x", i))
-		d, err := os.Open(sub)
-		if errors.Is(err, fs.ErrNotExist) {
+		if realDir(sub) != nil {
 			continue
 		}
+		fd, err := unix.Open(sub, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return err
+			continue
 		}
+		d := os.NewFile(uintptr(fd), sub)
 		for {
 			ents, err := d.ReadDir(1024)
 			for _, de := range ents {
@@ -445,15 +478,13 @@ func walkMetaDir(dir string, fn func(metaEntryInfo)) error {
 					continue
 				}
 				if strings.HasPrefix(name, ".tmp-") {
-					if time.Since(fi.ModTime()) > metaStaleTemp {
+					if fi.Mode().IsRegular() && time.Since(fi.ModTime()) > metaStaleTemp {
 						os.Remove(filepath.Join(sub, name))
 					}
 					continue
 				}
 				if len(name) != 64 || name[:2] != sub[len(sub)-2:] || !fi.Mode().IsRegular() {
-					// Not an entry: it takes space and is never read.
-					os.RemoveAll(filepath.Join(sub, name))
-					continue
+					continue // not an entry: never read, not counted
 				}
 				fn(metaEntryInfo{path: filepath.Join(sub, name), size: diskSize(fi), mtime: fi.ModTime().UnixNano()})
 			}

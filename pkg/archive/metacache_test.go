@@ -429,6 +429,52 @@ func TestMetaCacheBound(t *testing.T) {
 	})
 }
 
+// TestMetaCacheSymlinks: a symlink planted in the cache directory does not
+// lead eviction or writes to files elsewhere.
+func TestMetaCacheSymlinks(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "meta")
+	c, err := openMetaCache(dir, false, metaBlock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outside := t.TempDir()
+	old := time.Now().Add(-48 * time.Hour)
+	victims := []string{"notes.txt", ".tmp-x", strings.Repeat("00", 32)}
+	for _, n := range victims {
+		p := filepath.Join(outside, n)
+		if err := os.WriteFile(p, make([]byte, 10000), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(p, old, old)
+	}
+	if err := os.Symlink(outside, filepath.Join(dir, "00")); err != nil {
+		t.Fatal(err)
+	}
+	trimMetaDir(dir, metaBlock)
+	id := ID{0, 1} // its entry goes into 00/
+	c.put(ID{1}, blobEntry{ID: id, RawLen: 1}, make([]byte, 40))
+	for _, n := range victims {
+		if _, err := os.Stat(filepath.Join(outside, n)); err != nil {
+			t.Errorf("%s, behind a symlink in the cache, was removed: %v", n, err)
+		}
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, "00")); err != nil || !fi.IsDir() {
+		t.Errorf("the symlink was not replaced by a directory of the cache: %v", err)
+	}
+	if !c.has(id) {
+		t.Error("the entry was not written")
+	}
+	if _, err := os.Stat(filepath.Join(outside, id.String())); err == nil {
+		t.Error("the entry was written through the symlink")
+	}
+	// A cache directory that is itself a symlink is not used.
+	link := filepath.Join(t.TempDir(), "meta")
+	os.Symlink(outside, link)
+	if _, err := openMetaCache(link, false, 0); err == nil {
+		t.Error("a symlink was opened as a cache directory")
+	}
+}
+
 func metaDirUsage(t *testing.T, dir string) (int64, int) {
 	t.Helper()
 	var total int64
