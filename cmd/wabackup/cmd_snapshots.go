@@ -19,9 +19,12 @@ func (a *app) snapshotsCommand() *cobra.Command {
 		Use:   "snapshots",
 		Short: "List snapshots",
 		Long: `List the snapshots, oldest first: id, time, host, what they hold (database and
-media folder), size, how the database was checked, tags. --tag (repeatable:
-all of them), --host and --latest N select. --json prints one object,
-{"message_type":"snapshots","snapshots":[…]}.`,
+media folder), size, how the database was checked, tags. DB CHECK says
+"full", or "quick (full 2d before)" with the age of the last full check, and
+names the virtual tables (FTS indexes) that night's check skipped: the quick
+check leaves their own integrity check to the full one (FORMAT.md §7.5).
+--tag (repeatable: all of them), --host and --latest N select. --json prints
+one object, {"message_type":"snapshots","snapshots":[…]}.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -46,6 +49,9 @@ all of them), --host and --latest N select. --json prints one object,
 						m := map[string]any{"id": s.ID.String(), "time": s.Time, "host": s.Host, "db": s.DB, "dbs": dbsJSON(s), "media": s.Media,
 							"tags": orEmpty(s.Tags), "partial": s.Partial, "parent": s.Parent, "files": s.Stats.Files, "bytes": s.Stats.Bytes,
 							"db_check": s.DBCheck, "db_full_check": s.DBFullCheck, "format_version": s.Version}
+						if len(s.DBUnchecked) > 0 {
+							m["db_unchecked"] = s.DBUnchecked
+						}
 						if s.RepairedFrom != "" {
 							m["repaired_from"], m["dropped"] = s.RepairedFrom, s.Dropped
 						}
@@ -105,18 +111,25 @@ func orDash(s string) string {
 	return s
 }
 
-// dbsJSON lists a snapshot's databases for --json ([] for none).
+// dbsJSON lists a snapshot's databases for --json ([] for none), with the
+// virtual tables their check skipped (db_unchecked) if there are any.
 func dbsJSON(s *archive.Snapshot) []map[string]any {
 	out := []map[string]any{}
 	for _, d := range s.Databases() {
-		out = append(out, map[string]any{"path": d.Path, "name": d.Name(), "db_check": d.Check, "db_full_check": d.FullCheck})
+		m := map[string]any{"path": d.Path, "name": d.Name(), "db_check": d.Check, "db_full_check": d.FullCheck}
+		if len(d.Unchecked) > 0 {
+			m["db_unchecked"] = d.Unchecked
+		}
+		out = append(out, m)
 	}
 	return out
 }
 
 // dbCheckNote says how a snapshot's databases were checked: "full", or
-// "quick (full 2d ago)" with the age of the last full check; for several
-// databases, one note each, separated by commas.
+// "quick (full 2d before)" with the age of the last full check, and the
+// virtual tables the check skipped ("quick (full 2d before; skipped
+// message_ftsv2)"); for several databases, one note each, separated by
+// commas.
 func dbCheckNote(s *archive.Snapshot) string {
 	dbs := s.Databases()
 	if len(dbs) == 0 {
@@ -130,18 +143,25 @@ func dbCheckNote(s *archive.Snapshot) string {
 }
 
 func dbCheckNoteOne(at time.Time, d archive.SnapshotDB) string {
-	switch {
-	case d.Check == "":
+	if d.Check == "" {
 		return "-"
-	case d.Check == "full" || d.FullCheck == nil:
+	}
+	var notes []string
+	if d.Check != "full" && d.FullCheck != nil {
+		switch age := at.Sub(*d.FullCheck); {
+		case age < time.Hour:
+			notes = append(notes, "full <1h before")
+		case age < 48*time.Hour:
+			notes = append(notes, fmt.Sprintf("full %dh before", int(age.Hours())))
+		default:
+			notes = append(notes, fmt.Sprintf("full %dd before", int(age.Hours()/24)))
+		}
+	}
+	if len(d.Unchecked) > 0 {
+		notes = append(notes, "skipped "+strings.Join(d.Unchecked, " "))
+	}
+	if len(notes) == 0 {
 		return d.Check
 	}
-	age := at.Sub(*d.FullCheck)
-	switch {
-	case age < time.Hour:
-		return "quick (full <1h before)"
-	case age < 48*time.Hour:
-		return fmt.Sprintf("quick (full %dh before)", int(age.Hours()))
-	}
-	return fmt.Sprintf("quick (full %dd before)", int(age.Hours()/24))
+	return d.Check + " (" + strings.Join(notes, "; ") + ")"
 }

@@ -67,7 +67,7 @@ func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, host st
 		(mode != "full" || pinfo.Check == "full") && b.pageMapStored(pnode) {
 		d.reuse = pnode
 		info.Stamp = &stamp0
-		info.Check, info.FullCheck = pinfo.Check, pinfo.FullCheck
+		info.Check, info.FullCheck, info.Unchecked = pinfo.Check, pinfo.FullCheck, pinfo.Unchecked
 		d.node <- pnode
 		d.checkDone <- nil
 		return d, nil
@@ -103,7 +103,7 @@ func (b *backup) openDB(ctx context.Context, s source, parent *Snapshot, host st
 			b.opt.Workers--
 		}
 	}
-	info.Check = level.String()
+	info.Check, info.Unchecked = level.String(), pages.Unchecked(level)
 	checkCtx, stop := context.WithCancel(ctx)
 	d.stopCheck = stop
 	go func() { d.checkDone <- pages.Check(checkCtx, level) }()

@@ -35,6 +35,10 @@ type Snapshot struct {
 	// check: this backup's time if it ran one, else the parent's value
 	// (format 2).
 	DBFullCheck *time.Time `json:"db_full_check,omitempty"`
+	// DBUnchecked names the database's virtual tables (FTS indexes)
+	// whose own integrity check this backup's check did not run (format
+	// 2, FORMAT.md §7.5).
+	DBUnchecked []string `json:"db_unchecked,omitempty"`
 	// MoreDBs are the snapshot's further chat databases, when it holds
 	// more than one (WhatsApp's msgstore.db and wa.db): the DB fields
 	// above describe the first in path order, these the rest, in path
@@ -52,13 +56,15 @@ type Snapshot struct {
 }
 
 // SnapshotDB describes one chat database of a snapshot: its source path,
-// the stamp of the state stored, how that copy was checked and when the
-// database last passed a full integrity check.
+// the stamp of the state stored, how that copy was checked (and which
+// virtual tables that check left out) and when the database last passed a
+// full integrity check.
 type SnapshotDB struct {
 	Path      string     `json:"path"`
 	Stamp     *DBStamp   `json:"stamp,omitempty"`
 	Check     string     `json:"check,omitempty"` // "full" or "quick"
 	FullCheck *time.Time `json:"full_check,omitempty"`
+	Unchecked []string   `json:"unchecked,omitempty"` // virtual tables the check did not verify
 }
 
 // Name is the database's top-level name in the snapshot's tree.
@@ -70,7 +76,7 @@ func (s *Snapshot) Databases() []SnapshotDB {
 	if s.DB == "" {
 		return nil
 	}
-	return append([]SnapshotDB{{Path: s.DB, Stamp: s.DBStamp, Check: s.DBCheck, FullCheck: s.DBFullCheck}}, s.MoreDBs...)
+	return append([]SnapshotDB{{Path: s.DB, Stamp: s.DBStamp, Check: s.DBCheck, FullCheck: s.DBFullCheck, Unchecked: s.DBUnchecked}}, s.MoreDBs...)
 }
 
 // HasDB reports whether the snapshot holds a chat database.
@@ -87,11 +93,11 @@ func (s *Snapshot) DBPaths() []string {
 
 // setDatabases stores dbs (in path order) in the DB fields and MoreDBs.
 func (s *Snapshot) setDatabases(dbs []SnapshotDB) {
-	s.DB, s.DBStamp, s.DBCheck, s.DBFullCheck, s.MoreDBs = "", nil, "", nil, nil
+	s.DB, s.DBStamp, s.DBCheck, s.DBFullCheck, s.DBUnchecked, s.MoreDBs = "", nil, "", nil, nil, nil
 	if len(dbs) == 0 {
 		return
 	}
-	s.DB, s.DBStamp, s.DBCheck, s.DBFullCheck = dbs[0].Path, dbs[0].Stamp, dbs[0].Check, dbs[0].FullCheck
+	s.DB, s.DBStamp, s.DBCheck, s.DBFullCheck, s.DBUnchecked = dbs[0].Path, dbs[0].Stamp, dbs[0].Check, dbs[0].FullCheck, dbs[0].Unchecked
 	if len(dbs) > 1 {
 		s.MoreDBs = append([]SnapshotDB(nil), dbs[1:]...)
 	}
