@@ -24,8 +24,11 @@ func (a *app) backupCommand() *cobra.Command {
 		Long: `Back up the chat database and the media folder. The database is read page
 by page inside one read transaction (a consistent state, while the app keeps
 writing), and only the pages that changed since the last snapshot are stored;
-that same state is checked with PRAGMA quick_check on every run and with the
-full integrity_check at least every --db-full-check-every (--db-check auto).
+that same state is checked on every run, split over the cores (--db-check
+auto): with the quick check (every table's and index's b-tree: quick_check),
+or, on the first run and whenever the last full check is older than
+--db-full-check-every, with the full check (integrity_check of the whole file
+and the FTS indexes' own check). snapshots shows what each run checked.
 Files unchanged since the last snapshot (same size, mtime and inode) are not
 read again.`,
 		Args: cobra.NoArgs,
@@ -133,8 +136,8 @@ read again.`,
 	f := cmd.Flags()
 	f.StringArrayVar(&opt.DBs, "db", nil, "a chat database (SQLite file); repeatable: msgstore.db, wa.db, …")
 	f.StringVar(&opt.Media, "media", "", "the media folder")
-	f.StringVar(&opt.DBCheck, "db-check", "auto", "verify the database: auto (quick_check every run, integrity_check when the last full check is older than --db-full-check-every), full (integrity_check every run) or quick (quick_check only)")
-	f.DurationVar(&opt.DBFullCheckEvery, "db-full-check-every", archive.DefaultFullCheckEvery, "with --db-check auto: how old the last full integrity check may be")
+	f.StringVar(&opt.DBCheck, "db-check", "auto", "verify the database: auto (the quick check every run, without the FTS indexes; the full check, FTS indexes included, when the last one is older than --db-full-check-every), full (the full check every run) or quick (the quick check only)")
+	f.DurationVar(&opt.DBFullCheckEvery, "db-full-check-every", archive.DefaultFullCheckEvery, "with --db-check auto: how old the last full check (FTS indexes included) may be")
 	f.StringVar(&opt.Host, "host", "", "host name to record (default: this machine's)")
 	f.StringSliceVar(&opt.Tags, "tag", nil, "tag the snapshot (repeatable)")
 	f.BoolVarP(&opt.DryRun, "dry-run", "n", false, "read and count everything, store nothing: say what the backup would add")

@@ -45,11 +45,12 @@ type BackupOptions struct {
 	// over names at any depth when it has no / ("*.tmp").
 	Exclude []string
 
-	// DBCheck is "auto" (the default: PRAGMA quick_check on every run,
-	// PRAGMA integrity_check when the repository holds no snapshot of
-	// this database that passed one within DBFullCheckEvery), "full" or
-	// "quick". The check runs on the pinned state of the source, beside
-	// the reading of its pages.
+	// DBCheck is "auto" (the default: the quick check on every run, the
+	// full check, FTS indexes included, when the repository holds no
+	// snapshot of this database that passed one within
+	// DBFullCheckEvery), "full" or "quick" (gather.CheckLevel; FORMAT.md
+	// §7.5). The check runs on the pinned state of the source, beside the
+	// reading of its pages, split over the cores.
 	DBCheck          string
 	DBFullCheckEvery time.Duration // default DefaultFullCheckEvery
 
