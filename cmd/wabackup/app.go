@@ -60,6 +60,8 @@ type app struct {
 	// threshold slot's vaults.
 	thresholdOpened *thresholdOpening
 	onCommandLine   map[string]bool // the flags given on the command line (applySettings)
+	settingsFile    settings.File   // the config file's settings (applySettings)
+	snapHost        string          // --host of the commands that take a snapshot reference
 
 	// counters count the requests of the stores openRepo opened, one
 	// each, for the summaries.
@@ -157,6 +159,7 @@ and restores them on any machine with the 64-digit key or a password.`,
 		}
 	}
 	groups(root)
+	a.addHostFlags(root)
 	refuseRepeatedFlags(root)
 	return root
 }
@@ -202,6 +205,7 @@ func (a *app) applySettings(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
+	a.settingsFile = file
 	// A setting no command knows is a typo: say so instead of ignoring it
 	// (settings for other commands are fine).
 	known, knownEnv := map[string]bool{}, map[string]bool{}

@@ -140,7 +140,7 @@ func (a *app) checkStoredDB(ctx context.Context, ref string) error {
 	return a.withRepo(ctx, func(r *archive.Repository) error {
 		var summary map[string]any
 		err := a.withLock(ctx, r, false, "check", func() error {
-			snap, err := r.FindSnapshot(ctx, ref)
+			snap, err := a.findSnapshot(ctx, r, ref)
 			if err != nil {
 				return err
 			}

@@ -69,14 +69,14 @@ does. --json prints one object per entry.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			dir := ""
-			if len(args) == 2 {
-				dir = strings.Trim(args[1], "/")
-			}
 			return a.withRepo(ctx, func(r *archive.Repository) error {
-				snap, err := r.FindSnapshot(ctx, args[0])
+				snap, err := a.findSnapshot(ctx, r, args[0])
 				if err != nil {
 					return err
+				}
+				dir := ""
+				if len(args) == 2 {
+					dir = strings.Trim(inSnapshot(snap, args[1]), "/")
 				}
 				found := dir == ""
 				err = r.Walk(ctx, snap, func(n *archive.Node) error {
@@ -134,7 +134,7 @@ with a / is matched against the whole path instead of the name.`,
 					}
 				}
 				for _, ref := range snapRefs {
-					s, err := r.FindSnapshot(ctx, ref)
+					s, err := a.findSnapshot(ctx, r, ref)
 					if err != nil {
 						return err
 					}
@@ -142,6 +142,7 @@ with a / is matched against the whole path instead of the name.`,
 				}
 				matches := 0
 				for _, s := range snaps {
+					pat := inSnapshot(s, pat)
 					err := r.Walk(ctx, s, func(n *archive.Node) error {
 						subject := path.Base(n.Path)
 						if strings.Contains(pat, "/") {
@@ -188,11 +189,11 @@ file's contents, the chat database reassembled page by page, or a directory
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			return a.withRepo(ctx, func(r *archive.Repository) error {
-				snap, err := r.FindSnapshot(ctx, args[0])
+				snap, err := a.findSnapshot(ctx, r, args[0])
 				if err != nil {
 					return err
 				}
-				return r.Dump(ctx, snap, args[1], a.out.stdout)
+				return r.Dump(ctx, snap, inSnapshot(snap, args[1]), a.out.stdout)
 			})
 		},
 	}
@@ -202,10 +203,22 @@ func (a *app) statsCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "stats [SNAPSHOT...]",
 		Short: "How much the snapshots hold, and how much that takes in the repository",
-		Long: `Count, over the given snapshots (default: all): the files, the restore size
-(what restoring every one of them would write), the distinct data they
-reference (stored once: raw and as stored, compressed and encrypted), and
-the deduplication ratio, restore size / raw data.`,
+		Long: `Count, over the given snapshots (default: all), as restic's restore-size and
+raw-data modes do:
+
+  files          files and databases, once per snapshot
+  restore size   what restoring every one of them would write
+  raw data       the distinct data they reference, uncompressed: each
+                 distinct file chunk, each distinct database page (stored
+                 once, however many snapshots and files hold it)
+  stored         the size in the repository of the chunks and page groups
+                 they reference (compressed and encrypted; a page group
+                 counts whole, with the pages later nights replaced)
+  deduplication  restore size / raw data, never below 1.00x: how many times
+                 each byte of raw data is restored`,
+		Example: `  wabackup stats
+  wabackup stats latest          # one snapshot: 1.00x unless it holds the same data twice
+  wabackup stats --json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			return a.withRepo(ctx, func(r *archive.Repository) error {
@@ -217,7 +230,7 @@ the deduplication ratio, restore size / raw data.`,
 					}
 				}
 				for _, ref := range args {
-					s, err := r.FindSnapshot(ctx, ref)
+					s, err := a.findSnapshot(ctx, r, ref)
 					if err != nil {
 						return err
 					}
@@ -340,11 +353,11 @@ removed are the net change of the count (marked ~). --json prints one
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			return a.withRepo(ctx, func(r *archive.Repository) error {
-				s1, err := r.FindSnapshot(ctx, args[0])
+				s1, err := a.findSnapshot(ctx, r, args[0])
 				if err != nil {
 					return err
 				}
-				s2, err := r.FindSnapshot(ctx, args[1])
+				s2, err := a.findSnapshot(ctx, r, args[1])
 				if err != nil {
 					return err
 				}

@@ -79,7 +79,7 @@ has the data). Takes an exclusive lock.`,
 						}
 					}
 					for _, ref := range args {
-						s, err := r.FindSnapshot(ctx, ref)
+						s, err := a.findSnapshot(ctx, r, ref)
 						if err != nil {
 							return err
 						}

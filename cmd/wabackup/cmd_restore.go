@@ -50,6 +50,12 @@ database first, and the exit code is 1.`,
 					if err != nil {
 						return err
 					}
+					for i, p := range opt.Include {
+						opt.Include[i] = inSnapshot(snap, p)
+					}
+					for i, p := range opt.Exclude {
+						opt.Exclude[i] = inSnapshot(snap, p)
+					}
 					if dryRun {
 						w, wb, k, err := r.RestorePlan(ctx, snap, opt)
 						if err != nil {
@@ -124,7 +130,7 @@ database first, and the exit code is 1.`,
 // one (and the same media folder) instead, with a note: the chat is what
 // matters most.
 func (a *app) findSnapshotWithDB(ctx context.Context, r *archive.Repository, ref, doing string) (*archive.Snapshot, error) {
-	snap, err := r.FindSnapshot(ctx, ref)
+	snap, err := a.findSnapshot(ctx, r, ref)
 	if err != nil || ref != "latest" || snap.HasDB() {
 		return snap, err
 	}

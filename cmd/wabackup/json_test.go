@@ -336,7 +336,8 @@ func TestJSONEverywhere(t *testing.T) {
 			save("SLOT", msgs, "password_changed", "id")
 		}},
 		{cmd: "key remove", args: []string{"$SLOT"}, types: []string{"key_removed"}},
-		{cmd: "key rotate", types: []string{"key_rotated"}},
+		{cmd: "key rotate", args: []string{"-n"}, types: []string{"key_rotate_plan"}},
+		{cmd: "key rotate", args: []string{"--force"}, types: []string{"key_rotated"}},
 		{cmd: "repair index", args: []string{"--dry-run"}, types: []string{"repair_index"}, check: emptyList("repair_index", "damaged_packs")},
 		{cmd: "repair index", types: []string{"repair_index"}, check: emptyList("repair_index", "damaged_packs")},
 		{cmd: "repair snapshots", args: []string{"--all", "--dry-run"}, types: []string{"repair_snapshot"}, check: emptyList("repair_snapshot", "dropped")},

@@ -49,6 +49,10 @@ func TestProgressInTerminal(t *testing.T) {
 	quiet := func(what, summary string, args ...string) {
 		t.Helper()
 		out, code := intrRun(t, bin, dir, args...)
+		// restore latest first says which snapshot latest is.
+		if note, rest, ok := strings.Cut(out, "\n"); ok && strings.HasPrefix(note, "latest is snapshot ") {
+			out = rest
+		}
 		if code != 0 || strings.ContainsAny(out, "%\r\x1b") || strings.Count(out, "\n") != 2 || !strings.HasPrefix(out, summary) || !strings.Contains(out, "\nstore: ") {
 			t.Fatalf("%s with stderr not a terminal: exit %d, output %q", what, code, out)
 		}
@@ -109,7 +113,9 @@ func TestProgressInTerminal(t *testing.T) {
 	// The second backup has a total (the first snapshot's).
 	line := []*regexp.Regexp{regexp.MustCompile(`^backup: `), files, pct, eta, rate}
 	t.Logf("backup:\n%s", inTmux(name+"-b", line, "backup", "--repo", "repo", "--key-file", "key.txt", "--media", "Media"))
-	line[0] = regexp.MustCompile(`^restore: `)
+	// A line of its own: restore latest first says which snapshot latest
+	// is, on the line above.
+	line[0] = regexp.MustCompile(`(?m)^restore: `)
 	t.Logf("restore:\n%s", inTmux(name+"-r", line, "restore", "latest", "--repo", "repo", "--key-file", "key.txt", "--target", "out"))
 	t.Logf("check:\n%s", inTmux(name+"-c", []*regexp.Regexp{packs, eta}, "check", "--read-data", "--repo", "repo", "--key-file", "key.txt"))
 	quiet("restore", "restored ", "restore", "latest", "--repo", "repo", "--key-file", "key.txt", "--target", "out-pipe", "--include", "Media/VID-1*")

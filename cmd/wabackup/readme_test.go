@@ -31,7 +31,7 @@ const configSubstitution = "/home/me"
 // tour_key reads what init printed.
 const tourPrelude = `set -eo pipefail
 trap 'echo "tour: line $LINENO: exit $?: $BASH_COMMAND" >&2' ERR
-cd "$HOME"
+cd "$TOUR_CWD"
 tour_key() {
 	local line re='^    ([0-9a-f]{4}( [0-9a-f]{4}){15})$'
 	while IFS= read -r line; do
@@ -172,11 +172,14 @@ func TestReadmeTour(t *testing.T) {
 	}
 	defer out.Close()
 	cmd := exec.Command(bash, "--noprofile", "--norc", scriptFile)
-	cmd.Dir = home
+	cmd.Dir = aux
 	// The password of init --password and of the commands before the key
 	// file is named; the new password of key passwd and key add: the
 	// non-interactive ways the README names.
-	cmd.Env = slices.Concat(baseEnv, []string{"TOUR_OUT=" + outFile, "WABACKUP_PASSWORD=" + pw1, "WABACKUP_NEW_PASSWORD_FILE=" + newPwFile})
+	// The tour runs in a directory that is not HOME (issue 26, item 13):
+	// every file it names is under ~, so it works wherever one stands.
+	cwd := t.TempDir()
+	cmd.Env = slices.Concat(baseEnv, []string{"TOUR_OUT=" + outFile, "TOUR_CWD=" + cwd, "WABACKUP_PASSWORD=" + pw1, "WABACKUP_NEW_PASSWORD_FILE=" + newPwFile})
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = out, &stderr
 	runErr := cmd.Run()

@@ -263,7 +263,7 @@ func Apply(fs *pflag.FlagSet, path string, file File, lines Lines, skip map[stri
 		}
 		set := func(v string) bool {
 			if inFile {
-				v = expandHome(v)
+				v = ExpandHome(v)
 			}
 			v, e := normalize(fl.Value.Type(), v)
 			if e == nil {
@@ -293,9 +293,9 @@ func Apply(fs *pflag.FlagSet, path string, file File, lines Lines, skip map[stri
 	return err
 }
 
-// expandHome puts the home directory in place of a leading "~/" (or a
+// ExpandHome puts the home directory in place of a leading "~/" (or a
 // lone "~").
-func expandHome(v string) string {
+func ExpandHome(v string) string {
 	if v != "~" && !strings.HasPrefix(v, "~/") {
 		return v
 	}

@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -162,8 +164,13 @@ type RepoStats struct {
 	Files       int64 // files and databases, counted once per snapshot
 	RestoreSize int64 // what restoring every snapshot would write
 	Chunks      int64 // distinct chunks (and page groups) they reference
-	RawSize     int64 // those chunks' plaintext size: the data stored once
-	StoredSize  int64 // those chunks' size in the packs (compressed, encrypted)
+	// RawSize is the distinct data they reference, uncompressed: each
+	// distinct file chunk's size, and each distinct database page's (not
+	// the whole page groups that hold them: a group stored one night
+	// keeps the pages later nights replaced). So RestoreSize / RawSize,
+	// the deduplication ratio, is never below 1.
+	RawSize    int64
+	StoredSize int64 // the chunks' and page groups' size in the packs (compressed, encrypted)
 }
 
 // Stats counts, over snaps, the restore size and the distinct data it
@@ -180,7 +187,10 @@ func (r *Repository) Stats(ctx context.Context, snaps []*Snapshot) (*RepoStats, 
 	}
 	defer seen.drop()
 	res := &RepoStats{Snapshots: len(snaps)}
-	count := func(id ID) error {
+	// count adds a chunk (or page group) the first time it is seen; its
+	// plaintext counts as raw data for a chunk, not for a group (its
+	// pages count one by one).
+	count := func(id ID, raw bool) error {
 		if isNew, err := seen.addNew(id); err != nil || !isNew {
 			return err
 		}
@@ -189,8 +199,25 @@ func (r *Repository) Stats(ctx context.Context, snaps []*Snapshot) (*RepoStats, 
 			return nil // lost: check reports it
 		}
 		res.Chunks++
-		res.RawSize += int64(loc.rawLen)
+		if raw {
+			res.RawSize += int64(loc.rawLen)
+		}
 		res.StoredSize += int64(loc.length)
+		return nil
+	}
+	// A database page is slot s of group g: its key in the set of seen
+	// ids is a hash of both, which no blob id equals.
+	page := func(g ID, slot uint32, size uint32) error {
+		h := sha256.New()
+		h.Write([]byte("wabackup stats page\x00"))
+		h.Write(g[:])
+		h.Write(binary.BigEndian.AppendUint32(nil, slot))
+		var key ID
+		h.Sum(key[:0])
+		if isNew, err := seen.addNew(key); err != nil || !isNew {
+			return err
+		}
+		res.RawSize += int64(size)
 		return nil
 	}
 	br := r.newBlobReader()
@@ -206,7 +233,7 @@ func (r *Repository) Stats(ctx context.Context, snaps []*Snapshot) (*RepoStats, 
 					if err != nil {
 						return err
 					}
-					if err := count(id); err != nil {
+					if err := count(id, true); err != nil {
 						return err
 					}
 				}
@@ -219,7 +246,12 @@ func (r *Repository) Stats(ctx context.Context, snaps []*Snapshot) (*RepoStats, 
 				}
 				_, err = walkSegments(ctx, br.chunk, root, map[ID]bool{}, nil, func(m *pageMap, seg *pageSegment) error {
 					for _, g := range seg.groups {
-						if err := count(g); err != nil {
+						if err := count(g, false); err != nil {
+							return err
+						}
+					}
+					for _, ref := range seg.refs {
+						if err := page(seg.groups[ref.group], ref.slot, m.pageSize); err != nil {
 							return err
 						}
 					}

@@ -472,6 +472,20 @@ func (r *Repository) LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error)
 // latest~1 is the one before it), a full id or a unique prefix of at
 // least 4 hex digits.
 func (r *Repository) FindSnapshot(ctx context.Context, ref string) (*Snapshot, error) {
+	return r.FindSnapshotWhere(ctx, ref, nil)
+}
+
+// IsLatestRef reports whether ref is "latest" or "latest~N".
+func IsLatestRef(ref string) bool {
+	_, ok, err := parseLatest(ref)
+	return ok && err == nil
+}
+
+// FindSnapshotWhere is FindSnapshot with "latest" and "latest~N" counted
+// among the snapshots that the predicate where returns accepts only (where
+// sees every snapshot first, in time order; nil: all count); an id names
+// its snapshot whatever the predicate says.
+func (r *Repository) FindSnapshotWhere(ctx context.Context, ref string, where func(all []*Snapshot) func(*Snapshot) bool) (*Snapshot, error) {
 	back, isLatest, err := parseLatest(ref)
 	if err != nil {
 		return nil, err
@@ -489,6 +503,19 @@ func (r *Repository) FindSnapshot(ctx context.Context, ref string) (*Snapshot, e
 	}
 	if len(snaps) == 0 {
 		return nil, ErrNoSnapshot
+	}
+	if isLatest && where != nil {
+		match := where(snaps)
+		var kept []*Snapshot
+		for _, s := range snaps {
+			if match(s) {
+				kept = append(kept, s)
+			}
+		}
+		if len(kept) == 0 {
+			return nil, fmt.Errorf("no snapshot %q of these sources: %w", ref, ErrNoSnapshot)
+		}
+		snaps = kept
 	}
 	if isLatest {
 		if back >= len(snaps) {
