@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -37,23 +35,7 @@ var (
 
 // toxiproxyBinary finds toxiproxy-server in PATH or $(go env GOPATH)/bin.
 func toxiproxyBinary() string {
-	toxiOnce.Do(func() {
-		if p, err := exec.LookPath("toxiproxy-server"); err == nil {
-			toxiBin = p
-			return
-		}
-		out, err := exec.Command("go", "env", "GOPATH").Output()
-		if err != nil {
-			return
-		}
-		for _, gp := range filepath.SplitList(strings.TrimSpace(string(out))) {
-			p := filepath.Join(gp, "bin", "toxiproxy-server")
-			if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
-				toxiBin = p
-				return
-			}
-		}
-	})
+	toxiOnce.Do(func() { toxiBin = goBinary("toxiproxy-server") })
 	return toxiBin
 }
 

@@ -72,28 +72,31 @@ var (
 
 // versityGWBinary finds versitygw in PATH or in $(go env GOPATH)/bin.
 func versityGWBinary() string {
-	findOnce.Do(func() {
-		if p, err := exec.LookPath("versitygw"); err == nil {
-			foundBin = p
-			return
-		}
-		var gopaths []string
-		if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-			gopaths = filepath.SplitList(strings.TrimSpace(string(out)))
-		} else if gp := os.Getenv("GOPATH"); gp != "" {
-			gopaths = filepath.SplitList(gp)
-		} else if home, err := os.UserHomeDir(); err == nil {
-			gopaths = []string{filepath.Join(home, "go")}
-		}
-		for _, gp := range gopaths {
-			p := filepath.Join(gp, "bin", "versitygw")
-			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-				foundBin = p
-				return
-			}
-		}
-	})
+	findOnce.Do(func() { foundBin = goBinary("versitygw") })
 	return foundBin
+}
+
+// goBinary finds a program that go install put in place: in PATH, or in
+// $(go env GOPATH)/bin; "" if neither has it.
+func goBinary(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	var gopaths []string
+	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
+		gopaths = filepath.SplitList(strings.TrimSpace(string(out)))
+	} else if gp := os.Getenv("GOPATH"); gp != "" {
+		gopaths = filepath.SplitList(gp)
+	} else if home, err := os.UserHomeDir(); err == nil {
+		gopaths = []string{filepath.Join(home, "go")}
+	}
+	for _, gp := range gopaths {
+		p := filepath.Join(gp, "bin", name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
 }
 
 // StartVersityGW is VersityGW with options and the full description of the
