@@ -52,7 +52,7 @@ func (r *Repository) prefetchMeta(ctx context.Context, ids []ID, got func(id ID,
 	if len(blobs) == 0 {
 		return 0
 	}
-	ranges := planRanges(blobs, readGap)
+	ranges := planRanges(blobs, r.rangeGap())
 	for i := range ranges {
 		// The blobs between those asked for are read anyway: hand them
 		// out too, so the metadata among them is cached.

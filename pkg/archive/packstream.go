@@ -245,6 +245,16 @@ func planRanges(blobs []packBlob, gap int64) []packRange {
 	return out
 }
 
+// rangeGap is the gap a planned read reads through: readGap, or on a
+// store whose objects are local files (read with ReadAt, one open file per
+// range, the gaps never read) the whole pack.
+func (r *Repository) rangeGap() int64 {
+	if _, ok := r.store.(cloud.ReaderAtStore); ok {
+		return 1 << 62
+	}
+	return readGap
+}
+
 // rangeConns is how many planned reads may be in flight: the
 // repository's setting, within what a store with a fixed number of
 // connections can take.

@@ -74,10 +74,12 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, opt RestoreOpt
 		opt.Workers = 4 * runtime.GOMAXPROCS(0)
 	}
 	// Chunk reads in flight: as many as the cores can open, and at least
-	// the planned reads' connections on a store that does not limit them
-	// (a remote store's requests wait on the network, not on a core).
+	// the planned reads' connections on a remote store that does not
+	// limit them (its requests wait on the network, not on a core).
 	nreaders := runtime.GOMAXPROCS(0) + 1
-	if _, limited := r.store.(cloud.ConnectionLimited); !limited {
+	_, limited := r.store.(cloud.ConnectionLimited)
+	_, local := r.store.(cloud.ReaderAtStore)
+	if !limited && !local {
 		nreaders = max(nreaders, r.rangeConns())
 	}
 	readers := make(chan *blobReader, nreaders)

@@ -178,7 +178,7 @@ func (r *Repository) readGroups(ctx context.Context, groups []groupPages, put fu
 		later = append(later, i)
 		mu.Unlock()
 	}
-	err := r.readRanges(ctx, planRanges(blobs, readGap), conns, func(w int, pr *packRange, e blobEntry, sealed []byte) error {
+	err := r.readRanges(ctx, planRanges(blobs, r.rangeGap()), conns, func(w int, pr *packRange, e blobEntry, sealed []byte) error {
 		if readers[w] == nil {
 			readers[w] = r.newBlobReader()
 		}
