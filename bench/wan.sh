@@ -271,7 +271,7 @@ S3EP="127.0.0.1:${PORT[toxiproxy-s3]}"
 WREPO="s3:http://$S3EP/wabackup"
 RREPO="s3:http://$S3EP/restic"
 COPY="$PWD/$OUT/data"   # absolute: restic records absolute paths
-cp -a "$DATA" "$COPY"
+mkdir -p "$COPY" && cp -a "$DATA/." "$COPY/" # (the contents: $DATA may be a symlink)
 "$W" init --repo "$WREPO" --s3-create-bucket --key-out "$OUT/key.txt" --force -q
 restic init -r "$RREPO" -q
 if [ "$DRIVE" = 1 ]; then
@@ -480,6 +480,6 @@ RV=$(restic version | awk '{print $2}')
   fi
 } | tee "$OUT/results.md"
 echo
-echo "link: $LAT_MS ms each way$([ "$JITTER_MS" = 0 ] || echo " ± $JITTER_MS ms"), $UP_MBIT Mbit/s up and $DOWN_MBIT Mbit/s down per connection (toxiproxy $TOXI_VERSION); dataset: $DB_MB MB database + $MEDIA_MB MB media ($(du -sh "$DATA" | cut -f1)); restored msgstore.db identical; $(nproc) cores; load average before: $LOAD0; $(date -u +%F)"
+echo "link: $LAT_MS ms each way$([ "$JITTER_MS" = 0 ] || echo " ± $JITTER_MS ms"), $UP_MBIT Mbit/s up and $DOWN_MBIT Mbit/s down per connection (toxiproxy $TOXI_VERSION); dataset: $DB_MB MB database + $MEDIA_MB MB media ($(du -sh "$DATA/" | cut -f1)); restored msgstore.db identical; $(nproc) cores; load average before: $LOAD0; $(date -u +%F)"
 for k in 1 2; do sed "s|^$COPY: |night $k: |" "$OUT/day$k.txt"; done
 echo "requests by run, kind and key prefix: $OUT/requests.md; one line per request: $OUT/trace-*.txt"
