@@ -151,7 +151,7 @@ func TestFTSDamageFoundByFullCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err = tr.Backup(ctx, opt)
-		if !errors.Is(err, gather.ErrCorruptDB) || !strings.Contains(err.Error(), "integrity_check of message_fts") {
+		if !errors.Is(err, gather.ErrCorruptDB) || !strings.Contains(err.Error(), "failed integrity_check") || !strings.Contains(err.Error(), "message_fts") {
 			t.Errorf("full check (%+v): %v, want ErrCorruptDB naming message_fts", opt, err)
 		}
 	}

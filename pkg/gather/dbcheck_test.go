@@ -3,6 +3,7 @@ package gather
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -205,13 +206,16 @@ func TestCheckLevels(t *testing.T) {
 			src := filepath.Join(t.TempDir(), "msgstore.db")
 			createCheckDB(t, src, 3000)
 			tc.damage(t, src)
-			for _, conns := range []int{-1, 2, 3, 4} { // -1: no check connections
-				p, err := openDBPages(context.Background(), src, pagesOpts{noPair: conns < 0, conns: max(conns, 0)})
+			// The check connections, and how many of them the full check
+			// uses; none: the check on the first connection.
+			for _, o := range []pagesOpts{{noPair: true}, {conns: 2, fullConns: 1}, {conns: 2, fullConns: 2}, {conns: 3, fullConns: 3}, {conns: 4, fullConns: 4}} {
+				conns := fmt.Sprintf("%d/%d", o.conns, o.fullConns)
+				p, err := openDBPages(context.Background(), src, o)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := len(p.checks); got != max(conns, 0) {
-					t.Fatalf("%d check connections, want %d", got, max(conns, 0))
+				if got := len(p.checks); got != o.conns {
+					t.Fatalf("%d check connections, want %d", got, o.conns)
 				}
 				for _, lv := range []struct {
 					level CheckLevel
@@ -220,11 +224,11 @@ func TestCheckLevels(t *testing.T) {
 					err := p.Check(context.Background(), lv.level)
 					switch {
 					case lv.want == "" && err != nil:
-						t.Errorf("%d connections, %v check: %v", conns, lv.level, err)
+						t.Errorf("%s connections, %v check: %v", conns, lv.level, err)
 					case lv.want != "" && (!errors.Is(err, ErrCorruptDB) || !strings.Contains(err.Error(), lv.want) || strings.Contains(err.Error(), "\n")):
-						t.Errorf("%d connections, %v check: %v; want one line with %q, wrapping ErrCorruptDB", conns, lv.level, err, lv.want)
-					case err != nil && conns == 2:
-						t.Logf("%v check: %v", lv.level, err)
+						t.Errorf("%s connections, %v check: %v; want one line with %q, wrapping ErrCorruptDB", conns, lv.level, err, lv.want)
+					case err != nil && o.conns == 2:
+						t.Logf("%s connections, %v check: %v", conns, lv.level, err)
 					}
 				}
 				p.Close()
@@ -240,9 +244,10 @@ func TestCheckLevels(t *testing.T) {
 
 // TestCheckSplit: the quick check runs one unit per table, spread over the
 // check connections; the full check runs the whole file on the first
-// (without modules) and the FTS5 table on another; Unchecked names the
-// virtual tables each level leaves out, and a module this SQLite lacks
-// (FTS4) is left out at both.
+// connection (without modules) and the FTS5 table on another, or, when it
+// may use one connection only, SQLite's whole check on one that has the
+// modules; Unchecked names the virtual tables each level leaves out, and a
+// module this SQLite lacks (FTS4) is left out at both.
 func TestCheckSplit(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "msgstore.db")
 	createCheckDB(t, src, 3000)
@@ -250,63 +255,69 @@ func TestCheckSplit(t *testing.T) {
 	// one; modernc.org/sqlite has no FTS4 module.
 	execRW(t, src, "PRAGMA writable_schema=ON",
 		"INSERT INTO sqlite_schema VALUES ('table', 'old_fts', 'old_fts', 0, 'CREATE VIRTUAL TABLE \"old_fts\" USING fts4(body)')")
-	p, err := openDBPages(context.Background(), src, pagesOpts{conns: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	type run struct {
-		what string
-		conn int
-	}
-	var mu sync.Mutex
-	var runs []run
-	p.unitDone = func(what string, conn int, _ time.Duration) {
-		mu.Lock()
-		defer mu.Unlock()
-		runs = append(runs, run{what, conn})
+	quick := map[string]bool{
+		"quick_check of sqlite_schema": false, "quick_check of message": false, "quick_check of props": false,
+		"quick_check of message_fts_data": false, "quick_check of message_fts_idx": false, "quick_check of message_fts_content": false,
+		"quick_check of message_fts_docsize": false, "quick_check of message_fts_config": false,
 	}
 	tests := []struct {
 		level     CheckLevel
-		units     map[string]bool // what → whether it must run on connection 0
+		fullConns int
+		// units: what → whether it must run on a connection without
+		// modules (true) or with them (false).
+		units     map[string]bool
+		spread    bool // on more than one connection
 		unchecked []string
 	}{
-		{CheckQuick, map[string]bool{
-			"quick_check of sqlite_schema": false, "quick_check of message": false, "quick_check of props": false,
-			"quick_check of message_fts_data": false, "quick_check of message_fts_idx": false, "quick_check of message_fts_content": false,
-			"quick_check of message_fts_docsize": false, "quick_check of message_fts_config": false,
-		}, []string{"message_fts", "old_fts"}},
-		{CheckFull, map[string]bool{"integrity_check": true, "integrity_check of message_fts": false}, []string{"old_fts"}},
+		{CheckQuick, 3, quick, true, []string{"message_fts", "old_fts"}},
+		{CheckQuick, 1, quick, true, []string{"message_fts", "old_fts"}},
+		{CheckFull, 3, map[string]bool{"integrity_check": true, "integrity_check of message_fts": false}, true, []string{"old_fts"}},
+		{CheckFull, 2, map[string]bool{"integrity_check": true, "integrity_check of message_fts": false}, true, []string{"old_fts"}},
+		{CheckFull, 1, map[string]bool{"integrity_check": false}, false, []string{"old_fts"}},
 	}
 	for _, tc := range tests {
-		runs = nil
-		if err := p.Check(context.Background(), tc.level); err != nil {
-			t.Fatalf("%v: %v", tc.level, err)
-		}
-		conns := map[int]bool{}
-		got := map[string]bool{}
-		for _, r := range runs {
-			got[r.what] = true
-			conns[r.conn] = true
-			first, ok := tc.units[r.what]
-			switch {
-			case !ok:
-				t.Errorf("%v: unexpected unit %q", tc.level, r.what)
-			case first && r.conn != 0:
-				t.Errorf("%v: %s ran on connection %d, want 0 (no modules)", tc.level, r.what, r.conn)
-			case !first && strings.Contains(r.what, "message_fts") && r.conn == 0 && tc.level == CheckFull:
-				t.Errorf("%v: %s ran on connection 0, which has no modules", tc.level, r.what)
+		t.Run(fmt.Sprintf("%v/%d", tc.level, tc.fullConns), func(t *testing.T) {
+			p, err := openDBPages(context.Background(), src, pagesOpts{conns: 3, fullConns: tc.fullConns})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		if len(got) != len(tc.units) || len(runs) != len(tc.units) {
-			t.Errorf("%v: ran %v, want each of %v once", tc.level, runs, tc.units)
-		}
-		if len(conns) < 2 {
-			t.Errorf("%v: all units ran on connections %v", tc.level, conns)
-		}
-		if got := p.Unchecked(tc.level); !slices.Equal(got, tc.unchecked) {
-			t.Errorf("Unchecked(%v) = %q, want %q", tc.level, got, tc.unchecked)
-		}
+			defer p.Close()
+			var mu sync.Mutex
+			ran := map[string]*liteConn{}
+			conns := map[*liteConn]bool{}
+			p.unitDone = func(what string, c *liteConn, _ time.Duration) {
+				mu.Lock()
+				defer mu.Unlock()
+				if ran[what] != nil {
+					t.Errorf("%s ran twice", what)
+				}
+				ran[what] = c
+				conns[c] = true
+			}
+			if err := p.Check(context.Background(), tc.level); err != nil {
+				t.Fatal(err)
+			}
+			for what, c := range ran {
+				plain, ok := tc.units[what]
+				switch {
+				case !ok:
+					t.Errorf("unexpected unit %q", what)
+				case tc.level == CheckFull && c.plain != plain:
+					t.Errorf("%s ran on a connection with no modules: %v, want %v", what, c.plain, plain)
+				case !slices.Contains(p.checks, c):
+					t.Errorf("%s ran on the first connection", what)
+				}
+			}
+			if len(ran) != len(tc.units) {
+				t.Errorf("ran %d units, want %d: %v", len(ran), len(tc.units), tc.units)
+			}
+			if spread := len(conns) > 1; spread != tc.spread {
+				t.Errorf("ran on %d connections", len(conns))
+			}
+			if got := p.Unchecked(tc.level); !slices.Equal(got, tc.unchecked) {
+				t.Errorf("Unchecked(%v) = %q, want %q", tc.level, got, tc.unchecked)
+			}
+		})
 	}
 }
 
@@ -361,7 +372,8 @@ func TestTreeEstimate(t *testing.T) {
 }
 
 // BenchmarkCheck times each check level split over the check connections
-// (split) against SQLite's one PRAGMA over the whole file on one connection
+// (split; full/one: the full check on one connection, as on two cores)
+// against SQLite's one PRAGMA over the whole file on one connection
 // (pragma: the check before issue 24, virtual tables included), on the
 // database named by $GATHER_PAGES_BENCH_DB (the bench database, say) or a
 // generated one of 20,000 messages. -cpu sets GOMAXPROCS and with it the
@@ -373,18 +385,20 @@ func BenchmarkCheck(b *testing.B) {
 		createCheckDB(b, src, 20000)
 	}
 	for _, bc := range []struct {
-		name   string
-		level  CheckLevel
-		pragma string
+		name      string
+		level     CheckLevel
+		pragma    string
+		fullConns int
 	}{
-		{"quick/pragma", 0, "quick_check"},
-		{"quick/split", CheckQuick, ""},
-		{"full/pragma", 0, "integrity_check"},
-		{"full/split", CheckFull, ""},
+		{"quick/pragma", 0, "quick_check", 0},
+		{"quick/split", CheckQuick, "", 0},
+		{"full/pragma", 0, "integrity_check", 0},
+		{"full/one", CheckFull, "", 1},
+		{"full/split", CheckFull, "", 2},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			ctx := context.Background()
-			p, err := OpenDBPages(ctx, src)
+			p, err := openDBPages(ctx, src, pagesOpts{fullConns: bc.fullConns})
 			if err != nil {
 				b.Fatal(err)
 			}

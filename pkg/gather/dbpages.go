@@ -77,9 +77,12 @@ type DBPages struct {
 	pins int
 	// tables are the pinned state's tables, with their estimated sizes.
 	tables []dbTable
+	// fullConns is the number of check connections the full check uses
+	// (fullCheckConns).
+	fullConns int
 	// unitDone, if set, is told of each unit of a check that ended (tests
 	// and measurements).
-	unitDone func(what string, conn int, d time.Duration)
+	unitDone func(what string, c *liteConn, d time.Duration)
 }
 
 // pinCachePragma sizes the first connection's page cache (256 KiB).
@@ -93,8 +96,9 @@ type pagesOpts struct {
 	// noPair skips the check connections: Check runs on the pinned one.
 	noPair bool
 	// conns, if not 0, is the number of check connections (at least 2;
-	// default checkConns()).
-	conns int
+	// default checkConns()); fullConns, if not 0, the number the full
+	// check uses (default fullCheckConns()).
+	conns, fullConns int
 	// pairFailed, if set, is told why a check connection could not join
 	// a pinned state.
 	pairFailed func(error)
@@ -231,7 +235,10 @@ func openDBPages(ctx context.Context, src string, o pagesOpts) (_ *DBPages, err 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	p := &DBPages{src: src}
+	p := &DBPages{src: src, fullConns: o.fullConns}
+	if p.fullConns == 0 {
+		p.fullConns = fullCheckConns()
+	}
 	if p.pin, err = openLite(uri, pinBusyMS); err != nil {
 		return nil, pagesErr(src, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -968,8 +969,8 @@ func TestDBPagesLiveWriter(t *testing.T) {
 // connection, virtual tables included: the check before issue 24),
 // concurrent, concurrent-full (Pages beside Check) (default: all, one after
 // the other); $GATHER_PAGES_BENCH_CONNS sets the number of check
-// connections; $GATHER_PAGES_BENCH_PRAGMA is run on every check connection
-// first. Each unit of a check is logged with its time. Run one operation
+// connections and $GATHER_PAGES_BENCH_FULL_CONNS the number the full check
+// uses; $GATHER_PAGES_BENCH_PRAGMA is run on every check connection first. Each unit of a check is logged with its time. Run one operation
 // per process to read its peak RSS.
 func TestDBPagesMeasure(t *testing.T) {
 	src := os.Getenv("GATHER_PAGES_BENCH_DB")
@@ -981,6 +982,7 @@ func TestDBPagesMeasure(t *testing.T) {
 		ops = []string{op}
 	}
 	conns, _ := strconv.Atoi(os.Getenv("GATHER_PAGES_BENCH_CONNS"))
+	fullConns, _ := strconv.Atoi(os.Getenv("GATHER_PAGES_BENCH_FULL_CONNS"))
 	ctx := context.Background()
 	hashPages := func(p *DBPages) (time.Duration, error) {
 		start := time.Now()
@@ -1012,7 +1014,7 @@ func TestDBPagesMeasure(t *testing.T) {
 		var ms0 runtime.MemStats
 		runtime.ReadMemStats(&ms0)
 		start := time.Now()
-		p, err := openDBPages(ctx, src, pagesOpts{conns: conns})
+		p, err := openDBPages(ctx, src, pagesOpts{conns: conns, fullConns: fullConns})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1029,10 +1031,10 @@ func TestDBPagesMeasure(t *testing.T) {
 			}
 		}
 		var mu sync.Mutex
-		p.unitDone = func(what string, conn int, d time.Duration) {
+		p.unitDone = func(what string, c *liteConn, d time.Duration) {
 			mu.Lock()
 			defer mu.Unlock()
-			t.Logf("  %s on connection %d: %v", what, conn, d)
+			t.Logf("  %s on check connection %d: %v", what, slices.Index(p.checks, c), d)
 		}
 		var report string
 		switch op {
