@@ -31,11 +31,13 @@ const (
 	// integrity methods (FTS5), and does not verify that every page of
 	// the file is in exactly one b-tree or the free list.
 	CheckQuick CheckLevel = iota + 1
-	// CheckFull runs PRAGMA integrity_check over the whole file (every
-	// check SQLite has for tables, indexes, the free list and the use of
-	// every page) on one check connection, without the virtual tables,
-	// and each virtual table's own integrity method (FTS5: the inverted
-	// index against the content) on the others, at the same time.
+	// CheckFull checks what PRAGMA integrity_check of the whole file
+	// does: every check SQLite has for tables, indexes, the free list and
+	// the use of every page, and each virtual table's own integrity
+	// method (FTS5: the inverted index against the content). Given more
+	// than one check connection (fullCheckConns), it checks the whole
+	// file without the virtual tables on one and each virtual table on
+	// the others, at the same time.
 	CheckFull
 )
 
